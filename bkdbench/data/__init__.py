@@ -1,0 +1,12 @@
+"""Datasets (one file each, registering itself), the long-tail construction and the device loader."""
+from . import cifar, digits, fashion  # noqa: F401  (registration)
+from .longtail import longtail_counts, longtail_indices, shot_split, unused_indices, validation_indices
+from .registry import DataError, DatasetInfo, ImageArrays, dataset_names, get_dataset, register_dataset
+from .loader import DeviceLoader, normalize, random_crop_flip
+from .splits import LongTailData, load_longtail
+
+__all__ = [
+    "DataError", "DatasetInfo", "DeviceLoader", "normalize", "random_crop_flip", "ImageArrays", "LongTailData", "dataset_names", "get_dataset",
+    "load_longtail", "longtail_counts", "longtail_indices", "register_dataset", "shot_split",
+    "unused_indices", "validation_indices",
+]

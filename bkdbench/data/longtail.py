@@ -1,0 +1,97 @@
+"""Long-tailed subsampling, exactly as the reference code builds CIFAR-LT (Cao et al. 2019).
+
+Class i (label order, class 0 is the head) keeps n_i = int(n_max * (1/IF) ** (i / (C - 1)))
+images ("exp" profile) or n_max / n_max/IF for the first / second half ("step"). Which images:
+NumPy's global generator is seeded with the data seed, then for each class in label order its
+indices are shuffled with ``np.random.shuffle`` and the first n_i are kept.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+PROFILES = ("exp", "step")
+
+
+def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float, profile: str = "exp") -> list[int]:
+    """Images kept per class, head first. ``int`` truncates, as in the reference."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown long-tail profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if imbalance_factor < 1:
+        raise ValueError(f"imbalance factor must be >= 1 (got {imbalance_factor})")
+    if num_classes == 1:
+        return [int(n_max)]
+    if profile == "exp":
+        return [int(n_max * (1.0 / imbalance_factor) ** (i / (num_classes - 1.0))) for i in range(num_classes)]
+    half = num_classes // 2
+    return [int(n_max)] * half + [int(n_max / imbalance_factor)] * (num_classes - half)
+
+
+def longtail_indices(
+    targets: Sequence[int],
+    imbalance_factor: float,
+    profile: str = "exp",
+    data_seed: int = 0,
+    n_max: int | None = None,
+) -> np.ndarray:
+    """Indices of the kept images, in the reference order (class by class, shuffled within class).
+
+    ``n_max`` defaults to the size of the largest class. The global NumPy state is seeded as the
+    reference does, then restored, so callers' random streams are left undisturbed.
+    """
+    kept, _ = _split(np.asarray(targets), imbalance_factor, profile, data_seed, n_max)
+    return kept
+
+
+def unused_indices(
+    targets: Sequence[int],
+    imbalance_factor: float,
+    profile: str = "exp",
+    data_seed: int = 0,
+    n_max: int | None = None,
+) -> list[np.ndarray]:
+    """Per class, the shuffled indices the subsample did not keep (where validation comes from)."""
+    _, rest = _split(np.asarray(targets), imbalance_factor, profile, data_seed, n_max)
+    return rest
+
+
+def _split(targets: np.ndarray, imbalance_factor, profile, data_seed, n_max):
+    classes = np.unique(targets)
+    num_classes = int(classes.max()) + 1 if classes.size else 0
+    if n_max is None:
+        n_max = int(np.bincount(targets, minlength=num_classes).max())
+    counts = longtail_counts(n_max, num_classes, imbalance_factor, profile)
+    saved = np.random.get_state()
+    try:
+        np.random.seed(data_seed)
+        kept, rest = [], []
+        for label, n_keep in enumerate(counts):
+            idx = np.where(targets == label)[0]
+            if n_keep > len(idx):
+                raise ValueError(f"class {label} has {len(idx)} images but the profile keeps {n_keep}")
+            np.random.shuffle(idx)
+            kept.append(idx[:n_keep])
+            rest.append(idx[n_keep:])
+    finally:
+        np.random.set_state(saved)
+    return np.concatenate(kept).astype(np.int64), rest
+
+
+def validation_indices(unused: list[np.ndarray], per_class: int) -> np.ndarray:
+    """A balanced validation split from images the subsample did not keep.
+
+    Rule: each class gives its first ``per_class`` unused images (already shuffled by the data
+    seed). A class that kept (almost) all its images -- CIFAR's head class keeps every one --
+    gives what it has, possibly none; balanced validation accuracy then averages over the classes
+    present. Training images are never reused for validation and the test set is never touched.
+    """
+    return np.concatenate([idx[:per_class] for idx in unused]).astype(np.int64)
+
+
+def shot_split(class_counts: Sequence[int], many: int = 100, few: int = 20) -> dict[str, list[int]]:
+    """Class ids by training count: many-shot > ``many``, few-shot < ``few``, medium in between."""
+    out = {"many": [], "medium": [], "few": []}
+    for label, n in enumerate(class_counts):
+        out["many" if n > many else "few" if n < few else "medium"].append(label)
+    return out

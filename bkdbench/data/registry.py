@@ -1,0 +1,69 @@
+"""Dataset registry: each dataset is one file that registers a ``DatasetInfo``.
+
+A dataset loader returns the full (balanced) train and test images as uint8 NumPy arrays in
+N×C×H×W layout; the long-tailed subsample and the validation split are made in ``splits.py``
+from those arrays, the same way for every dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Missing, unreadable or malformed data: the message says where we looked and what to do."""
+
+
+@dataclass
+class ImageArrays:
+    train_x: np.ndarray  # uint8, N×C×H×W
+    train_y: np.ndarray  # int64
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    load: Callable[[Optional[Path]], ImageArrays]
+    locate: Callable[[Optional[Path]], tuple[bool, str]]  # (available, where it looked / found)
+    n_max: int  # images the head class keeps (reference: 5000 for CIFAR-10, 500 for CIFAR-100)
+    val_per_class: int
+    pad: int  # crop padding for augmentation (4 for 32×32 in the reference)
+    hflip: bool
+    default_model: str
+    default_recipe: str
+    many_threshold: int = 100  # many-shot: more than this many training images
+    few_threshold: int = 20  # few-shot: fewer than this many
+    # Method parameter defaults that depend on the dataset (e.g. BKD's cb_start on CIFAR-10).
+    method_defaults: dict = field(default_factory=dict)
+    download: Optional[Callable[[Path], Path]] = None
+
+
+_REGISTRY: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    _REGISTRY[info.name] = info
+    return info
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}") from None
+
+
+def dataset_names() -> list[str]:
+    return sorted(_REGISTRY)

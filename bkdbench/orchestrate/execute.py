@@ -1,0 +1,60 @@
+"""Run one spec and record it: teacher lookup, training, teacher caching, one leaderboard row.
+
+Shared by ``bkdbench train`` (in-process) and by every Ray trial, so a run lands in the leaderboard
+the same way wherever it ran. Ray-free.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from ..leaderboard.store import write_row
+from ..paths import leaderboard_dir, teachers_dir
+from ..provenance import provenance
+from ..specs import RunSpec, spec_columns
+from ..teachers import TeacherError, check_teacher_fits, load_teacher, save_teacher
+from ..train import RunResult, Report, TrainingDiverged, train
+
+
+def failed_row(spec: RunSpec, error: str, **tags) -> dict:
+    now = datetime.now(timezone.utc)
+    return {**spec_columns(spec), "status": "failed", "error": error, "finished_at": now, **provenance(), **tags}
+
+
+def teacher_state_for(spec: RunSpec, results: Path) -> Optional[dict]:
+    """The cached weights of ``spec``'s teacher (None when it needs none); refuses a misfit teacher."""
+    if spec.teacher is None:
+        return None
+    check_teacher_fits(spec, spec.teacher)
+    state = load_teacher(teachers_dir(results), spec.teacher)
+    if state is None:
+        raise TeacherError(f"teacher {spec.teacher.run_id} of {spec.label()} has not been trained yet")
+    return state
+
+
+def run_and_record(
+    spec: RunSpec,
+    results: Path,
+    *,
+    report: Optional[Report] = None,
+    tags: Optional[dict] = None,
+    checkpoint: Optional[dict] = None,
+    data_dir: Optional[Path] = None,
+    device: Optional[str] = None,
+    bf16: bool = False,
+) -> RunResult:
+    """Train ``spec`` and write its leaderboard row (a failed row, then re-raise, if it diverges).
+    CE runs double as teachers, so their weights are cached by run id."""
+    tags = tags or {}
+    teacher_state = teacher_state_for(spec, results)
+    try:
+        result = train(spec, report=report, data_dir=data_dir, device=device, teacher_state=teacher_state,
+                       checkpoint=checkpoint, bf16=bf16)
+    except TrainingDiverged as exc:
+        write_row(leaderboard_dir(results), failed_row(spec, str(exc), **tags))
+        raise
+    if spec.method == "ce":
+        save_teacher(teachers_dir(results), spec, result.state_dict, result.metrics)
+    write_row(leaderboard_dir(results), result.to_row(**tags))
+    return result

@@ -1,0 +1,71 @@
+"""Teachers are runs too: a KD/BKD student names its teacher's RunSpec (by default a plain CE run of
+the same model, long-tailed set, recipe and seed). Finished teachers are cached by run id as
+``<cache>/<run_id>.pt`` (weights + metadata) and loaded with ``torch.load(weights_only=True)``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .specs import RunSpec
+
+
+class TeacherError(ValueError):
+    """A teacher that does not fit its student, or a cached file that cannot be used."""
+
+
+def check_teacher_fits(student: RunSpec, teacher: RunSpec) -> None:
+    """The teacher must predict the student's classes and must have been trained on the student's own
+    long-tailed set: another subsample could contain the student's validation images."""
+    for key in ("dataset", "imbalance_factor", "profile", "data_seed"):
+        if getattr(student, key) != getattr(teacher, key):
+            raise TeacherError(
+                f"teacher {teacher.run_id} does not fit the student: {key} is {getattr(teacher, key)!r}, "
+                f"the student's is {getattr(student, key)!r}"
+            )
+
+
+def teacher_path(cache: Path, spec: RunSpec) -> Path:
+    return Path(cache) / f"{spec.run_id}.pt"
+
+
+def load_teacher(cache: Path, spec: RunSpec, num_classes: Optional[int] = None) -> Optional[dict]:
+    """The cached weights of ``spec``, or None when it has not been trained yet."""
+    path = teacher_path(cache, spec)
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        state, meta = blob["state_dict"], json.loads(blob["meta"])
+    except Exception as exc:
+        raise TeacherError(f"cached teacher {path} is unreadable ({type(exc).__name__}); delete it to retrain") from None
+    if meta.get("run_id") != spec.run_id:
+        raise TeacherError(f"cached teacher {path} belongs to run {meta.get('run_id')}, not {spec.run_id}")
+    if num_classes is not None:
+        out = state["fc.weight"].shape[0]
+        if out != num_classes:
+            raise TeacherError(f"cached teacher {path} predicts {out} classes; the student has {num_classes}")
+    return state
+
+
+def save_teacher(cache: Path, spec: RunSpec, state_dict: dict, metrics: dict) -> Path:
+    path = teacher_path(cache, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"run_id": spec.run_id, "spec": json.loads(spec.canonical_json()),
+            "metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)}}
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"state_dict": state_dict, "meta": json.dumps(meta)}, tmp)
+    tmp.replace(path)  # atomic: concurrent trials that need the same teacher never see half a file
+    return path
+
+
+def ensure_teacher(cache: Path, spec: RunSpec, train_fn: Callable[[RunSpec], "object"]) -> tuple[dict, bool]:
+    """(weights, trained_now): load the cached teacher, or train it with ``train_fn`` and cache it."""
+    state = load_teacher(cache, spec)
+    if state is not None:
+        return state, False
+    result = train_fn(spec)
+    save_teacher(cache, spec, result.state_dict, result.metrics)
+    return result.state_dict, True

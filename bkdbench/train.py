@@ -1,0 +1,209 @@
+"""``train(spec)``: one long-tailed training run, top to bottom, no Ray, no printing.
+
+Build the data (device-resident), the model, the method and its teacher; loop over epochs with the
+recipe's learning-rate schedule; evaluate every ``eval_every`` epochs and always at the end; hand
+each epoch's metrics to an optional ``report(metrics, make_checkpoint)`` callback, which is where
+progress bars, Ray reporting and checkpoint saving hang off.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .data import DeviceLoader, load_longtail, normalize
+from .evaluate import classification_metrics, predict
+from .methods import build as build_method
+from .models import create_model
+from .provenance import provenance
+from .recipes import get_recipe
+from .specs import RunSpec, spec_columns
+
+Report = Callable[[dict, Callable[[], dict]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the run is recorded as failed with this reason."""
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    metrics: dict  # last-epoch test metrics + val_top1 + best-test-epoch ("paper protocol")
+    history: list[dict]
+    state_dict: dict
+    class_counts: list[int]
+    train_seconds: float
+    images_per_second: float
+    device: str
+    started_at: datetime
+    finished_at: datetime
+
+    def to_row(self, **tags) -> dict:
+        """A leaderboard row (plain Python values) for this run; ``tags`` sets suite/sweep_id/..."""
+        keep = ("top1", "top1_best_epoch", "best_epoch", "val_top1", "many", "medium", "few", "ece", "nll", "per_class_acc")
+        return {
+            **spec_columns(self.spec), "status": "finished",
+            **{k: self.metrics.get(k) for k in keep}, "class_counts": list(self.class_counts),
+            "train_seconds": self.train_seconds, "images_per_second": self.images_per_second,
+            "device": self.device, "torch_version": torch.__version__,
+            "started_at": self.started_at, "finished_at": self.finished_at, **provenance(), **tags,
+        }
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(spec: RunSpec, num_classes: int, channels: int, head: str, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(spec.seed)  # same seed, same initial weights
+    model = create_model(spec.model, num_classes, channels, head=head).to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def train(
+    spec: RunSpec,
+    *,
+    report: Optional[Report] = None,
+    data_dir: Optional[Path] = None,
+    device: Optional[str | torch.device] = None,
+    teacher_state: Optional[dict] = None,
+    checkpoint: Optional[dict] = None,
+    evaluate_test: bool = True,
+    bf16: bool = False,
+) -> RunResult:
+    """Train ``spec`` and return its result. ``checkpoint`` (from ``make_checkpoint``) resumes a run;
+    ``evaluate_test=False`` never touches the test split (hyperparameter search);
+    ``bf16`` turns on bf16 autocast on CPU (always on for CUDA)."""
+    started = datetime.now(timezone.utc)
+    device = torch.device(device) if device else default_device()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    autocast = torch.bfloat16 if (cuda or bf16) else None
+    recipe = get_recipe(spec.recipe)
+    data = load_longtail(spec.dataset, spec.imbalance_factor, spec.profile, spec.data_seed, data_dir)
+    info, num_classes = data.info, data.info.num_classes
+    method = build_method(spec.method, data.class_counts, epochs=spec.epochs, **spec.params)
+
+    model = build_model(spec, num_classes, info.channels, method.head, device)
+    teacher = None
+    if method.needs_teacher:
+        if teacher_state is None:
+            raise ValueError(f"{spec.method} needs a teacher: pass teacher_state (see bkdbench.teachers)")
+        teacher = build_model(spec.teacher, num_classes, info.channels, "linear", device)
+        teacher.load_state_dict(teacher_state)
+        teacher.eval().requires_grad_(False)
+
+    to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    train_x, train_y = to_dev(data.train_x), to_dev(data.train_y)
+    loader = DeviceLoader(train_x, train_y, recipe.batch_size, info.mean, info.std, pad=info.pad, hflip=info.hflip,
+                          sampler=method.sampler, seed=spec.seed)
+    mean, std = loader.mean, loader.std
+    prepare = lambda x: _layout(normalize(x, mean, std), cuda)  # noqa: E731
+    splits = {"val": (to_dev(data.val_x), to_dev(data.val_y))}
+    if evaluate_test:
+        splits["test"] = (to_dev(data.test_x), to_dev(data.test_y))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    start_epoch, history, best = 0, [], {"top1": -math.inf, "epoch": -1}
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        loader.generator.set_state(checkpoint["loader_rng"])
+        start_epoch, history, best = checkpoint["epoch"], list(checkpoint["history"]), dict(checkpoint["best"])
+
+    def evaluate(split: str) -> dict:
+        x, y = splits[split]
+        logits = method.eval_logits(predict(model, x, prepare, autocast=autocast))
+        return classification_metrics(logits, y, num_classes, data.shots)
+
+    train_seconds, seen = sum(h["seconds"] for h in history), sum(h["images"] for h in history)
+    last_eval: dict = {}
+    for epoch in range(start_epoch, spec.epochs):
+        lr = recipe.lr_at(epoch, spec.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        tick = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for x, y in loader:
+            x = _layout(x, cuda)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                logits = model(x)
+                with torch.no_grad():
+                    t_logits = teacher(x) if teacher is not None else None
+            loss = method.loss(logits.float(), y, epoch=epoch,
+                               teacher_logits=t_logits.float() if t_logits is not None else None)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+        train_loss = float(loss_sum) / len(train_y)  # the one host sync of the epoch
+        seconds = time.perf_counter() - tick
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch} ({spec.label()})")
+        train_seconds, seen = train_seconds + seconds, seen + len(train_y)
+        metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": seconds, "images": len(train_y)}
+        last = epoch == spec.epochs - 1
+        if last or (epoch + 1) % recipe.eval_every == 0:
+            last_eval = {"val": evaluate("val")}
+            metrics["val_top1"] = last_eval["val"]["top1"]
+            if evaluate_test:
+                last_eval["test"] = evaluate("test")
+                metrics["test_top1"] = last_eval["test"]["top1"]
+                if metrics["test_top1"] > best["top1"]:  # the papers' protocol, stored but never used to choose
+                    best = {"top1": metrics["test_top1"], "epoch": epoch}
+        history.append(metrics)
+        if report is not None:
+            state = {"epoch": epoch + 1, "history": history, "best": best}
+            report(metrics, lambda: _checkpoint(model, optimizer, loader, state))
+
+    final = dict(last_eval.get("test", {}))
+    final.update(val_top1=last_eval["val"]["top1"], top1_best_epoch=best["top1"] if evaluate_test else None,
+                 best_epoch=best["epoch"] if evaluate_test else None)
+    return RunResult(
+        spec=spec, metrics=final, history=history, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        class_counts=list(data.class_counts), train_seconds=train_seconds,
+        images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
+        device=_device_name(device), started_at=started, finished_at=datetime.now(timezone.utc),
+    )
+
+
+def _layout(x: torch.Tensor, cuda: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cuda else x
+
+
+def _checkpoint(model, optimizer, loader, state: dict) -> dict:
+    """A plain dict of tensors and Python values, loadable with ``torch.load(weights_only=True)``."""
+    return {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "loader_rng": loader.generator.get_state(),
+        **{k: (list(v) if k == "history" else v) for k, v in state.items()},
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
