@@ -1,0 +1,195 @@
+"""Method registry, the `Method` base class and helpers shared by every loss.
+
+A method bundles a training loss with what the rest of the benchmark must know about it: the
+classifier head it expects, the sampler, whether it needs a teacher, and how its logits are turned
+into predictions. Each family lives in its own module and registers itself with `@register(name)`.
+
+Parameter names are shared by the CLI, the YAML suites and the leaderboard columns: `alpha`,
+`temperature`, `beta`, `gamma`, `max_m`, `s`, `tau`, `cb_start`, plus a few method-specific knobs.
+
+`cb_start` (deferred class-balanced weighting) is a float read two ways:
+  * a value < 1 is a fraction of the epoch budget given to `build`: cb_epoch = round(cb_start * epochs);
+  * a value >= 1 is an absolute 0-based epoch index (it must be a whole number).
+Class-balanced weighting is active when `epoch >= cb_epoch`. The reference's "switch at epoch 160 of
+200" is cb_start=0.8 (or cb_start=160). The resolved epoch is the method's `cb_epoch` attribute.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from pydantic import ValidationError
+
+from bkdbench.methods.params import MethodParams, explain_validation_error
+
+
+class MethodError(ValueError):
+    """A user-facing problem with a method name, its parameters or its inputs."""
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: float) -> torch.Tensor:
+    """Cui et al. (2019) weights w_j = (1 - beta) / (1 - beta^n_j), rescaled so sum_j w_j = C.
+
+    beta = 0 gives all ones; beta -> 1 approaches inverse frequency. Returns float32 on the CPU.
+    """
+    if not 0 <= beta < 1:
+        raise MethodError(f"class_balanced_weights: beta must be in [0, 1) (got {beta!r})")
+    return _class_balanced_weights64(torch.as_tensor(class_counts), beta).to(torch.float32)
+
+
+def _class_balanced_weights64(class_counts: torch.Tensor, beta: float) -> torch.Tensor:
+    n = class_counts.detach().cpu().to(torch.float64)
+    # 1 - beta^n via expm1 keeps precision when beta is close to 1; log(0) = -inf gives 1 for beta = 0.
+    effective_num = -torch.expm1(n * torch.log(torch.tensor(beta, dtype=torch.float64)))
+    w = (1.0 - beta) / effective_num
+    return w * (len(n) / w.sum())
+
+
+def resolve_cb_epoch(cb_start: float, epochs: int) -> int:
+    """First epoch (0-based) with class-balanced weighting; see the module docstring."""
+    return int(round(cb_start * epochs)) if cb_start < 1 else int(cb_start)
+
+
+def _counts_tensor(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    counts = torch.as_tensor(class_counts).detach().cpu()
+    if counts.ndim != 1 or counts.numel() == 0:
+        raise MethodError(f"class_counts must be a non-empty 1-D sequence (got shape {tuple(counts.shape)})")
+    if counts.is_floating_point() and not torch.equal(counts, counts.round()):
+        raise MethodError("class_counts must be whole numbers")
+    counts = counts.to(torch.int64)
+    if (counts < 1).any():
+        bad = [i for i, n in enumerate(counts.tolist()) if n < 1]
+        raise MethodError(f"every class needs at least one training example; classes {bad} have none")
+    return counts
+
+
+# ---------------------------------------------------------------- base class
+
+
+class Method:
+    """Base class: a loss for the training step plus the logits used at prediction time.
+
+    Subclasses set `Params` and override `loss`; per-class constants are computed once on the CPU
+    in float64 (`_constants`) and copied to the logits' device/dtype on first use, then cached.
+    """
+
+    name: ClassVar[str] = ""
+    head: ClassVar[str] = "linear"  # "linear" or "cosine"
+    sampler: ClassVar[str] = "instance"  # "instance" or "class-balanced"
+    needs_teacher: ClassVar[bool] = False
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    def __init__(self, class_counts: Sequence[int] | torch.Tensor, params: MethodParams, *, epochs: int = 200):
+        self.class_counts = _counts_tensor(class_counts)
+        self.params = params
+        self.epochs = epochs
+        self._constants: dict[str, torch.Tensor] = {}
+        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        fields = type(params).model_fields
+        if "beta" in fields:
+            self._constants["cb"] = _class_balanced_weights64(self.class_counts, params.beta)
+        if "cb_start" in fields:
+            self.cb_epoch = resolve_cb_epoch(params.cb_start, epochs)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_counts.numel())
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, *, epoch: int = 0,
+             teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def eval_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits used for prediction and probability metrics (NLL, ECE); identity by default."""
+        return logits
+
+    def to(self, device: torch.device | str) -> Method:
+        """Move the class counts; per-class constants follow the logits' device lazily anyway."""
+        self.class_counts = self.class_counts.to(device)
+        return self
+
+    def constant(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        """The per-class constant `key` on `like`'s device and dtype, copied once and cached."""
+        slot = (key, like.device, like.dtype)
+        if slot not in self._cache:
+            self._cache[slot] = self._constants[key].to(device=like.device, dtype=like.dtype)
+        return self._cache[slot]
+
+    def cb_weights(self, like: torch.Tensor, epoch: int | None = None) -> torch.Tensor | None:
+        """Class-balanced weights (from `beta`) on `like`'s device; None before `cb_epoch`.
+
+        With `epoch=None` the weights are returned unconditionally (no schedule).
+        """
+        if epoch is not None and epoch < self.cb_epoch:
+            return None
+        return self.constant("cb", like)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}<{self.name}>({args})"
+
+
+def float_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Losses are computed in at least float32: half-precision softmax/log loses the tail classes."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+# ---------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(name: str):
+    """Class decorator: register a `Method` subclass under `name` (and set its `name`)."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise MethodError(f"method '{name}' is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def names() -> list[str]:
+    """Sorted names of every registered method."""
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    """The class registered under `name`; a MethodError lists the valid names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        close = difflib.get_close_matches(str(name), _REGISTRY, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise MethodError(f"unknown method {name!r}{hint} (valid: {', '.join(names())})") from None
+
+
+def _validated(name: str, params: dict[str, Any]) -> tuple[type[Method], MethodParams]:
+    cls = method_class(name)
+    try:
+        return cls, cls.Params.model_validate(params)
+    except ValidationError as err:
+        raise MethodError(explain_validation_error(name, cls.Params, err)) from None
+
+
+def validate_params(name: str, **params: Any) -> dict[str, Any]:
+    """All of `name`'s parameters, defaults filled in and validated, as plain JSON-able values."""
+    return _validated(name, params)[1].model_dump()
+
+
+def build(name: str, class_counts: Sequence[int] | torch.Tensor, *, epochs: int = 200, **params: Any) -> Method:
+    """Construct method `name` for a training set with `class_counts` and an `epochs` budget."""
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise MethodError(f"{name}: epochs must be a positive integer (got {epochs!r})")
+    cls, checked = _validated(name, params)
+    return cls(class_counts, checked, epochs=int(epochs))
