@@ -1,0 +1,174 @@
+"""CLI commands over the leaderboard: ``leaderboard``, ``compare``, ``plot per-class|summary``.
+
+``register(app)`` adds them to the main typer app. Heavy libraries (pandas, pyarrow, scipy,
+matplotlib) are imported inside the commands so that ``bkdbench --help`` stays instant, and
+nothing here imports torch. Bad input ends with one line on stderr and exit status 2; an empty
+leaderboard is not an error (exit 0).
+"""
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from bkdbench.paths import leaderboard_dir, plots_dir, results_dir
+
+FORMATS = ("table", "markdown", "latex", "csv")
+
+ResultsOpt = Annotated[Optional[str], typer.Option(
+    "--results", help="Results folder (default: $BKDBENCH_RESULTS, else ./results).")]
+SuiteOpt = Annotated[Optional[str], typer.Option("--suite", help="Only runs of this suite.")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset.")]
+ImbalanceOpt = Annotated[Optional[float], typer.Option("--imbalance", help="Only this imbalance factor.")]
+MetricOpt = Annotated[str, typer.Option(
+    "--metric", help="top1, top1_best_epoch, val_top1, many, medium, few, ece or nll.")]
+
+
+def _fail(message: str) -> None:
+    """One clear line on stderr, exit status 2, no traceback."""
+    Console(stderr=True).print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _load(results: Optional[str], **filters):
+    """Validated leaderboard folder and its rows; warns once about unreadable files."""
+    from bkdbench.leaderboard.store import LeaderboardError, read_rows
+
+    try:
+        folder = leaderboard_dir(results_dir(results))
+        rows, skipped = read_rows(folder, **filters)
+    except (LeaderboardError, ValueError) as exc:
+        _fail(str(exc))
+    if skipped:
+        Console(stderr=True).print(
+            f"warning: skipped {len(skipped)} unreadable leaderboard file(s): {', '.join(skipped)}",
+            markup=False, highlight=False, soft_wrap=True)
+    return folder, rows
+
+
+def _say_empty(folder, **filters) -> None:
+    chosen = ", ".join(f"--{k.replace('imbalance_factor', 'imbalance')} {v:g}" if isinstance(v, float)
+                       else f"--{k} {v}" for k, v in filters.items() if v is not None)
+    where = f"{folder}" + (f" matching {chosen}" if chosen else "")
+    Console().print(f"no finished runs in {where}; run `bkdbench run --suite digits-lt` first",
+                    markup=False, highlight=False, soft_wrap=True)
+
+
+def _check_metric(metric: str) -> None:
+    from bkdbench.leaderboard.aggregate import check_metric
+
+    try:
+        check_metric(metric)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def leaderboard(suite: SuiteOpt = None, dataset: DatasetOpt = None, imbalance: ImbalanceOpt = None,
+                method: Annotated[Optional[str], typer.Option("--method", help="Only this method.")] = None,
+                metric: MetricOpt = "top1",
+                fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex or csv.")] = "table",
+                results: ResultsOpt = None) -> None:
+    """Show mean ± std over seeds per method and imbalance factor, one table per dataset."""
+    _check_metric(metric)
+    if fmt not in FORMATS:
+        _fail(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    filters = dict(suite=suite, dataset=dataset, imbalance_factor=imbalance, method=method)
+    folder, rows = _load(results, **filters)
+
+    from bkdbench.leaderboard import render
+    from bkdbench.leaderboard.aggregate import summarise
+
+    summary = summarise(rows, metric)
+    if summary.empty:
+        _say_empty(folder, **filters)
+        return
+    out = Console()
+    if fmt == "table":
+        for _, table in render.leaderboard_tables(summary, metric):
+            out.print(table)
+            out.print()
+        return
+    text = {"markdown": lambda: render.to_markdown(summary, metric),
+            "latex": lambda: render.to_latex(summary, metric),
+            "csv": lambda: render.to_csv(summary)}[fmt]()
+    out.out(text, highlight=False, end="")
+
+
+def compare(a: Annotated[str, typer.Argument(help="Method or label, e.g. bkd.")],
+            b: Annotated[str, typer.Argument(help="Method or label to compare against.")],
+            dataset: DatasetOpt = None, imbalance: ImbalanceOpt = None,
+            metric: MetricOpt = "top1", results: ResultsOpt = None) -> None:
+    """Paired comparison A − B by seed, with a 95% confidence interval, per dataset and IF."""
+    _check_metric(metric)
+    folder, rows = _load(results, dataset=dataset, imbalance_factor=imbalance)
+    if not (rows["status"] == "finished").any():
+        _say_empty(folder, dataset=dataset, imbalance_factor=imbalance)
+        return
+
+    from bkdbench.leaderboard.aggregate import paired_difference
+    from bkdbench.leaderboard.render import comparison_table
+
+    try:
+        result = paired_difference(rows, a, b, metric=metric, dataset=dataset, imbalance=imbalance)
+    except ValueError as exc:
+        _fail(str(exc))
+    if result.empty:
+        _fail(f"{a!r} and {b!r} have no runs with the same dataset, imbalance factor and seed")
+    Console().print(comparison_table(result))
+
+
+plot_app = typer.Typer(help="Write PNG figures from the leaderboard.", no_args_is_help=True)
+
+
+@plot_app.command("per-class")
+def plot_per_class(dataset: DatasetOpt = None, imbalance: ImbalanceOpt = None, suite: SuiteOpt = None,
+                   results: ResultsOpt = None,
+                   out: Annotated[Optional[str], typer.Option("--out", help="PNG path (one plot only).")] = None
+                   ) -> None:
+    """Per-class accuracy head → tail; one PNG per dataset and imbalance factor found."""
+    if out and (dataset is None or imbalance is None):
+        _fail("--out names one file: pass --dataset and --imbalance with it")
+    folder, rows = _load(results, suite=suite, dataset=dataset, imbalance_factor=imbalance,
+                         status="finished")
+    if rows.empty:
+        _say_empty(folder, suite=suite, dataset=dataset, imbalance_factor=imbalance)
+        return
+
+    from bkdbench.leaderboard.plots import plot_per_class as draw
+
+    cells = rows[["dataset", "imbalance_factor"]].drop_duplicates().sort_values(
+        ["dataset", "imbalance_factor"], ascending=[True, False])
+    prefix = f"per-class-{suite}-" if suite else "per-class-"
+    for cell in cells.itertuples(index=False):
+        path = out or plots_dir(results_dir(results)) / f"{prefix}{cell.dataset}-if{cell.imbalance_factor:g}.png"
+        try:
+            written = draw(rows, cell.dataset, cell.imbalance_factor, path)
+        except (ValueError, OSError) as exc:
+            _fail(str(exc))
+        Console().print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
+
+
+@plot_app.command("summary")
+def plot_summary(suite: SuiteOpt = None, metric: MetricOpt = "top1", results: ResultsOpt = None,
+                 out: Annotated[Optional[str], typer.Option("--out", help="PNG path.")] = None) -> None:
+    """Mean ± std per method and imbalance factor, one panel per dataset."""
+    _check_metric(metric)
+    folder, rows = _load(results, suite=suite, status="finished")
+    if rows.empty:
+        _say_empty(folder, suite=suite)
+        return
+
+    from bkdbench.leaderboard.plots import plot_summary as draw
+
+    path = out or plots_dir(results_dir(results)) / f"summary-{suite or 'all'}-{metric}.png"
+    try:
+        written = draw(rows, path, metric=metric)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    Console().print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``leaderboard``, ``compare`` and the ``plot`` group to the main app."""
+    app.command("leaderboard")(leaderboard)
+    app.command("compare")(compare)
+    app.add_typer(plot_app, name="plot")

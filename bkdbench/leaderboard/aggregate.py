@@ -1,0 +1,187 @@
+"""From leaderboard rows to numbers people compare: mean ± std over seeds, paired differences.
+
+Seeds are the unit of replication. A "cell" is (dataset, imbalance_factor, label); its rows are
+one per (seed, data_seed) and only finished runs count. Comparisons pair two configurations
+seed by seed, which removes the shared data-order and initialisation noise.
+
+Labels (see ``method_label``/``with_labels``) name a configuration for display:
+- a row from a hyperparameter sweep (``sweep_id`` set): ``"<method> (tuned)"``;
+- otherwise the method name, followed by the parameters that differ between the rows of that
+  method in the frame being shown, e.g. ``"bkd (alpha=0.5, temperature=2)"``. Parameters that
+  are the same in every row (or were left at their defaults) are not shown, so a suite table
+  says ``"bkd"`` while an ablation table tells its variants apart.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+METRICS = ("top1", "top1_best_epoch", "val_top1", "many", "medium", "few", "ece", "nll")
+LOWER_IS_BETTER = frozenset({"ece", "nll"})
+CELL = ["dataset", "imbalance_factor"]
+REPLICATE = ["seed", "data_seed"]
+
+
+def check_metric(metric: str) -> str:
+    """Return ``metric`` if it is a leaderboard metric, else raise ValueError listing them."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    return metric
+
+
+def _present(value) -> bool:
+    """A cell holds a real value (not None/NaN/NA/empty string)."""
+    if value is None or (isinstance(value, str) and not value):
+        return False
+    try:
+        return not bool(pd.isna(value))
+    except (TypeError, ValueError):  # lists and dicts are present
+        return True
+
+
+def _params(row: Mapping) -> dict:
+    raw = row.get("params")
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if not _present(raw):
+        return {}
+    return json.loads(raw)
+
+
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def method_label(row: Mapping, varying: Iterable[str] | None = None) -> str:
+    """Display name of a row's configuration.
+
+    Sweep rows: ``"<method> (tuned)"``. Otherwise the method name plus the parameters named in
+    ``varying`` that the row sets; with ``varying=None`` an ablation row (``ablation_id`` set)
+    shows all its parameters and any other row just its method name.
+    """
+    method = str(row.get("method"))
+    if _present(row.get("sweep_id")):
+        return f"{method} (tuned)"
+    params = _params(row)
+    if varying is None:
+        varying = params if _present(row.get("ablation_id")) else ()
+    shown = [f"{key}={_show(params[key])}" for key in sorted(varying) if key in params]
+    return f"{method} ({', '.join(shown)})" if shown else method
+
+
+def _varying_params(rows: pd.DataFrame) -> set[str]:
+    """Parameter names whose value differs between rows (absent counts as a value)."""
+    dicts = [_params(row) for _, row in rows.iterrows()]
+    keys = set().union(*dicts) if dicts else set()
+    missing = object()
+    return {k for k in keys if len({json.dumps(d.get(k, missing), default=repr) for d in dicts}) > 1}
+
+
+def with_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with a ``label`` column (see the module docstring for the rule)."""
+    out = df.copy()
+    if out.empty:
+        out["label"] = pd.Series(dtype=object)
+        return out
+    labels = pd.Series(index=out.index, dtype=object)
+    tuned = out["sweep_id"].map(_present) if "sweep_id" in out else pd.Series(False, index=out.index)
+    for _, rows in out[~tuned].groupby("method", dropna=False):
+        varying = _varying_params(rows)
+        for index, row in rows.iterrows():
+            labels[index] = method_label(row, varying)
+    for index, row in out[tuned].iterrows():
+        labels[index] = method_label(row)
+    out["label"] = labels
+    return out
+
+
+def _finished(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Finished rows with a value for ``metric``, labelled, one per replicate (the newest)."""
+    check_metric(metric)
+    rows = df[df["status"] == "finished"] if "status" in df else df
+    rows = rows[rows[metric].notna()] if metric in rows else rows.iloc[0:0]
+    rows = with_labels(rows)
+    if "finished_at" in rows:
+        rows = rows.sort_values("finished_at", kind="stable", na_position="first")
+    key = CELL + ["label"] + [c for c in REPLICATE if c in rows]
+    return rows.drop_duplicates(subset=key, keep="last")
+
+
+def summarise(df: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
+    """Mean, sample std (ddof=1; NaN for one seed) and seed count per (dataset, IF, label)."""
+    rows = _finished(df, metric)
+    columns = CELL + ["label", "mean", "std", "n"]
+    if rows.empty:
+        summary = pd.DataFrame({c: pd.Series(dtype=float if c in ("mean", "std") else object)
+                                for c in columns})
+    else:
+        grouped = rows.groupby(CELL + ["label"], dropna=False)[metric]
+        summary = grouped.agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
+        summary["n"] = summary["n"].astype(int)
+    summary = summary[columns].sort_values(CELL + ["label"], ignore_index=True)
+    summary.attrs["metric"] = metric
+    return summary
+
+
+def _select(rows: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Rows whose label is ``name``; failing that, rows of method ``name`` if it is one config."""
+    chosen = rows[rows["label"] == name]
+    if chosen.empty:
+        chosen = rows[rows["method"] == name]
+        labels = sorted(chosen["label"].unique())
+        if len(labels) > 1:
+            raise ValueError(f"{name!r} matches several configurations ({'; '.join(labels)}); "
+                             "pass one of these labels")
+    if chosen.empty:
+        known = "; ".join(sorted(rows["label"].unique())) or "none"
+        raise ValueError(f"no finished runs for {name!r}; labels with runs: {known}")
+    return chosen
+
+
+def paired_difference(df: pd.DataFrame, a: str, b: str, metric: str = "top1",
+                      dataset: str | None = None, imbalance: float | None = None) -> pd.DataFrame:
+    """Per (dataset, IF): mean of the per-seed differences a − b with a Student-t 95% CI.
+
+    ``a`` and ``b`` are labels (or method names that map to one label). Rows pair on
+    (dataset, imbalance_factor, seed, data_seed). Columns: dataset, imbalance_factor, n,
+    mean_a, mean_b, mean_diff, sd_diff, ci_low, ci_high, diffs (per-pair list). The CI is
+    NaN with fewer than two pairs. ``attrs`` holds a, b and metric.
+    """
+    rows = _finished(df, metric)
+    if dataset is not None:
+        rows = rows[rows["dataset"] == dataset]
+    if imbalance is not None:
+        rows = rows[np.isclose(rows["imbalance_factor"].astype(float), float(imbalance))]
+    left, right = _select(rows, a), _select(rows, b)
+    key = CELL + REPLICATE
+    pairs = left[key + [metric]].merge(right[key + [metric]], on=key, suffixes=("_a", "_b"))
+    records = []
+    for (data, factor), group in pairs.groupby(CELL, sort=True, dropna=False):
+        group = group.sort_values(REPLICATE)
+        diffs = (group[f"{metric}_a"] - group[f"{metric}_b"]).to_numpy(dtype=float)
+        records.append(_pair_stats(data, factor, group, metric, diffs))
+    result = pd.DataFrame(records, columns=CELL + [
+        "n", "mean_a", "mean_b", "mean_diff", "sd_diff", "ci_low", "ci_high", "diffs"])
+    # Same order as the tables: datasets by name, imbalance factors high to low.
+    result = result.sort_values(CELL, ascending=[True, False], ignore_index=True)
+    result.attrs.update(a=a, b=b, metric=metric)
+    return result
+
+
+def _pair_stats(data, factor, group, metric, diffs: np.ndarray) -> dict:
+    n = len(diffs)
+    mean = float(diffs.mean())
+    sd = float(diffs.std(ddof=1)) if n > 1 else math.nan
+    low = high = math.nan
+    if n > 1:
+        from scipy import stats  # imported here: scipy is slow to import and only this needs it
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+        low, high = mean - half, mean + half
+    return {"dataset": data, "imbalance_factor": factor, "n": n,
+            "mean_a": float(group[f"{metric}_a"].mean()), "mean_b": float(group[f"{metric}_b"].mean()),
+            "mean_diff": mean, "sd_diff": sd, "ci_low": low, "ci_high": high,
+            "diffs": diffs.tolist()}

@@ -1,0 +1,187 @@
+"""Summaries as tables: rich renderables for the terminal, Markdown, LaTeX and CSV strings.
+
+Nothing here prints; the CLI decides where output goes. Tables have one row per label and one
+column per imbalance factor, ordered high to low (100, 50, 10) as papers do. Rows are ranked by
+their value in the first (most imbalanced) column, best first, then by name. The best mean of each
+column is highlighted; all tied bests are.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.table import Table
+
+from bkdbench.leaderboard.aggregate import LOWER_IS_BETTER, check_metric
+
+# What each number is, said plainly, for captions.
+DESCRIPTIONS = {
+    "top1": "balanced test top-1 %, last epoch",
+    "top1_best_epoch": "balanced test top-1 %, best test epoch (papers' protocol, optimistic)",
+    "val_top1": "balanced validation top-1 %, last epoch",
+    "many": "test accuracy % on many-shot classes (>100 training images), last epoch",
+    "medium": "test accuracy % on medium-shot classes (20-100 training images), last epoch",
+    "few": "test accuracy % on few-shot classes (<20 training images), last epoch",
+    "ece": "expected calibration error % (15 bins), last epoch, lower is better",
+    "nll": "test negative log-likelihood (nats), last epoch, lower is better",
+}
+
+
+def caption(metric: str) -> str:
+    check_metric(metric)
+    return f"{DESCRIPTIONS[metric]}; mean ± std over n seeds, (n) in brackets; best per column in bold"
+
+
+def _digits(metric: str) -> int:
+    return 3 if metric == "nll" else 2
+
+
+def format_cell(mean: float, std: float, n: int, metric: str) -> str:
+    """``"71.23 ± 0.45 (3)"``; a single seed has no spread: ``"71.23 ± – (1)"``."""
+    d = _digits(metric)
+    spread = "–" if std is None or math.isnan(std) else f"{std:.{d}f}"
+    return f"{mean:.{d}f} ± {spread} ({int(n)})"
+
+
+def _factor_name(factor: float) -> str:
+    return "IF ?" if pd.isna(factor) else f"IF {factor:g}"
+
+
+def _grid(summary: pd.DataFrame, metric: str):
+    """Per dataset: (dataset, factors high→low, [(label, {factor: (cell, is_best)})])."""
+    check_metric(metric)
+    lower = metric in LOWER_IS_BETTER
+    grids = []
+    for dataset, part in summary.groupby("dataset", sort=True, dropna=False):
+        factors = sorted(part["imbalance_factor"].unique(), reverse=True)
+        best = {}
+        for factor in factors:
+            means = part.loc[part["imbalance_factor"] == factor, "mean"]
+            best[factor] = means.min() if lower else means.max()
+        cells: dict[str, dict] = {}
+        for row in part.itertuples(index=False):
+            text = format_cell(row.mean, row.std, row.n, metric)
+            cells.setdefault(row.label, {})[row.imbalance_factor] = (
+                text, row.mean == best[row.imbalance_factor], row.mean)
+
+        def rank(label: str):
+            first = cells[label].get(factors[0])
+            if first is None:
+                return (1, 0.0, label)
+            return (0, first[2] if lower else -first[2], label)
+
+        rows = [(label, cells[label]) for label in sorted(cells, key=rank)]
+        grids.append((dataset, factors, rows))
+    return grids
+
+
+def leaderboard_tables(summary: pd.DataFrame, metric: str) -> list[tuple[str, Table]]:
+    """One rich Table per dataset; best mean per column in bold green."""
+    tables = []
+    for dataset, factors, rows in _grid(summary, metric):
+        table = Table(title=str(dataset), caption=caption(metric), caption_justify="left")
+        table.add_column("method")
+        for factor in factors:
+            table.add_column(_factor_name(factor), justify="right")
+        for label, cells in rows:
+            shown = []
+            for factor in factors:
+                text, is_best, _ = cells.get(factor, ("–", False, None))
+                shown.append(f"[bold green]{text}[/]" if is_best else text)
+            table.add_row(_escape_rich(label), *shown)
+        tables.append((str(dataset), table))
+    return tables
+
+
+def _escape_rich(text: str) -> str:
+    # Labels may contain "[" (rare, but a markup tag would silently vanish).
+    return text.replace("[", r"\[")
+
+
+def to_markdown(summary: pd.DataFrame, metric: str) -> str:
+    """GitHub-flavoured Markdown: a heading and a table per dataset, best in **bold**."""
+    parts = []
+    for dataset, factors, rows in _grid(summary, metric):
+        header = "| method | " + " | ".join(_factor_name(f) for f in factors) + " |"
+        rule = "|---|" + "---:|" * len(factors)
+        lines = [f"### {dataset}", "", f"_{caption(metric)}_", "", header, rule]
+        for label, cells in rows:
+            shown = []
+            for factor in factors:
+                text, is_best, _ = cells.get(factor, ("–", False, None))
+                shown.append(f"**{text}**" if is_best else text)
+            lines.append(f"| {label.replace('|', '/')} | " + " | ".join(shown) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _latex_cell(text: str) -> str:
+    return _latex_escape(text).replace(" ± ", r" $\pm$ ").replace("–", "--")
+
+
+def to_latex(summary: pd.DataFrame, metric: str) -> str:
+    """One booktabs ``table`` per dataset (needs ``\\usepackage{booktabs}``); best in \\textbf."""
+    parts = []
+    for dataset, factors, rows in _grid(summary, metric):
+        lines = [r"\begin{table}[t]", r"\centering",
+                 rf"\caption{{{_latex_escape(dataset)}: {_latex_escape(caption(metric))}}}",
+                 r"\begin{tabular}{l" + "r" * len(factors) + "}", r"\toprule",
+                 "Method & " + " & ".join(_latex_escape(_factor_name(f)) for f in factors)
+                 + r" \\", r"\midrule"]
+        for label, cells in rows:
+            shown = []
+            for factor in factors:
+                text, is_best, _ = cells.get(factor, ("–", False, None))
+                cell = _latex_cell(text)
+                shown.append(rf"\textbf{{{cell}}}" if is_best else cell)
+            lines.append(_latex_escape(label) + " & " + " & ".join(shown) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def to_csv(summary: pd.DataFrame) -> str:
+    """The summary as CSV (dataset, imbalance_factor, label, mean, std, n[, metric])."""
+    frame = summary.copy()
+    if "metric" in summary.attrs and "metric" not in frame:
+        frame["metric"] = summary.attrs["metric"]
+    return frame.to_csv(index=False)
+
+
+def comparison_table(result: pd.DataFrame) -> Table:
+    """A paired comparison (from ``paired_difference``) as a rich Table.
+
+    Long labels go in the title as A and B so the columns stay narrow.
+    """
+    a, b = result.attrs.get("a", "A"), result.attrs.get("b", "B")
+    metric = result.attrs.get("metric", "top1")
+    d = _digits(metric)
+    lower = metric in LOWER_IS_BETTER
+    table = Table(
+        title=f"A = {_escape_rich(a)}, B = {_escape_rich(b)}: {metric}, paired by seed",
+        caption=(f"{DESCRIPTIONS.get(metric, metric)}. Δ = mean over seed pairs of (A − B); "
+                 "95% CI by Student's t (none with fewer than 2 pairs); "
+                 f"{'lower' if lower else 'higher'} is better. "
+                 "Δ in green/red: the CI excludes 0 in favour of/against A."),
+        caption_justify="left")
+    table.add_column("dataset")
+    for name in ("IF", "pairs", "mean A", "mean B", "Δ = A − B", "95% CI"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in result.itertuples(index=False):
+        ci = "–" if math.isnan(row.ci_low) else f"[{row.ci_low:+.{d}f}, {row.ci_high:+.{d}f}]"
+        delta = f"{row.mean_diff:+.{d}f}"
+        if not math.isnan(row.ci_low) and (row.ci_low > 0 or row.ci_high < 0):
+            a_wins = (row.mean_diff < 0) if lower else (row.mean_diff > 0)
+            delta = f"[{'green' if a_wins else 'red'}]{delta}[/]"
+        table.add_row(str(row.dataset), f"{row.imbalance_factor:g}", str(row.n),
+                      f"{row.mean_a:.{d}f}", f"{row.mean_b:.{d}f}", delta, ci)
+    return table

@@ -1,0 +1,290 @@
+"""The leaderboard on disk: one Parquet file per run in one folder.
+
+Every run (finished or failed) is one file ``<root>/<run_id>.parquet`` holding one row with the
+columns of ``SCHEMA``. Files are written under a temporary name and renamed into place, so a
+crash never leaves half a file and parallel writers never collide; a later write with the same
+run_id replaces the file (a re-run of a failed run overwrites it). Any Parquet reader (pandas,
+pyarrow.dataset, DuckDB, polars) reads the folder without bkdbench.
+
+Units:
+- ``top1``: the headline number, balanced test top-1 accuracy (mean per-class recall) at the
+  last epoch, in percent (0-100).
+- ``top1_best_epoch``: the same at the best test epoch, the papers' protocol (optimistic: the
+  test set picks the epoch), in percent.
+- ``val_top1``: balanced validation top-1 at the last epoch, in percent.
+- ``many``/``medium``/``few``: test accuracy on the many-/medium-/few-shot classes, in percent.
+- ``per_class_acc``: test accuracy of each class, in percent, in class-index order;
+  ``class_counts``: the number of long-tailed training images of each class, same order.
+- ``ece``: expected calibration error over 15 equal-width bins, in percent.
+- ``nll``: mean test negative log-likelihood, in nats.
+- ``train_seconds``: wall-clock training time; ``images_per_second``: training throughput.
+- ``started_at``/``finished_at``: UTC timestamps (microseconds).
+- ``params`` and ``recipe``: canonical JSON (sorted keys, no spaces) of the method parameters
+  and of the training recipe.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import numbers
+import os
+import re
+import uuid
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+_UTC_US = pa.timestamp("us", tz="UTC")
+SCHEMA = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("schema_version", pa.int32(), nullable=False),
+    pa.field("suite", pa.string()),
+    pa.field("sweep_id", pa.string()),
+    pa.field("ablation_id", pa.string()),
+    pa.field("dataset", pa.string()),
+    pa.field("imbalance_factor", pa.float64()),
+    pa.field("profile", pa.string()),
+    pa.field("data_seed", pa.int64()),
+    pa.field("model", pa.string()),
+    pa.field("method", pa.string()),
+    pa.field("params", pa.string()),
+    pa.field("recipe", pa.string()),
+    pa.field("epochs", pa.int64()),
+    pa.field("seed", pa.int64()),
+    pa.field("teacher_run_id", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("top1", pa.float64()),
+    pa.field("top1_best_epoch", pa.float64()),
+    pa.field("best_epoch", pa.int64()),
+    pa.field("val_top1", pa.float64()),
+    pa.field("many", pa.float64()),
+    pa.field("medium", pa.float64()),
+    pa.field("few", pa.float64()),
+    pa.field("ece", pa.float64()),
+    pa.field("nll", pa.float64()),
+    pa.field("per_class_acc", pa.list_(pa.float64())),
+    pa.field("class_counts", pa.list_(pa.int64())),
+    pa.field("train_seconds", pa.float64()),
+    pa.field("images_per_second", pa.float64()),
+    pa.field("device", pa.string()),
+    pa.field("host", pa.string()),
+    pa.field("bkdbench_version", pa.string()),
+    pa.field("git_sha", pa.string()),
+    pa.field("torch_version", pa.string()),
+    pa.field("started_at", _UTC_US),
+    pa.field("finished_at", _UTC_US),
+])
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+STATUSES = ("finished", "failed")
+# Columns read_rows can filter on: the scalar ones (lists have no sensible equality).
+FILTERABLE = tuple(f.name for f in SCHEMA if not pa.types.is_list(f.type))
+
+_SUFFIX = ".parquet"
+# run_id becomes a file name: keep it to characters every filesystem and object store accepts.
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class LeaderboardError(ValueError):
+    """The leaderboard location is unusable (bad URI, folder not creatable or not writable)."""
+
+
+def resolve(root: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """Map a local folder or a ``s3://``/``gs://``/``file://`` URI to (filesystem, path)."""
+    text = os.fspath(root)
+    if "://" in text:
+        try:
+            fs, path = pafs.FileSystem.from_uri(text)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise LeaderboardError(f"cannot open leaderboard location {text!r}: {exc}") from exc
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
+
+
+def _is_local(fs: pafs.FileSystem) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def _canonical_json(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _utc(value):
+    """Accept datetimes (naive = UTC), pandas/numpy timestamps, ISO strings or epoch seconds."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    elif isinstance(value, numbers.Real):
+        value = dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
+    elif not isinstance(value, dt.datetime):  # numpy datetime64 and the like
+        value = pd.Timestamp(value).to_pydatetime()
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def _row_table(row: dict) -> pa.Table:
+    unknown = sorted(set(row) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown leaderboard column(s): {', '.join(unknown)}")
+    run_id = row.get("run_id")
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ValueError(f"run_id must be a non-empty file-name-safe string, got {run_id!r}")
+    status = row.get("status")
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    full = {name: row.get(name) for name in COLUMNS}
+    if full["schema_version"] is None:
+        full["schema_version"] = SCHEMA_VERSION
+    full["params"] = _canonical_json(full["params"])
+    full["recipe"] = _canonical_json(full["recipe"])
+    full["started_at"] = _utc(full["started_at"])
+    full["finished_at"] = _utc(full["finished_at"])
+    for name in ("per_class_acc", "class_counts"):
+        if full[name] is not None:
+            full[name] = list(full[name])  # numpy arrays and tuples alike
+    return pa.Table.from_pylist([full], schema=SCHEMA)
+
+
+def write_row(root: str | os.PathLike, row: dict) -> str:
+    """Write one run's row to ``<root>/<run_id>.parquet`` atomically; return where it went.
+
+    Missing columns are stored as null; unknown keys raise ValueError; ``params``/``recipe``
+    dicts become canonical JSON. An existing file with the same run_id is replaced.
+    """
+    table = _row_table(row)
+    fs, folder = resolve(root)
+    name = row["run_id"] + _SUFFIX
+    if not _is_local(fs):
+        # An object-store PUT is atomic: readers see the old object or the new one, never half.
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(f"{folder}/{name}") as out:
+            pq.write_table(table, out)
+        return f"{os.fspath(root).rstrip('/')}/{name}"
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, name)
+    # A unique hidden temp name per writer: parallel writers never share a temp file, and
+    # readers skip it because it neither ends in .parquet nor is visible.
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # data on disk before the rename makes it visible
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+    return final
+
+
+def _fsync_dir(folder: str) -> None:
+    """Persist the rename itself; best effort (not every platform can open a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _row_files(fs: pafs.FileSystem, folder: str) -> list[str]:
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    except (pa.ArrowException, OSError) as exc:
+        raise LeaderboardError(f"cannot list the leaderboard folder {folder}: {exc}") from exc
+    return sorted(
+        info.path for info in infos
+        if info.type == pafs.FileType.File
+        and info.base_name.endswith(_SUFFIX) and not info.base_name.startswith(".")
+    )
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """Give a file's table exactly SCHEMA's columns: missing ones null, extra ones dropped."""
+    arrays = []
+    for field in SCHEMA:
+        if field.name in table.column_names:
+            arrays.append(table.column(field.name).cast(field.type))
+        elif field.nullable:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+        else:
+            raise ValueError(f"required column {field.name} is missing")
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _display(fs: pafs.FileSystem, root, path: str) -> str:
+    return path if _is_local(fs) else f"{os.fspath(root).rstrip('/')}/{os.path.basename(path)}"
+
+
+def read_rows(root: str | os.PathLike, **filters) -> tuple[pd.DataFrame, list[str]]:
+    """Read every run file under ``root``; return (rows, paths of files that could not be read).
+
+    ``filters`` select rows by column equality (``dataset="cifar10"``); a list/tuple/set
+    selects any of its values; None means no filter. A missing or empty folder gives an empty
+    frame with all the schema's columns.
+    """
+    unknown = sorted(set(filters) - set(FILTERABLE))
+    if unknown:
+        raise ValueError(f"cannot filter on {', '.join(unknown)}; filterable: {', '.join(FILTERABLE)}")
+    fs, folder = resolve(root)
+    tables, skipped = [], []
+    for path in _row_files(fs, folder):
+        try:
+            tables.append(_conform(pq.read_table(path, filesystem=fs)))
+        except (pa.ArrowException, OSError, ValueError):
+            # Corrupt, truncated or incompatible: report it, keep reading the rest.
+            skipped.append(_display(fs, root, path))
+    if tables:
+        frame = pa.concat_tables(tables).to_pandas()
+    else:
+        frame = SCHEMA.empty_table().to_pandas()
+    for column, wanted in filters.items():
+        if wanted is None:
+            continue
+        if isinstance(wanted, (list, tuple, set, frozenset)):
+            frame = frame[frame[column].isin(list(wanted))]
+        else:
+            frame = frame[frame[column] == wanted]
+    return frame.reset_index(drop=True), skipped
+
+
+def finished_run_ids(root: str | os.PathLike) -> set[str]:
+    """The run_ids of finished runs (failed runs are absent so they get re-run)."""
+    frame, _ = read_rows(root, status="finished")
+    return set(frame["run_id"])
+
+
+def check_writable(root: str | os.PathLike) -> None:
+    """Create ``root`` if needed and prove a file can be written there; else LeaderboardError."""
+    fs, folder = resolve(root)
+    probe = f"{folder}/.bkdbench-write-check-{uuid.uuid4().hex}"
+    try:
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(probe) as out:
+            out.write(b"ok")
+        fs.delete_file(probe)
+    except (pa.ArrowException, OSError) as exc:
+        raise LeaderboardError(
+            f"cannot write to the folder {os.fspath(root)}: {exc}; "
+            "choose a writable location with --results"
+        ) from exc
+
+
+__all__ = [
+    "SCHEMA", "SCHEMA_VERSION", "COLUMNS", "STATUSES", "FILTERABLE", "LeaderboardError",
+    "resolve", "write_row", "read_rows", "finished_run_ids", "check_writable",
+]
