@@ -1,0 +1,203 @@
+"""The ``bkdbench`` command line. Heavy imports (torch, Ray) happen inside commands, so that
+``bkdbench --help`` and ``bkdbench leaderboard`` start fast."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .console import console, fail, note
+
+app = typer.Typer(
+    help="Benchmarks and hyperparameter search for long-tailed image classification (BKD and baselines).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: what is available here, and explicit downloads.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ResultsOpt = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results).")
+DataDirOpt = typer.Option(None, "--data-dir", help="Folder holding the dataset files.")
+
+
+def method_params(**values) -> dict:
+    """The method parameters the user set on the command line (unset ones keep their defaults)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="Dataset name (see `bkdbench data list`)."),
+    imbalance: float = typer.Option(10.0, "--imbalance", help="Imbalance factor n_max / n_min (>= 1)."),
+    method: str = typer.Option("ce", "--method", "-m", help="Method name (ce, bkd, kd, ldam-drw, ...)."),
+    seed: int = typer.Option(0, "--seed", help="Training seed (initialisation, batch order, augmentation)."),
+    data_seed: int = typer.Option(0, "--data-seed", help="Seed of the long-tailed subsample."),
+    profile: str = typer.Option("exp", "--profile", help="Long-tail profile: exp or step."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: the dataset's)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name (default: the dataset's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Distillation weight α (kd, bkd)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Distillation temperature T."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="Class-balanced β in [0, 1)."),
+    gamma: Optional[float] = typer.Option(None, "--gamma", help="Focal γ."),
+    max_m: Optional[float] = typer.Option(None, "--max-m", help="LDAM's largest margin."),
+    s: Optional[float] = typer.Option(None, "--s", help="LDAM's logit scale."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Logit-adjustment τ."),
+    cb_start: Optional[float] = typer.Option(None, "--cb-start", help="When class weights switch on (<1: fraction of the budget, else epoch)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast on CPU (always on with CUDA)."),
+    force: bool = typer.Option(False, "--force", help="Train even if this run is already in the leaderboard."),
+    data_dir: Optional[Path] = DataDirOpt,
+    results: Optional[Path] = ResultsOpt,
+):
+    """Train one run (no Ray): its teacher first if it needs one, then the run; record both."""
+    from .data import DataError, get_dataset
+    from .leaderboard.store import LeaderboardError, check_writable, finished_run_ids, read_rows
+    from .paths import leaderboard_dir, results_dir, teachers_dir
+    from .specs import SpecError, make_spec
+
+    params = method_params(alpha=alpha, temperature=temperature, beta=beta, gamma=gamma, max_m=max_m, s=s,
+                           tau=tau, cb_start=cb_start)
+    try:
+        spec = make_spec(dataset, imbalance, method, seed=seed, data_seed=data_seed, profile=profile, model=model,
+                         recipe=recipe, epochs=epochs, params=params)
+        root = results_dir(results)
+        for folder in (leaderboard_dir(root), teachers_dir(root)):
+            check_writable(folder)
+        get_dataset(dataset).load(data_dir)  # missing or corrupt files fail here, before any training
+        _check_device(device)
+    except (SpecError, DataError, LeaderboardError, ValueError) as exc:
+        fail(str(exc))
+
+    from .orchestrate.execute import run_and_record
+    from .teachers import TeacherError, load_teacher
+    from .train import TrainingDiverged
+
+    board = leaderboard_dir(root)
+    if spec.run_id in finished_run_ids(board) and not force:
+        rows, _ = read_rows(board)
+        note(f"{spec.label()} is already in the leaderboard ({spec.run_id}); --force retrains it")
+        _print_metrics(spec, rows[rows.run_id == spec.run_id].iloc[0].to_dict())
+        return
+    try:
+        if spec.teacher is not None:
+            if load_teacher(teachers_dir(root), spec.teacher) is None:
+                console.print(f"training the teacher first: [bold]{spec.teacher.label()}[/] ({spec.teacher.run_id})")
+                result = _run_with_progress(spec.teacher, root, data_dir, device, bf16)
+                _print_metrics(spec.teacher, result.to_row())
+            else:
+                console.print(f"reusing the cached teacher {spec.teacher.run_id} ({spec.teacher.label()})")
+        result = _run_with_progress(spec, root, data_dir, device, bf16)
+    except (TeacherError, DataError) as exc:
+        fail(str(exc))
+    except TrainingDiverged as exc:
+        fail(f"{exc}; recorded as failed", code=1)
+    _print_metrics(spec, result.to_row())
+
+
+def _check_device(device: Optional[str]) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available here")
+
+
+def _run_with_progress(spec, root: Path, data_dir, device, bf16):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .orchestrate.execute import run_and_record
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"{spec.method} {spec.run_id[:8]}", total=spec.epochs, info="")
+
+        def report(metrics: dict, _make_checkpoint) -> None:
+            info = f"loss {metrics['train_loss']:.3f}"
+            if "val_top1" in metrics:
+                info += f"  val {metrics['val_top1']:.1f}%"
+            progress.update(task, advance=1, info=info)
+
+        return run_and_record(spec, root, report=report, data_dir=data_dir, device=device, bf16=bf16)
+
+
+def _print_metrics(spec, row: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{spec.label()}  [dim]{spec.run_id}[/]", caption="balanced test accuracy at the last epoch; %")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    shown = [("top1 (balanced)", "top1"), ("many-shot", "many"), ("medium-shot", "medium"), ("few-shot", "few"),
+             ("val top1", "val_top1"), ("ECE", "ece"), ("NLL", "nll"),
+             ("best-epoch top1 (paper protocol)", "top1_best_epoch")]
+    for name, key in shown:
+        value = row.get(key)
+        table.add_row(name, "–" if value is None or value != value else f"{value:.2f}")
+    if row.get("train_seconds"):
+        table.add_row("train time", f"{row['train_seconds']:.1f} s ({row['images_per_second']:.0f} img/s)")
+    console.print(table)
+
+
+@data_app.command("list")
+def data_list(data_dir: Optional[Path] = DataDirOpt):
+    """Every dataset, whether it is available here, and where it looked."""
+    from rich.table import Table
+
+    from .data import dataset_names, get_dataset
+
+    table = Table(title="datasets")
+    for col in ("name", "classes", "available", "where", "description"):
+        table.add_column(col)
+    for name in dataset_names():
+        info = get_dataset(name)
+        ok, where = info.locate(data_dir)
+        table.add_row(name, str(info.num_classes), "[green]yes[/]" if ok else "[red]no[/]", where, info.description)
+    console.print(table)
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="Dataset to download (cifar10 or cifar100)."),
+    root: Path = typer.Option(..., "--root", help="Folder to download into; pass it later as --data-dir."),
+):
+    """Download a dataset (only when asked; needs internet access)."""
+    from .data import DataError, get_dataset
+
+    try:
+        info = get_dataset(name)
+    except DataError as exc:
+        fail(str(exc))
+    if info.download is None:
+        ok, where = info.locate(None)
+        fail(f"{name} has no download here ({'found at ' + where if ok else where})")
+    try:
+        path = info.download(root)
+    except Exception as exc:  # network errors come in many types
+        fail(f"download of {name} failed: {exc}", code=1)
+    console.print(f"downloaded {name} to {path}; use --data-dir {root}")
+
+
+def _register_subcommands() -> None:
+    from . import cli_results
+
+    cli_results.register(app)
+    try:
+        from . import cli_run
+    except ImportError:  # the suite runner is optional until it lands
+        return
+    cli_run.register(app)
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    app()

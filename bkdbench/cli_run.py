@@ -1,0 +1,158 @@
+"""``bkdbench run`` and ``bkdbench suites``: a suite's runs as Ray Tune trials, with a live view."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .console import console, fail, note
+
+SuiteOpt = typer.Option("digits-lt", "--suite", "-s", help="Suite name (see `bkdbench suites`) or a YAML file.")
+
+
+def _floats(text: Optional[str]) -> Optional[list[float]]:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        fail(f"--imbalance takes numbers separated by commas (got {text!r})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("suites")(suites)
+
+
+def suites():
+    """List the shipped suites with their size (runs) and where they are meant to run."""
+    from rich.table import Table
+
+    from .suites import load_suite, suite_names
+
+    table = Table(title="suites")
+    for col in ("name", "runs", "runs on", "description"):
+        table.add_column(col)
+    for name in suite_names():
+        s = load_suite(name)
+        table.add_row(name, str(s.size()), s.runs_on, s.description)
+    console.print(table)
+
+
+def run(
+    suite: str = SuiteOpt,
+    dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="Only these datasets (repeatable)."),
+    imbalance: Optional[str] = typer.Option(None, "--imbalance", help="Only these imbalance factors, e.g. 10,50."),
+    method: Optional[list[str]] = typer.Option(None, "--method", "-m", help="Only these methods (repeatable)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Only the first N seeds."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the epoch budget (smoke runs)."),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="CPUs per trial (fractions allowed)."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per trial, e.g. 0.25."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this suite."),
+    force: bool = typer.Option(False, "--force", help="Retrain runs that are already in the leaderboard."),
+    max_failures: int = typer.Option(2, "--max-failures", min=0, help="Restarts of a failing trial from its checkpoint."),
+    checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Checkpoint every N epochs."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results)."),
+):
+    """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
+    from .data import DataError, get_dataset
+    from .leaderboard.store import LeaderboardError, check_writable
+    from .paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
+    from .specs import SpecError
+    from .suites import SuiteError, load_suite
+
+    if epochs is not None and epochs <= 0:
+        fail(f"epochs must be > 0 (got {epochs})")
+    try:
+        s = load_suite(suite)
+        specs = s.expand(datasets=dataset, imbalance=_floats(imbalance), methods=method, seeds=seeds, epochs=epochs)
+        if not specs:
+            fail(f"the filters leave no runs of suite {s.name}")
+        root = results_dir(results)
+        for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
+            check_writable(folder)
+        for name in sorted({sp.dataset for sp in specs}):
+            get_dataset(name).load(data_dir)  # missing or corrupt data fails now, not inside a trial
+    except (SuiteError, SpecError, DataError, LeaderboardError, ValueError) as exc:
+        fail(str(exc))
+
+    from .orchestrate.runner import Interrupted, plan_runs, run_plan
+    from .orchestrate.ray_session import ray_session
+
+    plan = plan_runs(specs, root, force=force)
+    console.print(f"suite [bold]{s.name}[/]: {len(plan.specs)} runs, {len(plan.skipped)} already in the leaderboard "
+                  f"(skipped{'' if not plan.skipped else '; --force retrains them'}), {plan.todo} to train"
+                  + (f" in {len(plan.stages)} stages (teachers first)" if len(plan.stages) > 1 else ""))
+    started = time.perf_counter()
+    if plan.todo:
+        log = experiments_dir(root) / s.name / "ray.log"
+        try:
+            with ray_session(address, log_file=log), _LiveView(plan.todo) as view:
+                outcome = run_plan(plan, root, name=s.name, tags={"suite": s.name}, cpus_per_trial=cpus_per_trial,
+                                   gpus_per_trial=gpus_per_trial, resume=resume, force=force,
+                                   max_failures=max_failures, checkpoint_every=checkpoint_every,
+                                   data_dir=data_dir, on_event=view.event)
+        except Interrupted as exc:
+            fail(f"interrupted: {exc}. Finished runs are saved; continue with "
+                 f"`bkdbench run --suite {suite} --resume` (same filters)", code=130)
+        except KeyboardInterrupt:
+            fail(f"interrupted. Finished runs are saved; continue with `bkdbench run --suite {suite} --resume`", code=130)
+        failed = {k: v for k, v in outcome.items() if v.get("status") == "failed" or v.get("error")}
+        wall = time.perf_counter() - started
+        console.print(f"trained {plan.todo - len(failed)} run(s) in {wall:.1f} s; Ray log: {log}")
+        for run_id, info in failed.items():
+            note(f"failed {run_id}: {info.get('error')}")
+    _show_leaderboard(root, s.name)
+
+
+def _show_leaderboard(root: Path, suite: str) -> None:
+    from .leaderboard.aggregate import summarise
+    from .leaderboard.render import leaderboard_tables
+    from .leaderboard.store import read_rows
+    from .paths import leaderboard_dir
+
+    rows, bad = read_rows(leaderboard_dir(root), suite=suite)
+    if bad:
+        note(f"skipped unreadable files: {', '.join(bad)}")
+    if rows.empty:
+        return
+    for _, table in leaderboard_tables(summarise(rows, "top1"), "top1"):
+        console.print(table)
+
+
+class _LiveView:
+    """A rich progress view of a running suite: done / running / failed, elapsed and ETA."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                 TimeRemainingColumn(), console=console)
+        self.task = self.progress.add_task("runs", total=total, status="")
+        self.running: set[str] = set()
+        self.done = self.failed = 0
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def event(self, kind: str, run_id: str, metrics: dict) -> None:
+        if kind == "start":
+            self.running.add(run_id)
+        elif kind in ("complete", "error"):
+            self.running.discard(run_id)
+            if kind == "error" or metrics.get("status") == "failed":
+                self.failed += 1
+            else:
+                self.done += 1
+            self.progress.advance(self.task)
+        status = f"done {self.done} · running {len(self.running)} · failed {self.failed}"
+        self.progress.update(self.task, status=status)

@@ -1,0 +1,55 @@
+"""Starting and stopping Ray for a bkdbench command: dashboard off, token authentication on, Ray's
+own log output kept out of the terminal (in ``<experiment>/ray.log``), always shut down."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import ray
+
+
+@contextlib.contextmanager
+def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
+                num_cpus: Optional[int] = None) -> Iterator[dict]:
+    """A Ray connection for the duration of a command. ``address`` (or ``RAY_ADDRESS``) joins an
+    existing cluster; otherwise a local one is started. Yields the cluster's resources."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        # Token authentication stays on. A local ray.init turns it on and generates ~/.ray/auth_token
+        # itself; a driver joining a head started by hand must ask for it and find the token
+        # (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) or Ray refuses with InvalidAuthToken.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TensorBoard per trial
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 this silences Tune's console tables
+    _quiet_ray_logging(log_file)
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                  configure_logging=True, ignore_reinit_error=True)
+    if address is None and num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(address=address, **kwargs)
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
+
+
+def _quiet_ray_logging(log_file: Optional[Path]) -> None:
+    for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+        else:
+            logger.addHandler(logging.NullHandler())
+
+
+def node_count() -> int:
+    return sum(1 for node in ray.nodes() if node.get("Alive"))

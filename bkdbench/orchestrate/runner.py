@@ -1,0 +1,136 @@
+"""Run a list of RunSpecs as Ray Tune trials: teachers first, then everything else.
+
+Stage 1 trains the teachers the students need and that are not cached yet (a suite's CE runs
+double as teachers: same spec, same run id); stage 2 trains the rest. Runs already finished in the
+leaderboard are skipped unless ``force``. Each stage is one Tune experiment under
+``<results>/experiments/<name>/stage-N`` that ``resume=True`` restores (``Tuner.restore``).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from ray import tune
+
+from ..leaderboard.store import finished_run_ids
+from ..paths import experiments_dir, leaderboard_dir, teachers_dir
+from ..specs import RunSpec
+from ..teachers import teacher_path
+from .trial import train_trial
+
+Event = Callable[[str, str, dict], None]  # (kind: start|result|complete|error, run_id, metrics)
+
+
+class Interrupted(RuntimeError):
+    """The experiment stopped before every trial finished (Ctrl-C, or the driver was stopped)."""
+
+
+@dataclass
+class Plan:
+    specs: list[RunSpec]
+    skipped: list[RunSpec]
+    stages: list[list[RunSpec]] = field(default_factory=list)
+
+    @property
+    def todo(self) -> int:
+        return sum(len(s) for s in self.stages)
+
+
+def plan_runs(specs: list[RunSpec], results: Path, force: bool = False) -> Plan:
+    done = set() if force else finished_run_ids(leaderboard_dir(results))
+    unique = list({s.run_id: s for s in specs}.values())
+    todo = [s for s in unique if s.run_id not in done]
+    skipped = [s for s in unique if s.run_id in done]
+    todo_ids = {s.run_id for s in todo}
+    teachers: dict[str, RunSpec] = {}
+    for s in todo:
+        t = s.teacher
+        if t is not None and (t.run_id in todo_ids or not teacher_path(teachers_dir(results), t).exists()):
+            teachers[t.run_id] = t
+    stage2 = [s for s in todo if s.run_id not in teachers]
+    return Plan(specs=unique, skipped=skipped, stages=[st for st in (list(teachers.values()), stage2) if st])
+
+
+_listener: Optional[Event] = None  # the current driver's event sink; never pickled into Tune's state
+
+
+class _Events(tune.Callback):
+    """Forwards Tune's trial events to the caller (the CLI's live view). Tune pickles its callbacks
+    into the experiment state (and restores them on resume), so this holds no reference to the
+    listener itself: it looks the module-level one up at call time."""
+
+    def on_event(self, kind: str, run_id: str, metrics: dict) -> None:
+        if _listener is not None:
+            _listener(kind, run_id, metrics)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.on_event("start", trial.config["run_id"], {})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.on_event("result", trial.config["run_id"], result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.on_event("complete", trial.config["run_id"], trial.last_result or {})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.on_event("error", trial.config["run_id"], trial.last_result or {})
+
+
+def run_plan(
+    plan: Plan,
+    results: Path,
+    *,
+    name: str,
+    tags: dict,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    resume: bool = False,
+    force: bool = False,
+    max_failures: int = 2,
+    checkpoint_every: int = 5,
+    data_dir: Optional[Path] = None,
+    on_event: Optional[Event] = None,
+) -> dict[str, dict]:
+    """Run every stage; returns the last result of each trial by run id. Raises Interrupted when a
+    stage ends with unfinished trials (Ctrl-C): the caller tells the user to ``--resume``."""
+    global _listener
+    _listener = on_event
+    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    outcome: dict[str, dict] = {}
+    root = experiments_dir(results).resolve() / name
+    for number, stage in enumerate(plan.stages, start=1):
+        specs = {s.run_id: s.canonical_json() for s in stage}
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, specs=specs, results=str(results.resolve()), tags=tags,
+                                 checkpoint_every=checkpoint_every, force=force,
+                                 data_dir=str(data_dir) if data_dir else None),
+            resources,
+        )
+        path = root / f"stage-{number}"
+        if resume and tune.Tuner.can_restore(str(path)):
+            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)  # Ray state of an earlier attempt; results live elsewhere
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"run_id": tune.grid_search(list(specs)), "resources": resources},
+                tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config["run_id"]),
+                run_config=tune.RunConfig(
+                    name=f"stage-{number}", storage_path=str(root), verbose=0, callbacks=[_Events()],
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                ),
+            )
+        grid = tuner.fit()
+        unfinished = []
+        for result in grid:
+            metrics = result.metrics or {}
+            run_id = (result.config or {}).get("run_id")
+            outcome[run_id] = {**metrics, "error": str(result.error) if result.error else metrics.get("error")}
+            if not metrics.get("done") and result.error is None:
+                unfinished.append(run_id)
+        if unfinished:
+            raise Interrupted(f"{len(unfinished)} run(s) of stage {number} did not finish")
+    return outcome

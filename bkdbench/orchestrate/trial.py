@@ -1,0 +1,66 @@
+"""The Ray Tune trainable of every bkdbench trial: one RunSpec, trained with ``run_and_record``.
+
+Reports once per epoch, checkpoints every few epochs (a restarted trial continues from its last
+checkpoint), writes its own leaderboard row, and turns a diverged run into a recorded failure so
+the rest of the experiment carries on.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ray import tune
+
+from ..specs import RunSpec
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoint_every: int = 5,
+                force: bool = False, data_dir: str | None = None) -> None:
+    import torch
+
+    from ..leaderboard.store import finished_run_ids
+    from ..paths import leaderboard_dir
+    from ..teachers import TeacherError
+    from ..train import TrainingDiverged, load_checkpoint, save_checkpoint
+    from .execute import run_and_record, failed_row
+    from ..leaderboard.store import write_row
+
+    run_id = config["run_id"]
+    spec = RunSpec.model_validate_json(specs[run_id])
+    resources = config.get("resources", {})
+    torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
+    gpu = float(resources.get("gpu", 0))
+    if torch.cuda.is_available() and 0 < gpu < 1:
+        torch.cuda.set_per_process_memory_fraction(gpu)  # fractional GPUs are bookkeeping otherwise
+    root = Path(results)
+    if not force and run_id in finished_run_ids(leaderboard_dir(root)):
+        tune.report({"done": True, "status": "skipped"})  # finished meanwhile (e.g. by a restored run)
+        return
+
+    state = None
+    previous = tune.get_checkpoint()
+    if previous is not None:
+        with previous.as_directory() as folder:
+            state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+
+    def report(metrics: dict, make_checkpoint) -> None:
+        done_epochs = metrics["epoch"] + 1
+        if done_epochs % checkpoint_every == 0 and done_epochs < spec.epochs:
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(make_checkpoint(), Path(folder) / CHECKPOINT_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        else:
+            tune.report(metrics)
+
+    try:
+        result = run_and_record(spec, root, report=report, tags=tags, checkpoint=state,
+                                data_dir=Path(data_dir) if data_dir else None)
+        final = {"status": "finished", "top1": result.metrics.get("top1"), "val_top1": result.metrics.get("val_top1")}
+    except TrainingDiverged as exc:  # already recorded as failed by run_and_record
+        final = {"status": "failed", "error": str(exc)}
+    except TeacherError as exc:  # its teacher failed or is missing: record, do not retry
+        write_row(leaderboard_dir(root), failed_row(spec, str(exc), **tags))
+        final = {"status": "failed", "error": str(exc)}
+    tune.report({**final, "done": True})

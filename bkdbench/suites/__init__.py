@@ -1,0 +1,128 @@
+"""Suites: YAML files that name a grid of runs (datasets × imbalance factors × methods × seeds).
+
+A suite file is validated on load: unknown keys, wrong types and unknown dataset/method/model/recipe
+names end in a ``SuiteError`` naming the file and the offending key. ``Suite.expand`` turns it into
+RunSpecs (with their teachers), optionally filtered.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..specs import RunSpec, SpecError, make_spec
+
+HERE = Path(__file__).parent
+
+
+class SuiteError(ValueError):
+    pass
+
+
+class MethodEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Suite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    runs_on: str = Field("cpu", description="where it is meant to run: cpu, gpu or cluster")
+    datasets: list[str] = Field(min_length=1)
+    imbalance: list[float] = Field(min_length=1)
+    methods: list[Union[str, MethodEntry]] = Field(min_length=1)
+    seeds: Union[int, list[int]] = 3
+    data_seed: int = 0
+    profile: str = "exp"
+    model: Optional[str] = None
+    recipe: Optional[str] = None
+    epochs: Optional[int] = Field(None, gt=0)
+
+    @field_validator("imbalance")
+    @classmethod
+    def _at_least_one(cls, v: list[float]) -> list[float]:
+        bad = [f for f in v if f < 1]
+        if bad:
+            raise ValueError(f"imbalance factors must be >= 1 (got {bad})")
+        return v
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def method_entries(self) -> list[MethodEntry]:
+        return [MethodEntry(method=m) if isinstance(m, str) else m for m in self.methods]
+
+    def expand(
+        self,
+        *,
+        datasets: Optional[list[str]] = None,
+        imbalance: Optional[list[float]] = None,
+        methods: Optional[list[str]] = None,
+        seeds: Optional[int] = None,
+        epochs: Optional[int] = None,
+    ) -> list[RunSpec]:
+        """RunSpecs of the suite (filters narrow it; ``epochs`` overrides the budget for smoke runs)."""
+        chosen_seeds = self.seed_list()[:seeds] if seeds is not None else self.seed_list()
+        specs = []
+        for dataset in self.datasets:
+            if datasets and dataset not in datasets:
+                continue
+            for factor in self.imbalance:
+                if imbalance and factor not in imbalance:
+                    continue
+                for entry in self.method_entries():
+                    if methods and entry.method not in methods:
+                        continue
+                    for seed in chosen_seeds:
+                        specs.append(make_spec(
+                            dataset, factor, entry.method, seed=seed, data_seed=self.data_seed,
+                            profile=self.profile, model=self.model, recipe=self.recipe,
+                            epochs=epochs or self.epochs, params=entry.params,
+                        ))
+        return specs
+
+    def size(self) -> int:
+        return len(self.datasets) * len(self.imbalance) * len(self.methods) * len(self.seed_list())
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.yaml"))
+
+
+def suite_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SuiteError(f"suite file {path} does not exist")
+        return path
+    packaged = HERE / f"{name_or_path}.yaml"
+    if not packaged.is_file():
+        raise SuiteError(f"unknown suite {name_or_path!r}; choose one of: {', '.join(suite_names())} or pass a YAML file")
+    return packaged
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Load and validate a suite (by packaged name or file path), including every name it uses."""
+    path = suite_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{path}: malformed YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: a suite file is a mapping of keys (name, datasets, imbalance, methods, ...)")
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise SuiteError(f"{path}: key '{key}': {first['msg']}") from None
+    try:  # names and parameter ranges: expanding one seed checks every combination
+        suite.expand(seeds=1)
+    except SpecError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
+    return suite
