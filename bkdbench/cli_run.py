@@ -54,7 +54,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this suite."),
     force: bool = typer.Option(False, "--force", help="Retrain runs that are already in the leaderboard."),
     max_failures: int = typer.Option(2, "--max-failures", min=0, help="Restarts of a failing trial from its checkpoint."),
-    checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Checkpoint every N epochs."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Checkpoint every N epochs (default: every ~30 s of training)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
     results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results)."),
 ):

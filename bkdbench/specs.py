@@ -103,9 +103,12 @@ def make_spec(
 
 def spec_columns(spec: RunSpec) -> dict:
     """The leaderboard columns that describe a run (the rest are its results and provenance)."""
+    from .data import get_dataset
     from .recipes import get_recipe
 
+    info = get_dataset(spec.dataset)
     return {
+        "many_threshold": info.many_threshold, "few_threshold": info.few_threshold,
         "run_id": spec.run_id, "dataset": spec.dataset, "imbalance_factor": spec.imbalance_factor,
         "profile": spec.profile, "data_seed": spec.data_seed, "model": spec.model, "method": spec.method,
         "params": dict(spec.params), "recipe": {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs},

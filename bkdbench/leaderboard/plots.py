@@ -22,6 +22,13 @@ from bkdbench.leaderboard.render import DESCRIPTIONS  # noqa: E402
 MANY_ABOVE, FEW_BELOW = 100, 20
 
 
+def _thresholds(row) -> tuple[int, int]:
+    """The row's own shot thresholds (small datasets use their own), else the protocol's."""
+    many, few = row.get("many_threshold"), row.get("few_threshold")
+    ok = lambda v: v is not None and v == v  # noqa: E731  (NaN check)
+    return (int(many) if ok(many) else MANY_ABOVE, int(few) if ok(few) else FEW_BELOW)
+
+
 def _colours(labels: list[str]) -> dict[str, tuple]:
     cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
@@ -30,7 +37,7 @@ def _colours(labels: list[str]) -> dict[str, tuple]:
 def _save(fig, out_path) -> Path:
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")  # keeps wide legends inside the image
     plt.close(fig)
     return path
 
@@ -85,9 +92,10 @@ def plot_per_class(df: pd.DataFrame, dataset: str, imbalance: float, out_path) -
             acc_ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
 
     sorted_counts = counts[order]
-    # many-shot: > 100 images, few-shot: < 20; mark where the sorted counts leave each split.
-    for leaves_split, text in ((sorted_counts <= MANY_ABOVE, "many | medium"),
-                               (sorted_counts < FEW_BELOW, "medium | few")):
+    many_above, few_below = _thresholds(rows.iloc[0])
+    # many-shot: > many_above images, few-shot: < few_below; mark where the sorted counts leave each split.
+    for leaves_split, text in ((sorted_counts <= many_above, "many | medium"),
+                               (sorted_counts < few_below, "medium | few")):
         first = int(np.argmax(leaves_split)) if leaves_split.any() else 0
         if first > 0:
             acc_ax.axvline(first - 0.5, color="0.5", ls="--", lw=0.8)

@@ -69,6 +69,9 @@ SCHEMA = pa.schema([
     pa.field("nll", pa.float64()),
     pa.field("per_class_acc", pa.list_(pa.float64())),
     pa.field("class_counts", pa.list_(pa.int64())),
+    # The dataset's shot split: many-shot > many_threshold images, few-shot < few_threshold.
+    pa.field("many_threshold", pa.int64()),
+    pa.field("few_threshold", pa.int64()),
     pa.field("train_seconds", pa.float64()),
     pa.field("images_per_second", pa.float64()),
     pa.field("device", pa.string()),
@@ -268,6 +271,16 @@ def finished_run_ids(root: str | os.PathLike) -> set[str]:
     return set(frame["run_id"])
 
 
+def is_finished(root: str | os.PathLike, run_id: str) -> bool:
+    """Whether ``run_id`` has a finished row, reading only its own file (cheap inside a trial)."""
+    fs, folder = resolve(root)
+    try:
+        status = pq.read_table(f"{folder}/{run_id}{_SUFFIX}", columns=["status"], filesystem=fs).column(0)
+    except (pa.ArrowException, OSError, ValueError):
+        return False
+    return len(status) > 0 and status[0].as_py() == "finished"
+
+
 def check_writable(root: str | os.PathLike) -> None:
     """Create ``root`` if needed and prove a file can be written there; else LeaderboardError."""
     fs, folder = resolve(root)
@@ -286,5 +299,5 @@ def check_writable(root: str | os.PathLike) -> None:
 
 __all__ = [
     "SCHEMA", "SCHEMA_VERSION", "COLUMNS", "STATUSES", "FILTERABLE", "LeaderboardError",
-    "resolve", "write_row", "read_rows", "finished_run_ids", "check_writable",
+    "resolve", "write_row", "read_rows", "finished_run_ids", "is_finished", "check_writable",
 ]

@@ -26,8 +26,10 @@ def teacher_state_for(spec: RunSpec, results: Path) -> Optional[dict]:
     """The cached weights of ``spec``'s teacher (None when it needs none); refuses a misfit teacher."""
     if spec.teacher is None:
         return None
+    from ..data import get_dataset
+
     check_teacher_fits(spec, spec.teacher)
-    state = load_teacher(teachers_dir(results), spec.teacher)
+    state = load_teacher(teachers_dir(results), spec.teacher, num_classes=get_dataset(spec.dataset).num_classes)
     if state is None:
         raise TeacherError(f"teacher {spec.teacher.run_id} of {spec.label()} has not been trained yet")
     return state

@@ -89,7 +89,7 @@ def run_plan(
     resume: bool = False,
     force: bool = False,
     max_failures: int = 2,
-    checkpoint_every: int = 5,
+    checkpoint_every: Optional[int] = None,
     data_dir: Optional[Path] = None,
     on_event: Optional[Event] = None,
 ) -> dict[str, dict]:

@@ -16,16 +16,22 @@ from ..specs import RunSpec
 CHECKPOINT_FILE = "state.pt"
 
 
-def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoint_every: int = 5,
+CHECKPOINT_SECONDS = 30.0  # default: a checkpoint at most every 30 s of training
+
+
+def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoint_every: int | None = None,
                 force: bool = False, data_dir: str | None = None) -> None:
+    """``checkpoint_every``: every N epochs; None checkpoints by time (short runs then never pay
+    for checkpoints, long ones lose at most ~30 s of work to a failure)."""
+    import time
+
     import torch
 
-    from ..leaderboard.store import finished_run_ids
+    from ..leaderboard.store import is_finished, write_row
     from ..paths import leaderboard_dir
     from ..teachers import TeacherError
     from ..train import TrainingDiverged, load_checkpoint, save_checkpoint
-    from .execute import run_and_record, failed_row
-    from ..leaderboard.store import write_row
+    from .execute import failed_row, run_and_record
 
     run_id = config["run_id"]
     spec = RunSpec.model_validate_json(specs[run_id])
@@ -35,7 +41,7 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoi
     if torch.cuda.is_available() and 0 < gpu < 1:
         torch.cuda.set_per_process_memory_fraction(gpu)  # fractional GPUs are bookkeeping otherwise
     root = Path(results)
-    if not force and run_id in finished_run_ids(leaderboard_dir(root)):
+    if not force and is_finished(leaderboard_dir(root), run_id):
         tune.report({"done": True, "status": "skipped"})  # finished meanwhile (e.g. by a restored run)
         return
 
@@ -45,9 +51,18 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoi
         with previous.as_directory() as folder:
             state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
 
+    last_save = [time.monotonic()]
+
+    def due(done_epochs: int) -> bool:
+        if done_epochs >= spec.epochs:
+            return False  # the finished run is recorded in the leaderboard instead
+        if checkpoint_every:
+            return done_epochs % checkpoint_every == 0
+        return time.monotonic() - last_save[0] >= CHECKPOINT_SECONDS
+
     def report(metrics: dict, make_checkpoint) -> None:
-        done_epochs = metrics["epoch"] + 1
-        if done_epochs % checkpoint_every == 0 and done_epochs < spec.epochs:
+        if due(metrics["epoch"] + 1):
+            last_save[0] = time.monotonic()
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(make_checkpoint(), Path(folder) / CHECKPOINT_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
