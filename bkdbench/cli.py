@@ -186,14 +186,11 @@ def data_download(
 
 
 def _register_subcommands() -> None:
-    from . import cli_results
+    from . import cli_results, cli_run, cli_sweep
 
-    cli_results.register(app)
-    try:
-        from . import cli_run
-    except ImportError:  # the suite runner is optional until it lands
-        return
     cli_run.register(app)
+    cli_sweep.register(app)
+    cli_results.register(app)
 
 
 _register_subcommands()

@@ -65,17 +65,21 @@ class _Events(tune.Callback):
         if _listener is not None:
             _listener(kind, run_id, metrics)
 
+    @staticmethod
+    def _key(trial) -> str:
+        return trial.config.get("run_id") or trial.trial_id  # search trials have no run id
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.on_event("start", trial.config["run_id"], {})
+        self.on_event("start", self._key(trial), {})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.on_event("result", trial.config["run_id"], result)
+        self.on_event("result", self._key(trial), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.on_event("complete", trial.config["run_id"], trial.last_result or {})
+        self.on_event("complete", self._key(trial), trial.last_result or {})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.on_event("error", trial.config["run_id"], trial.last_result or {})
+        self.on_event("error", self._key(trial), trial.last_result or {})
 
 
 def run_plan(

@@ -1,0 +1,174 @@
+"""``bkdbench sweep METHOD ...`` and ``bkdbench sweep report SWEEP_ID``."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .console import console, fail, note
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)
+
+
+def sweep(
+    method: str = typer.Argument(..., help="Method to tune (bkd, kd, ldam-drw, ...), or `report` to re-show a sweep."),
+    sweep_id: Optional[str] = typer.Argument(None, help="With `report`: the sweep id to re-print and re-plot."),
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="Dataset name."),
+    imbalance: float = typer.Option(10.0, "--imbalance", help="Imbalance factor."),
+    trials: int = typer.Option(16, "--trials", min=1, help="Search trials in the study (more extends a finished sweep)."),
+    concurrency: int = typer.Option(2, "--concurrency", min=1, help="Trials at once."),
+    sampler: str = typer.Option("tpe", "--sampler", help="tpe | gp | cmaes | random."),
+    scheduler: str = typer.Option("asha", "--scheduler", help="asha | none (early stopping)."),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed and the search trials' training seed."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
+    final_seeds: int = typer.Option(3, "--final-seeds", min=1, help="Seeds of the final test runs of the best config."),
+    space: Optional[Path] = typer.Option(None, "--space", help="Your own search-space YAML file."),
+    optuna_storage: Optional[str] = typer.Option(None, "--optuna-storage", help="Optuna RDB URL (default: a journal file in the sweep folder)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep (or extend a finished one)."),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results)."),
+):
+    """Search a method's parameters with Optuna on Ray Tune (validation only), then test the best."""
+    from .paths import results_dir
+
+    try:
+        root = results_dir(results)
+    except ValueError as exc:
+        fail(str(exc))
+    if method == "report":
+        if not sweep_id:
+            fail("usage: bkdbench sweep report SWEEP_ID")
+        return _report(root, sweep_id)
+    if sweep_id:
+        fail(f"unexpected argument {sweep_id!r}; only `bkdbench sweep report SWEEP_ID` takes one")
+
+    from .data import DataError, get_dataset
+    from .leaderboard.store import LeaderboardError, check_writable
+    from .paths import leaderboard_dir, teachers_dir
+    from .search_spaces import SpaceError, load_space
+    from .specs import SpecError, make_spec
+
+    try:
+        if sampler not in ("tpe", "gp", "cmaes", "random"):
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of: tpe, gp, cmaes, random")
+        if scheduler not in ("asha", "none"):
+            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of: asha, none")
+        space_def, space_file = load_space(method, str(space) if space else None)
+        base = make_spec(dataset, imbalance, method, seed=seed, epochs=epochs, params=space_def.fixed)
+        for folder in (leaderboard_dir(root), teachers_dir(root), root / "sweeps"):
+            check_writable(folder)
+        get_dataset(dataset).load(data_dir)
+    except (SpaceError, SpecError, DataError, LeaderboardError, ValueError) as exc:
+        fail(str(exc))
+
+    from .orchestrate.ray_session import ray_session
+    from .orchestrate.runner import Interrupted, plan_runs, run_plan
+    from .orchestrate.sweep import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
+                                    space_hash, sweep_dir)
+    from .orchestrate.sweep_report import best_trial
+
+    cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
+                      space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
+                      epochs=base.epochs, data_seed=base.data_seed)
+    folder = sweep_dir(root, cfg.sweep_id)
+    study = open_study(cfg.sweep_id, folder, optuna_storage)
+    if study.get_trials(deepcopy=False) and not resume:
+        fail(f"sweep {cfg.sweep_id} already exists ({len(study.trials)} trials in {folder}); "
+             f"pass --resume to continue or extend it (--trials N sets the total)")
+    console.print(f"sweep [bold]{cfg.sweep_id}[/]: {method} on {dataset}-LT IF{imbalance:g}, {trials} trials, "
+                  f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1")
+    started = time.perf_counter()
+    kwargs = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, data_dir=data_dir)
+    try:
+        with ray_session(address, log_file=folder / "ray.log"):
+            if base.teacher is not None:
+                plan = plan_runs([base.teacher], root)
+                if plan.todo:
+                    console.print(f"training the shared teacher {base.teacher.run_id} once")
+                    run_plan(plan, root, name=f"{cfg.sweep_id}-teacher", tags={}, **kwargs)
+            from .cli_run import _LiveView
+
+            with _LiveView(trials) as view:
+                study = run_search(cfg, space_def, base, root, trials=trials, concurrency=concurrency,
+                                   storage_url=optuna_storage, on_event=view.event, **kwargs)
+            best = best_trial(study)
+            if best is None:
+                fail("no search trial completed; see the Ray log in " + str(folder), code=1)
+            best_params = {**space_def.fixed, **best.params}
+            console.print(f"best trial #{best.number}: {', '.join(f'{k}={_fmt(v)}' for k, v in best_params.items())} "
+                          f"(validation {best.value:.2f}%); "
+                          f"re-running it and the defaults with {final_seeds} seeds on the test set")
+            finals = run_finals(base, best_params, root, cfg.sweep_id, final_seeds, **kwargs)
+    except Interrupted as exc:
+        fail(f"interrupted: {exc}. Continue with the same command plus --resume", code=130)
+    except KeyboardInterrupt:
+        fail("interrupted. Continue with the same command plus --resume", code=130)
+    wall = time.perf_counter() - started
+    save_sweep_record(root, cfg, {"trials": trials, "best_params": best_params, "best_trial": best.number,
+                                  "best_val_top1": best.value, "final_runs": finals, "wall_seconds": wall,
+                                  "optuna_storage": optuna_storage})
+    console.print(f"sweep finished in {wall:.0f} s")
+    _report(root, cfg.sweep_id, optuna_storage)
+
+
+def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> None:
+    from rich.table import Table
+
+    from .leaderboard.store import read_rows
+    from .orchestrate.sweep import load_sweep_record, open_study, sweep_dir
+    from .orchestrate.sweep_report import plot_sweep, trial_rows
+    from .paths import leaderboard_dir
+
+    try:
+        record = load_sweep_record(root, sweep_id)
+    except ValueError as exc:
+        fail(str(exc))
+    study = open_study(sweep_id, sweep_dir(root, sweep_id), storage_url or record.get("optuna_storage"))
+    rows = trial_rows(study)
+    params = list(record["best_params"])
+    table = Table(title=f"sweep {sweep_id}: top trials by balanced validation top-1")
+    for col in ("#", *params, "val top1 %", "state"):
+        table.add_column(col, justify="right")
+    ranked = sorted(rows, key=lambda r: (r["val_top1"] is None, -(r["val_top1"] or 0)))
+    for r in ranked[:10]:
+        table.add_row(str(r["number"]), *[_fmt(r.get(p)) for p in params], _fmt(r["val_top1"]), r["state"])
+    console.print(table)
+    states = {}
+    for r in rows:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    console.print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())))
+
+    board, _ = read_rows(leaderboard_dir(root))
+    test = Table(title=f"test set (last epoch), best config vs defaults, {len(record['final_runs']['tuned'])} seeds")
+    for col in ("configuration", "params", "test top1 %", "few %", "val top1 %", "seeds"):
+        test.add_column(col)
+    for label, key in (("tuned", "tuned"), ("default", "default")):
+        sel = board[board.run_id.isin(record["final_runs"][key]) & (board.status == "finished")]
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in record["best_params"].items()) if key == "tuned" else "defaults"
+        test.add_row(label, str(shown), _mean_std(sel.top1), _mean_std(sel.few), _mean_std(sel.val_top1), str(len(sel)))
+    console.print(test)
+    for path in plot_sweep(study, sweep_dir(root, sweep_id)):
+        console.print(f"wrote {path}")
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _mean_std(series) -> str:
+    values = series.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.2f}"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"

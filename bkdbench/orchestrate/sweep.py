@@ -1,0 +1,239 @@
+"""``bkdbench sweep``: Optuna searches a method's parameters on Ray Tune, judged on the balanced
+validation split only; the best configuration is then re-run with several seeds and tested.
+
+Honesty rules built in: search trials train with ``evaluate_test=False`` (the test images are
+never evaluated); a trial that ASHA stops early is told to Optuna as PRUNED, not COMPLETE with a
+truncated score (Ray's OptunaSearch would do the latter); ASHA's first rung comes after the epoch
+where class-balanced weighting switches on, so no trial is judged before its method is active.
+The study lives in the sweep folder (JournalStorage, file backend) or an RDB given by URL, so an
+interrupted sweep resumes and a finished one can be extended with more trials.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from ..methods import build as build_method
+from ..search_spaces import SearchSpace
+from ..specs import RunSpec, make_spec
+from .runner import _Events, Interrupted, plan_runs, run_plan
+from . import runner
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI reports progress itself
+
+SAMPLERS = ("tpe", "gp", "cmaes", "random")
+SCHEDULERS = ("asha", "none")
+METRIC = "val_top1"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    method: str
+    dataset: str
+    imbalance: float
+    space_file: str
+    space_hash: str
+    sampler: str = "tpe"
+    scheduler: str = "asha"
+    seed: int = 0
+    epochs: Optional[int] = None
+    data_seed: int = 0
+
+    @property
+    def sweep_id(self) -> str:
+        """Same search, same id (the trial count is not part of it, so more trials extend a sweep)."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.method}-{self.dataset}-if{self.imbalance:g}-{digest}"
+
+
+def space_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def sweep_dir(results: Path, sweep_id: str) -> Path:
+    return Path(results) / "sweeps" / sweep_id
+
+
+def make_sampler(name: str, seed: int):
+    if name == "tpe":  # constant liar: parallel trials do not all pile onto the same point
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+
+
+def open_study(sweep_id: str, folder: Path, storage_url: Optional[str] = None) -> optuna.Study:
+    return optuna.create_study(study_name=sweep_id, storage=study_storage(folder, storage_url),
+                               direction="maximize", load_if_exists=True)
+
+
+def study_storage(folder: Path, storage_url: Optional[str] = None):
+    if storage_url:
+        return storage_url  # e.g. postgresql://... for many nodes; never SQLite with parallel writers
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(folder / "study.journal")))
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about trials that did not run to the end: stopped
+    by the scheduler → PRUNED; diverged or errored → FAIL; only finished trials are COMPLETE."""
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        if not error and result and result.get("done") and result.get(METRIC) is not None:
+            return super().on_trial_complete(trial_id, result, error)
+        failed = error or bool(result and result.get("diverged"))
+        state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED
+        self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        self._completed_trials.add(trial_id)
+
+
+def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[str] = None) -> None:
+    """One search trial: the base spec with the sampled parameters, validation only."""
+    import torch
+
+    from ..methods import validate_params
+    from ..train import TrainingDiverged, train
+    from .execute import teacher_state_for
+
+    torch.set_num_threads(max(1, int(config.get("_cpus", 1))))
+    spec = RunSpec.model_validate_json(base)
+    sampled = {k: v for k, v in config.items() if not k.startswith("_")}
+    spec = spec.model_copy(update={"params": validate_params(spec.method, **{**spec.params, **sampled})})
+
+    def report(metrics: dict, _make_checkpoint) -> None:
+        out = {METRIC: metrics.get(METRIC), "train_loss": metrics["train_loss"], "epoch": metrics["epoch"]}
+        if metrics["epoch"] == spec.epochs - 1:
+            out["done"] = True  # part of the last epoch's report: ASHA stops trials at max_t
+        tune.report(out)
+
+    try:
+        train(spec, report=report, evaluate_test=False, teacher_state=teacher_state_for(spec, Path(results)),
+              data_dir=Path(data_dir) if data_dir else None)
+    except TrainingDiverged as exc:
+        tune.report({"diverged": True, "error": str(exc)})
+
+
+def _mark_interrupted_trials(study: optuna.Study) -> int:
+    """Trials left RUNNING by an interrupted driver become FAIL, so their numbers stay in the
+    record and new trials get new numbers."""
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
+def counted_trials(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def grace_period(spec: RunSpec) -> int:
+    """ASHA's first rung: one epoch after class-balanced weighting switches on (if it ever does)."""
+    method = build_method(spec.method, [1, 1], epochs=spec.epochs, **spec.params)
+    cb_epoch = getattr(method, "cb_epoch", 0)
+    return max(1, min(spec.epochs, cb_epoch + 1))
+
+
+def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Path, *, trials: int,
+               concurrency: int, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+               storage_url: Optional[str] = None, data_dir: Optional[Path] = None, on_event=None) -> optuna.Study:
+    """Run search trials until the study holds ``trials`` completed or pruned ones."""
+    folder = sweep_dir(results, cfg.sweep_id)
+    study = open_study(cfg.sweep_id, folder, storage_url)
+    _mark_interrupted_trials(study)
+    remaining = trials - counted_trials(study)
+    if remaining <= 0:
+        return study
+    searcher = PrunedAwareOptunaSearch(
+        space=space.optuna_space(), metric=METRIC, mode="max", sampler=make_sampler(cfg.sampler, cfg.seed),
+        study_name=cfg.sweep_id, storage=study_storage(folder, storage_url),
+    )
+    scheduler = None
+    if cfg.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
+                                  grace_period=grace_period(base), reduction_factor=3)
+    trainable = tune.with_resources(
+        tune.with_parameters(search_trial, base=base.canonical_json(), results=str(Path(results).resolve()),
+                             data_dir=str(data_dir) if data_dir else None),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+    )
+    runner._listener = on_event
+    attempt = len(list(folder.glob("search-*"))) + 1
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"_cpus": cpus_per_trial},
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+                                    scheduler=scheduler, num_samples=remaining, metric=METRIC, mode="max",
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=f"search-{attempt}", storage_path=str(folder.resolve()), verbose=0,
+                                  callbacks=[_Events()]),
+    )
+    grid = tuner.fit()
+    unfinished = [r for r in grid if not (r.metrics or {}).get("done") and r.error is None
+                  and not (r.metrics or {}).get("diverged") and not _stopped_by_scheduler(r, base.epochs)]
+    study = open_study(cfg.sweep_id, folder, storage_url)
+    if unfinished and counted_trials(study) < trials:
+        raise Interrupted(f"{trials - counted_trials(study)} search trial(s) of {cfg.sweep_id} did not run")
+    return study
+
+
+def _stopped_by_scheduler(result, epochs: int) -> bool:
+    # A trial ASHA stopped reported at least one epoch and then ended without "done".
+    return bool(result.metrics) and "epoch" in result.metrics and result.metrics["epoch"] < epochs - 1
+
+
+def final_specs(base: RunSpec, params: dict, seeds: int) -> list[RunSpec]:
+    """The configuration re-run for the test set with seeds 0..seeds-1."""
+    return [make_spec(base.dataset, base.imbalance_factor, base.method, seed=s, data_seed=base.data_seed,
+                      profile=base.profile, model=base.model, recipe=base.recipe, epochs=base.epochs,
+                      params=params) for s in range(seeds)]
+
+
+def run_finals(base: RunSpec, best_params: dict, results: Path, sweep_id: str, seeds: int, **kwargs) -> dict:
+    """Re-run the best configuration (tagged with the sweep id) and the defaults, ``seeds`` each."""
+    defaults = final_specs(base, {}, seeds)
+    tuned = final_specs(base, best_params, seeds)
+    default_ids = {s.run_id for s in defaults}
+    outcome = {}
+    for specs, tags in ((defaults, {}), ([s for s in tuned if s.run_id not in default_ids], {"sweep_id": sweep_id})):
+        plan = plan_runs(specs, results)
+        if plan.todo:
+            outcome.update(run_plan(plan, results, name=f"{sweep_id}-final", tags=tags, **kwargs))
+    return {"tuned": [s.run_id for s in tuned], "default": [s.run_id for s in defaults]}
+
+
+def save_sweep_record(results: Path, cfg: SweepConfig, record: dict) -> Path:
+    folder = sweep_dir(results, cfg.sweep_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sweep.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"config": asdict(cfg), "sweep_id": cfg.sweep_id, **record}, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def load_sweep_record(results: Path, sweep_id: str) -> dict:
+    path = sweep_dir(results, sweep_id) / "sweep.json"
+    if not path.is_file():
+        known = sorted(p.name for p in (Path(results) / "sweeps").glob("*") if (p / "sweep.json").is_file())
+        raise ValueError(f"no finished sweep {sweep_id!r} in {Path(results) / 'sweeps'}"
+                         + (f"; known: {', '.join(known)}" if known else ""))
+    return json.loads(path.read_text())

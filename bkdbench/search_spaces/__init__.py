@@ -1,0 +1,99 @@
+"""Search spaces: one YAML file per searchable method (``bkd.yaml`` ...), or a user's own file.
+
+Each parameter has a type (float, int or categorical), a range or choices, and a log flag. A file is
+validated on load: malformed YAML, unknown keys, an unknown method or parameter, or a range outside
+the method's allowed values end in a ``SpaceError`` naming the file and the key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+HERE = Path(__file__).parent
+
+
+class SpaceError(ValueError):
+    pass
+
+
+class Param(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["float", "int", "categorical"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Optional[list[Any]] = None
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+        else:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError("a float/int parameter needs 'low' < 'high'")
+            if self.log and self.low <= 0:
+                raise ValueError("a log-scale range needs 'low' > 0")
+        return self
+
+    def edge_values(self) -> list[Any]:
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+
+    def to_optuna(self):
+        import optuna.distributions as d
+
+        if self.type == "categorical":
+            return d.CategoricalDistribution(self.choices)
+        if self.type == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return d.FloatDistribution(self.low, self.high, log=self.log)
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    description: str = ""
+    params: dict[str, Param] = Field(min_length=1)
+    fixed: dict[str, Any] = Field(default_factory=dict)  # parameters held constant during the search
+
+    def optuna_space(self) -> dict:
+        return {name: p.to_optuna() for name, p in self.params.items()}
+
+
+def space_names() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.yaml"))
+
+
+def load_space(method: str, path: Optional[str] = None) -> tuple[SearchSpace, Path]:
+    """The space for ``method``: the user's file when given, else the shipped ``<method>.yaml``."""
+    from ..methods import MethodError, validate_params
+
+    file = Path(path) if path else HERE / f"{method}.yaml"
+    if not file.is_file():
+        if path:
+            raise SpaceError(f"search space file {file} does not exist")
+        raise SpaceError(f"no search space for {method!r}; shipped: {', '.join(space_names())}; pass --space FILE")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{file}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{file}: a search space is a mapping with keys method, params (and description, fixed)")
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise SpaceError(f"{file}: key '{key}': {first['msg']}") from None
+    if space.method != method:
+        raise SpaceError(f"{file}: key 'method': the file is for {space.method!r}, the sweep for {method!r}")
+    for name, param in space.params.items():
+        for value in param.edge_values():  # every end of every range must be a legal value
+            try:
+                validate_params(method, **{**space.fixed, name: value})
+            except MethodError as exc:
+                raise SpaceError(f"{file}: key 'params.{name}': {exc}") from None
+    return space, file
