@@ -19,9 +19,10 @@ DESCRIPTIONS = {
     "top1": "balanced test top-1 %, last epoch",
     "top1_best_epoch": "balanced test top-1 %, best test epoch (papers' protocol, optimistic)",
     "val_top1": "balanced validation top-1 %, last epoch",
-    "many": "test accuracy % on many-shot classes (>100 training images), last epoch",
-    "medium": "test accuracy % on medium-shot classes (20-100 training images), last epoch",
-    "few": "test accuracy % on few-shot classes (<20 training images), last epoch",
+    # Thresholds are per dataset (CIFAR: >100 / 20-100 / <20 images; digits: >50 / 15-50 / <15).
+    "many": "test accuracy % on many-shot classes (dataset's threshold; CIFAR >100 images), last epoch",
+    "medium": "test accuracy % on medium-shot classes (CIFAR 20-100 images), last epoch",
+    "few": "test accuracy % on few-shot classes (dataset's threshold; CIFAR <20 images), last epoch",
     "ece": "expected calibration error % (15 bins), last epoch, lower is better",
     "nll": "test negative log-likelihood (nats), last epoch, lower is better",
 }
