@@ -186,10 +186,11 @@ def data_download(
 
 
 def _register_subcommands() -> None:
-    from . import cli_results, cli_run, cli_sweep
+    from . import cli_ablate, cli_results, cli_run, cli_sweep
 
     cli_run.register(app)
     cli_sweep.register(app)
+    cli_ablate.register(app)
     cli_results.register(app)
 
 

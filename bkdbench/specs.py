@@ -84,7 +84,7 @@ def make_spec(
         needs_teacher = build(method, [1] * info.num_classes, epochs=epochs or rec.epochs, **resolved).needs_teacher
     except (DataError, MethodError, ModelError, RecipeError) as exc:
         raise SpecError(str(exc)) from None
-    if imbalance_factor < 1:
+    if not imbalance_factor >= 1:  # also catches NaN
         raise SpecError(f"imbalance factor must be >= 1 (got {imbalance_factor:g})")
     if epochs is not None and epochs <= 0:
         raise SpecError(f"epochs must be > 0 (got {epochs})")

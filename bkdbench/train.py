@@ -7,6 +7,7 @@ progress bars, Ray reporting and checkpoint saving hang off.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -165,6 +166,8 @@ def train(
             state = {"epoch": epoch + 1, "history": history, "best": best}
             report(metrics, lambda: _checkpoint(model, optimizer, loader, state))
 
+    if not last_eval:  # resumed from the final epoch's checkpoint: nothing left to train
+        last_eval = {"val": evaluate("val"), **({"test": evaluate("test")} if evaluate_test else {})}
     final = dict(last_eval.get("test", {}))
     final.update(val_top1=last_eval["val"]["top1"], top1_best_epoch=best["top1"] if evaluate_test else None,
                  best_epoch=best["epoch"] if evaluate_test else None)
@@ -184,7 +187,7 @@ def _checkpoint(model, optimizer, loader, state: dict) -> dict:
     """A plain dict of tensors and Python values, loadable with ``torch.load(weights_only=True)``."""
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),  # a snapshot, not the live momentum buffers
         "loader_rng": loader.generator.get_state(),
         **{k: (list(v) if k == "history" else v) for k, v in state.items()},
     }

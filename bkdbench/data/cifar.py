@@ -71,7 +71,8 @@ def _load(name: str, root: Optional[Path]) -> ImageArrays:
         raise DataError(f"corrupt CIFAR metadata file {path / meta_file} ({type(exc).__name__})") from None
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])
-    if train_y.max(initial=-1) >= len(classes) or test_y.max(initial=-1) >= len(classes):
+    labels = np.concatenate([train_y, test_y])
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         raise DataError(f"corrupt CIFAR files in {path}: labels outside the {len(classes)} classes")
     return ImageArrays(train_x, train_y, test_x, test_y, classes)
 

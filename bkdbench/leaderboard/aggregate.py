@@ -52,6 +52,17 @@ def _params(row: Mapping) -> dict:
     return json.loads(raw)
 
 
+SETUP = ("model", "epochs")  # not method parameters, but a different value is a different configuration
+
+
+def _config(row: Mapping) -> dict:
+    """The row's method parameters plus the setup keys, so that (say) a 5-epoch smoke run is
+    never averaged with 200-epoch runs as if it were another seed."""
+    setup = {key: row.get(key) for key in SETUP if _present(row.get(key))}
+    return {**_params(row), **{k: (int(v) if isinstance(v, (float, np.floating)) and float(v).is_integer() else v)
+                               for k, v in setup.items()}}
+
+
 def _show(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -66,16 +77,16 @@ def method_label(row: Mapping, varying: Iterable[str] | None = None) -> str:
     method = str(row.get("method"))
     if _present(row.get("sweep_id")):
         return f"{method} (tuned)"
-    params = _params(row)
+    params = _config(row)
     if varying is None:
-        varying = params if _present(row.get("ablation_id")) else ()
+        varying = _params(row) if _present(row.get("ablation_id")) else ()
     shown = [f"{key}={_show(params[key])}" for key in sorted(varying) if key in params]
     return f"{method} ({', '.join(shown)})" if shown else method
 
 
 def _varying_params(rows: pd.DataFrame) -> set[str]:
     """Parameter names whose value differs between rows (absent counts as a value)."""
-    dicts = [_params(row) for _, row in rows.iterrows()]
+    dicts = [_config(row) for _, row in rows.iterrows()]
     keys = set().union(*dicts) if dicts else set()
     missing = object()
     return {k for k in keys if len({json.dumps(d.get(k, missing), default=repr) for d in dicts}) > 1}

@@ -1,0 +1,110 @@
+"""``bkdbench ablate``: factorial grids and component presets of one method, as one experiment."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .console import console, fail, note
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ablate")(ablate)
+
+
+def ablate(
+    method: str = typer.Argument(..., help="Method to ablate (e.g. bkd)."),
+    grid: Optional[list[str]] = typer.Option(None, "--grid", help="PARAM=v1,v2,... (repeatable): full factorial grid."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A named set of variants, e.g. `components` for bkd."),
+    dataset: list[str] = typer.Option(["digits"], "--dataset", "-d", help="Datasets (repeatable)."),
+    imbalance: str = typer.Option("10,50", "--imbalance", help="Imbalance factors, e.g. 10,50,100."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds 0..N-1 per cell."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
+    model: Optional[str] = typer.Option(None, "--model"),
+    recipe: Optional[str] = typer.Option(None, "--recipe"),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted ablation."),
+    max_failures: int = typer.Option(2, "--max-failures", min=0),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results)."),
+):
+    """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
+    from .cli_run import _LiveView, _floats
+    from .data import DataError, get_dataset
+    from .leaderboard.store import LeaderboardError, check_writable
+    from .orchestrate.ablate import AblationError, ablation_id, ablation_specs, parse_grid, variants
+    from .paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
+    from .specs import SpecError
+
+    try:
+        settings = variants(method, parse_grid(grid or []), preset)
+        specs = ablation_specs(method, settings, dataset, _floats(imbalance) or [], seeds, epochs, model, recipe)
+        root = results_dir(results)
+        for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
+            check_writable(folder)
+        for name in dataset:
+            get_dataset(name).load(data_dir)
+    except (AblationError, SpecError, DataError, LeaderboardError, ValueError) as exc:
+        fail(str(exc))
+    if not specs:
+        fail("the ablation has no runs (no imbalance factors?)")
+
+    from .orchestrate.ray_session import ray_session
+    from .orchestrate.runner import Interrupted, plan_runs, run_plan
+
+    aid = ablation_id(method, specs)
+    plan = plan_runs(specs, root)
+    console.print(f"ablation [bold]{aid}[/]: {len(settings)} settings × {len(specs) // len(settings)} "
+                  f"(datasets × IF × seeds) = {len(plan.specs)} runs, {len(plan.skipped)} already done, {plan.todo} to train"
+                  + (f" (teachers included)" if len(plan.stages) > 1 else ""))
+    started = time.perf_counter()
+    if plan.todo:
+        try:
+            with ray_session(address, log_file=experiments_dir(root) / aid / "ray.log"), _LiveView(plan.todo) as view:
+                run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
+                         gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
+                         data_dir=data_dir, on_event=view.event)
+        except (Interrupted, KeyboardInterrupt):
+            fail(f"interrupted; continue with the same command plus --resume", code=130)
+        console.print(f"trained {plan.todo} run(s) in {time.perf_counter() - started:.0f} s")
+    _show(root, method, specs, settings, root / "plots" / f"{aid}-heatmap.png")
+
+
+def _show(root: Path, method: str, specs, settings: list[dict], heatmap: Path) -> None:
+    from rich.table import Table
+
+    from .leaderboard.ablation import marginal_effects, plot_heatmaps
+    from .leaderboard.aggregate import summarise
+    from .leaderboard.render import leaderboard_tables
+    from .leaderboard.store import read_rows
+    from .paths import leaderboard_dir
+
+    rows, bad = read_rows(leaderboard_dir(root))
+    if bad:
+        note(f"skipped unreadable files: {', '.join(bad)}")
+    ids = {s.run_id for s in specs}
+    rows = rows[rows.run_id.isin(ids)]
+    if rows.empty:
+        return
+    # Setup columns are identical across an ablation; show the variants by their parameters.
+    for _, table in leaderboard_tables(summarise(rows.assign(ablation_id="ablation"), "top1"), "top1"):
+        console.print(table)
+    factors = sorted({k for s in settings for k in s})
+    if len(settings) > 1 and factors:
+        effects = marginal_effects(rows, factors + ["imbalance_factor"] if "imbalance_factor" not in factors else factors)
+        table = Table(title="marginal effects: balanced test top-1 % per level (all other factors and seeds pooled)")
+        for col in ("factor", "level", "mean ± std", "runs"):
+            table.add_column(col)
+        for _, r in effects.iterrows():
+            std = "–" if math.isnan(r["std"]) else f"{r['std']:.2f}"
+            level = f"{r['level']:g}" if isinstance(r["level"], float) else str(r["level"])
+            table.add_row(r["factor"], level, f"{r['mean']:.2f} ± {std}", str(r["n"]))
+        console.print(table)
+    numeric = [k for k in factors if all(isinstance(s.get(k), float) for s in settings)]
+    if len(numeric) >= 2:
+        console.print(f"wrote {plot_heatmaps(rows, numeric[0], numeric[1], heatmap)}")
