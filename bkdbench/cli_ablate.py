@@ -31,7 +31,7 @@ def ablate(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted ablation."),
     max_failures: int = typer.Option(2, "--max-failures", min=0),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results)."),
+    results: Optional[Path] = typer.Option(None, "--results", "--storage", help="Results/storage folder: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results); on a cluster, a path every node mounts."),
 ):
     """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
     from .cli_run import _LiveView, _floats
@@ -54,7 +54,7 @@ def ablate(
     if not specs:
         fail("the ablation has no runs (no imbalance factors?)")
 
-    from .orchestrate.ray_session import ray_session
+    from .orchestrate.ray_session import StorageError, ray_session
     from .orchestrate.runner import Interrupted, plan_runs, run_plan
 
     aid = ablation_id(method, specs)
@@ -65,12 +65,17 @@ def ablate(
     started = time.perf_counter()
     if plan.todo:
         try:
-            with ray_session(address, log_file=experiments_dir(root) / aid / "ray.log"), _LiveView(plan.todo) as view:
+            with ray_session(address, log_file=experiments_dir(root) / aid / "ray.log", storage=root), \
+                    _LiveView(plan.todo) as view:
                 run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
                          data_dir=data_dir, on_event=view.event)
         except (Interrupted, KeyboardInterrupt):
-            fail(f"interrupted; continue with the same command plus --resume", code=130)
+            fail("interrupted; continue with the same command plus --resume", code=130)
+        except StorageError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"storage error during the ablation ({exc}); free space or fix {root}, then --resume", code=1)
         console.print(f"trained {plan.todo} run(s) in {time.perf_counter() - started:.0f} s")
     _show(root, method, specs, settings, root / "plots" / f"{aid}-heatmap.png")
 

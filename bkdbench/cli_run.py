@@ -56,7 +56,7 @@ def run(
     max_failures: int = typer.Option(2, "--max-failures", min=0, help="Restarts of a failing trial from its checkpoint."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Checkpoint every N epochs (default: every ~30 s of training)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
-    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results)."),
+    results: Optional[Path] = typer.Option(None, "--results", "--storage", help="Results/storage folder: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results); on a cluster, a path every node mounts."),
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
     from .data import DataError, get_dataset
@@ -81,7 +81,7 @@ def run(
         fail(str(exc))
 
     from .orchestrate.runner import Interrupted, plan_runs, run_plan
-    from .orchestrate.ray_session import ray_session
+    from .orchestrate.ray_session import StorageError, ray_session
 
     plan = plan_runs(specs, root, force=force)
     console.print(f"suite [bold]{s.name}[/]: {len(plan.specs)} runs, {len(plan.skipped)} already in the leaderboard "
@@ -91,7 +91,7 @@ def run(
     if plan.todo:
         log = experiments_dir(root) / s.name / "ray.log"
         try:
-            with ray_session(address, log_file=log), _LiveView(plan.todo) as view:
+            with ray_session(address, log_file=log, storage=root), _LiveView(plan.todo) as view:
                 outcome = run_plan(plan, root, name=s.name, tags={"suite": s.name}, cpus_per_trial=cpus_per_trial,
                                    gpus_per_trial=gpus_per_trial, resume=resume, force=force,
                                    max_failures=max_failures, checkpoint_every=checkpoint_every,
@@ -101,6 +101,11 @@ def run(
                  f"`bkdbench run --suite {suite} --resume` (same filters)", code=130)
         except KeyboardInterrupt:
             fail(f"interrupted. Finished runs are saved; continue with `bkdbench run --suite {suite} --resume`", code=130)
+        except StorageError as exc:
+            fail(str(exc))
+        except OSError as exc:  # disk full or storage gone mid-run: rows already written stay readable
+            fail(f"storage error during the run ({exc}); finished runs are in the leaderboard; "
+                 f"free space or fix {root}, then `--resume`", code=1)
         failed = {k: v for k, v in outcome.items() if v.get("status") == "failed" or v.get("error")}
         wall = time.perf_counter() - started
         console.print(f"trained {plan.todo - len(failed)} run(s) in {wall:.1f} s; Ray log: {log}")

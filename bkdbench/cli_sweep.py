@@ -34,7 +34,7 @@ def sweep(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results)."),
+    results: Optional[Path] = typer.Option(None, "--results", "--storage", help="Results/storage folder: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results); on a cluster, a path every node mounts."),
 ):
     """Search a method's parameters with Optuna on Ray Tune (validation only), then test the best."""
     from .paths import results_dir
@@ -69,7 +69,7 @@ def sweep(
     except (SpaceError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
-    from .orchestrate.ray_session import ray_session
+    from .orchestrate.ray_session import StorageError, ray_session
     from .orchestrate.runner import Interrupted, plan_runs, run_plan
     from .orchestrate.sweep import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
                                     space_hash, sweep_dir)
@@ -88,7 +88,7 @@ def sweep(
     started = time.perf_counter()
     kwargs = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, data_dir=data_dir)
     try:
-        with ray_session(address, log_file=folder / "ray.log"):
+        with ray_session(address, log_file=folder / "ray.log", storage=root):
             if base.teacher is not None:
                 plan = plan_runs([base.teacher], root)
                 if plan.todo:
@@ -111,6 +111,10 @@ def sweep(
         fail(f"interrupted: {exc}. Continue with the same command plus --resume", code=130)
     except KeyboardInterrupt:
         fail("interrupted. Continue with the same command plus --resume", code=130)
+    except StorageError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"storage error during the sweep ({exc}); free space or fix {root}, then --resume", code=1)
     wall = time.perf_counter() - started
     save_sweep_record(root, cfg, {"trials": trials, "best_params": best_params, "best_trial": best.number,
                                   "best_val_top1": best.value, "final_runs": finals, "wall_seconds": wall,

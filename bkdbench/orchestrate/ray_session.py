@@ -13,9 +13,10 @@ import ray
 
 @contextlib.contextmanager
 def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
-                num_cpus: Optional[int] = None) -> Iterator[dict]:
+                num_cpus: Optional[int] = None, storage: Optional[Path] = None) -> Iterator[dict]:
     """A Ray connection for the duration of a command. ``address`` (or ``RAY_ADDRESS``) joins an
-    existing cluster; otherwise a local one is started. Yields the cluster's resources."""
+    existing cluster; otherwise a local one is started. On a multi-node cluster ``storage`` must be
+    visible to every node (StorageError otherwise). Yields the cluster's resources."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         # Token authentication stays on. A local ray.init turns it on and generates ~/.ray/auth_token
@@ -31,6 +32,8 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
         kwargs["num_cpus"] = num_cpus
     ray.init(address=address, **kwargs)
     try:
+        if storage is not None:
+            check_shared_storage(storage)
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
@@ -53,3 +56,42 @@ def _quiet_ray_logging(log_file: Optional[Path]) -> None:
 
 def node_count() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+class StorageError(ValueError):
+    """Storage that some node of the cluster cannot reach."""
+
+
+def check_shared_storage(root: Path) -> None:
+    """On a multi-node cluster, prove every node sees ``root``: write a probe file here and read it
+    from a task pinned to each node. A node-local path fails this (other nodes see another disk)."""
+    import uuid
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    root = Path(root).resolve()
+    probe = root / f".bkdbench-shared-check-{uuid.uuid4().hex}"
+    token = uuid.uuid4().hex
+    probe.write_text(token)
+    try:
+        @ray.remote(num_cpus=0)
+        def sees(path: str, expected: str) -> bool:
+            try:
+                return Path(path).read_text() == expected
+            except OSError:
+                return False
+
+        refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: sees.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe), token)
+            for n in nodes}
+        blind = [name for name, ok in zip(refs, ray.get(list(refs.values()), timeout=60)) if not ok]
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise StorageError(
+            f"the storage {root} is not shared: node(s) {', '.join(blind)} cannot see it. On a cluster, "
+            "--storage must be a path every node mounts (e.g. NFS) so trials, teachers and the leaderboard meet"
+        )
