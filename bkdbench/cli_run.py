@@ -12,13 +12,13 @@ from .console import console, fail, note
 SuiteOpt = typer.Option("digits-lt", "--suite", "-s", help="Suite name (see `bkdbench suites`) or a YAML file.")
 
 
-def _floats(text: Optional[str]) -> Optional[list[float]]:
+def _floats(text: Optional[str]) -> Optional[list]:
     if not text:
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        return [x.strip().lower() if x.strip().lower() == "natural" else float(x) for x in text.split(",")]
     except ValueError:
-        fail(f"--imbalance takes numbers separated by commas (got {text!r})")
+        fail(f"--imbalance takes numbers (or natural) separated by commas (got {text!r})")
 
 
 def register(app: typer.Typer) -> None:
@@ -69,7 +69,8 @@ def run(
         fail(f"epochs must be > 0 (got {epochs})")
     try:
         s = load_suite(suite)
-        specs = s.expand(datasets=dataset, imbalance=_floats(imbalance), methods=method, seeds=seeds, epochs=epochs)
+        specs = s.expand(datasets=dataset, imbalance=_floats(imbalance), methods=method, seeds=seeds, epochs=epochs,
+                         data_dir=data_dir)
         if not specs:
             fail(f"the filters leave no runs of suite {s.name}")
         root = results_dir(results)
@@ -111,7 +112,12 @@ def run(
         console.print(f"trained {plan.todo - len(failed)} run(s) in {wall:.1f} s; Ray log: {log}")
         for run_id, info in failed.items():
             note(f"failed {run_id}: {info.get('error')}")
+        # A diverged run is a result (recorded as failed); a trial that crashed past its retries is not.
+        crashed = [k for k, v in failed.items() if v.get("status") != "failed"]
     _show_leaderboard(root, s.name)
+    if plan.todo and crashed:
+        fail(f"{len(crashed)} trial(s) crashed after {max_failures} restarts (see the Ray log); "
+             f"fix the cause and rerun with --resume", code=1)
 
 
 def _show_leaderboard(root: Path, suite: str) -> None:
@@ -154,7 +160,7 @@ class _LiveView:
             self.running.add(run_id)
         elif kind in ("complete", "error"):
             self.running.discard(run_id)
-            if kind == "error" or metrics.get("status") == "failed":
+            if kind == "error" or metrics.get("status") in ("failed", "storage-error"):
                 self.failed += 1
             else:
                 self.done += 1

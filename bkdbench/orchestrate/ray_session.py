@@ -30,7 +30,9 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
                   configure_logging=True, ignore_reinit_error=True)
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
-    ray.init(address=address, **kwargs)
+    # "local": always a private instance. Plain None would join any cluster `ray start` left
+    # recorded in /tmp/ray (even a dead one, and then hang); joining is what --address is for.
+    ray.init(address=address or "local", **kwargs)
     try:
         if storage is not None:
             check_shared_storage(storage)
@@ -48,6 +50,7 @@ def _quiet_ray_logging(log_file: Optional[Path]) -> None:
         if log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(log_file)
+            handler.handleError = lambda record: None  # a full disk must not flood the terminal
             handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
         else:

@@ -56,6 +56,21 @@ def plan_runs(specs: list[RunSpec], results: Path, force: bool = False) -> Plan:
 _listener: Optional[Event] = None  # the current driver's event sink; never pickled into Tune's state
 
 
+class _StopOnStorageError(tune.Stopper):
+    """Stops the whole experiment once a trial reports that the storage failed (disk full,
+    read-only, gone): every other trial would fail the same way, and retries only burn time."""
+
+    def __init__(self):
+        self.failed = False
+
+    def __call__(self, trial_id, result) -> bool:
+        self.failed = self.failed or result.get("status") == "storage-error"
+        return self.failed
+
+    def stop_all(self) -> bool:
+        return self.failed
+
+
 class _Events(tune.Callback):
     """Forwards Tune's trial events to the caller (the CLI's live view). Tune pickles its callbacks
     into the experiment state (and restores them on resume), so this holds no reference to the
@@ -123,6 +138,7 @@ def run_plan(
                 tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config["run_id"]),
                 run_config=tune.RunConfig(
                     name=f"stage-{number}", storage_path=str(root), verbose=0, callbacks=[_Events()],
+                    stop=_StopOnStorageError(),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 ),
@@ -135,6 +151,9 @@ def run_plan(
             outcome[run_id] = {**metrics, "error": str(result.error) if result.error else metrics.get("error")}
             if not metrics.get("done") and result.error is None:
                 unfinished.append(run_id)
+        storage = [v["error"] for v in outcome.values() if v.get("status") == "storage-error"]
+        if storage:
+            raise OSError(f"the results storage failed: {storage[0]}")
         if unfinished:
             raise Interrupted(f"{len(unfinished)} run(s) of stage {number} did not finish")
     return outcome

@@ -78,4 +78,6 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoi
     except TeacherError as exc:  # its teacher failed or is missing: record, do not retry
         write_row(leaderboard_dir(root), failed_row(spec, str(exc), **tags))
         final = {"status": "failed", "error": str(exc)}
+    except OSError as exc:  # storage full, read-only or gone: retrying cannot help; the driver stops all
+        final = {"status": "storage-error", "error": f"{type(exc).__name__}: {exc}"}
     tune.report({**final, "done": True})
