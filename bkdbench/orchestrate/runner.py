@@ -3,7 +3,7 @@
 Stage 1 trains the teachers the students need and that are not cached yet (a suite's CE runs
 double as teachers: same spec, same run id); stage 2 trains the rest. Runs already finished in the
 leaderboard are skipped unless ``force``. Each stage is one Tune experiment under
-``<results>/experiments/<name>/stage-N`` that ``resume=True`` restores (``Tuner.restore``).
+``<results>/experiments/<name>/{teachers,runs}`` that ``resume=True`` restores (``Tuner.restore``).
 """
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ class Plan:
     specs: list[RunSpec]
     skipped: list[RunSpec]
     stages: list[list[RunSpec]] = field(default_factory=list)
+    stage_names: list[str] = field(default_factory=list)  # "teachers", "runs": stable across resumes
+
+    def all_specs(self) -> dict[str, str]:
+        """Every spec this plan knows (finished ones and teachers too), by run id: a restored
+        experiment may hold trials of runs that have finished since."""
+        known = {s.run_id: s for s in self.specs}
+        known.update({s.teacher.run_id: s.teacher for s in self.specs if s.teacher is not None})
+        return {k: v.canonical_json() for k, v in known.items()}
 
     @property
     def todo(self) -> int:
@@ -50,7 +58,8 @@ def plan_runs(specs: list[RunSpec], results: Path, force: bool = False) -> Plan:
         if t is not None and (t.run_id in todo_ids or not teacher_path(teachers_dir(results), t).exists()):
             teachers[t.run_id] = t
     stage2 = [s for s in todo if s.run_id not in teachers]
-    return Plan(specs=unique, skipped=skipped, stages=[st for st in (list(teachers.values()), stage2) if st])
+    named = [(name, st) for name, st in (("teachers", list(teachers.values())), ("runs", stage2)) if st]
+    return Plan(specs=unique, skipped=skipped, stages=[st for _, st in named], stage_names=[n for n, _ in named])
 
 
 _listener: Optional[Event] = None  # the current driver's event sink; never pickled into Tune's state
@@ -119,25 +128,25 @@ def run_plan(
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     outcome: dict[str, dict] = {}
     root = experiments_dir(results).resolve() / name
-    for number, stage in enumerate(plan.stages, start=1):
-        specs = {s.run_id: s.canonical_json() for s in stage}
+    known = plan.all_specs()
+    for stage_name, stage in zip(plan.stage_names, plan.stages):
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, specs=specs, results=str(results.resolve()), tags=tags,
+            tune.with_parameters(train_trial, specs=known, results=str(results.resolve()), tags=tags,
                                  checkpoint_every=checkpoint_every, force=force,
                                  data_dir=str(data_dir) if data_dir else None),
             resources,
         )
-        path = root / f"stage-{number}"
+        path = root / stage_name
         if resume and tune.Tuner.can_restore(str(path)):
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
         else:
             shutil.rmtree(path, ignore_errors=True)  # Ray state of an earlier attempt; results live elsewhere
             tuner = tune.Tuner(
                 trainable,
-                param_space={"run_id": tune.grid_search(list(specs)), "resources": resources},
+                param_space={"run_id": tune.grid_search([s.run_id for s in stage]), "resources": resources},
                 tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config["run_id"]),
                 run_config=tune.RunConfig(
-                    name=f"stage-{number}", storage_path=str(root), verbose=0, callbacks=[_Events()],
+                    name=stage_name, storage_path=str(root), verbose=0, callbacks=[_Events()],
                     stop=_StopOnStorageError(),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -155,5 +164,5 @@ def run_plan(
         if storage:
             raise OSError(f"the results storage failed: {storage[0]}")
         if unfinished:
-            raise Interrupted(f"{len(unfinished)} run(s) of stage {number} did not finish")
+            raise Interrupted(f"{len(unfinished)} run(s) of stage '{stage_name}' did not finish")
     return outcome

@@ -34,6 +34,9 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoi
     from .execute import failed_row, run_and_record
 
     run_id = config["run_id"]
+    if run_id not in specs:  # a restored trial of a run this invocation does not ask for (other filters)
+        tune.report({"done": True, "status": "skipped", "error": f"run {run_id} is not part of this invocation"})
+        return
     spec = RunSpec.model_validate_json(specs[run_id])
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))

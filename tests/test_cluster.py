@@ -1,0 +1,180 @@
+"""Fault tests with real processes: a two-node Ray cluster (`ray start` head + worker) that loses its
+worker mid-suite, a driver killed with SIGKILL and resumed, storage that fills up mid-run, and
+storage that one node cannot see. Every process a test starts is stopped by PID."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bkdbench.leaderboard.store import read_rows
+from bkdbench.suites import load_suite
+
+from cluster_helpers import BKDBENCH, RAY, Cluster, cluster_env, cmdline, descendants, kill, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def write_suite(path: Path, methods: list, epochs: int, seeds: int = 1) -> Path:
+    path.write_text(yaml.safe_dump({"name": path.stem, "datasets": ["digits"], "imbalance": [10],
+                                    "methods": methods, "seeds": seeds, "epochs": epochs}))
+    return path
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([str(BKDBENCH), *args], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=cluster_env(), start_new_session=True)
+
+
+def rows(results: Path):
+    frame, bad = read_rows(results / "leaderboard")
+    assert bad == [], f"unreadable leaderboard files: {bad}"
+    return frame
+
+
+def row_files(results: Path) -> list[Path]:
+    return sorted((results / "leaderboard").glob("*.parquet"))
+
+
+def assert_each_run_once(results: Path, suite: Path) -> None:
+    expected = {s.run_id for s in load_suite(str(suite)).expand()}
+    frame = rows(results)
+    assert sorted(frame.run_id) == sorted(expected), "every run exactly once"
+    assert set(frame.status) == {"finished"}
+    assert {p.stem for p in row_files(results)} == expected
+    assert not [p for p in (results / "leaderboard").iterdir() if p.name.startswith(".")], "no temp files left"
+
+
+def trial_on(raylet: int) -> bool:
+    return any(cmdline(pid).startswith("ray::ImplicitFunc") for pid in descendants({raylet}) - {raylet})
+
+
+def test_suite_survives_losing_a_worker_node(tmp_path):
+    suite = write_suite(tmp_path / "nodeloss.yaml", ["ce", "reweight-cb", "balanced-softmax", "ldam-drw"], epochs=30)
+    results = tmp_path / "results"
+    cluster = Cluster()
+    driver = None
+    try:
+        cluster.start_head(cpus=1)
+        worker = cluster.add_worker(cpus=1)
+        driver = start(["run", "--suite", str(suite), "--address", cluster.address, "--results", str(results),
+                        "--checkpoint-every", "5", "--max-failures", "3"], tmp_path / "driver.log")
+        wait_for(lambda: trial_on(worker), timeout=180, what="a trial on the worker node")
+        time.sleep(2)  # let it train a few epochs (and checkpoint) before the node dies
+        killed = cluster.kill_worker(worker)
+        assert worker in killed
+        driver.wait(timeout=400)
+        log = (tmp_path / "driver.log").read_text()
+        assert driver.returncode == 0, log
+        assert_each_run_once(results, suite)
+    finally:
+        if driver is not None and driver.poll() is None:
+            kill(descendants({driver.pid}))
+        cluster.stop()
+
+
+def test_killed_driver_resumes_without_duplicates(tmp_path):
+    suite = write_suite(tmp_path / "driverkill.yaml", ["ce", "reweight-cb", "balanced-softmax", "ldam-drw"],
+                        epochs=20, seeds=2)
+    results = tmp_path / "results"
+    args = ["run", "--suite", str(suite), "--results", str(results), "--checkpoint-every", "5"]
+    driver = start(args, tmp_path / "first.log")
+    try:
+        wait_for(lambda: len(row_files(results)) >= 2, timeout=240, what="two finished runs")
+        started_by_driver = descendants({driver.pid}) - {driver.pid}
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        # A SIGKILLed driver cannot shut Ray down: its processes are orphans. Stop them like an operator.
+        kill(started_by_driver)
+    finally:
+        kill(descendants({driver.pid}))
+    time.sleep(1)
+    before = rows(results).set_index("run_id")["finished_at"].to_dict()
+    assert 2 <= len(before) < 8
+
+    resumed = start([*args, "--resume"], tmp_path / "resume.log")
+    try:
+        resumed.wait(timeout=400)
+    finally:
+        kill(descendants({resumed.pid}))
+    assert resumed.returncode == 0, (tmp_path / "resume.log").read_text()
+    assert_each_run_once(results, suite)
+    after = rows(results).set_index("run_id")["finished_at"].to_dict()
+    assert {k: after[k] for k in before} == before, "finished runs were not retrained"
+
+
+def _can_mount() -> bool:
+    probe = Path("/tmp") / f"bkdbench-mount-probe-{os.getpid()}"
+    probe.mkdir(exist_ok=True)
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)], capture_output=True).returncode == 0
+    if ok:
+        subprocess.run(["umount", str(probe)], capture_output=True)
+    probe.rmdir()
+    return ok
+
+
+needs_mount = pytest.mark.skipif(os.geteuid() != 0 or not _can_mount(), reason="needs root and tmpfs mounts")
+
+
+@needs_mount
+def test_full_storage_fails_clearly_and_keeps_rows(tmp_path):
+    storage = tmp_path / "small-disk"
+    storage.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(storage)], check=True)
+    suite = write_suite(tmp_path / "diskfull.yaml", ["ce", "reweight-cb", "balanced-softmax", "ldam-drw"],
+                        epochs=15, seeds=3)
+    results = storage / "results"
+    driver = start(["run", "--suite", str(suite), "--results", str(results)], tmp_path / "driver.log")
+    try:
+        wait_for(lambda: len(row_files(results)) >= 2, timeout=240, what="two finished runs")
+        with open(storage / "filler", "wb") as fh:  # fill the disk to the last byte
+            try:
+                while True:
+                    fh.write(b"\0" * (1 << 20))
+                    fh.flush()
+            except OSError:
+                pass
+        driver.wait(timeout=300)
+        log = (tmp_path / "driver.log").read_text()
+        assert driver.returncode == 1, log
+        assert "No space left on device" in log and "--resume" in log
+        assert "Traceback" not in log
+        (storage / "filler").unlink()
+        frame = rows(results)  # every row written before the disk filled is intact and readable
+        assert len(frame) >= 2 and set(frame.status) == {"finished"}
+    finally:
+        kill(descendants({driver.pid}))
+        subprocess.run(["umount", "-l", str(storage)], capture_output=True)
+
+
+@needs_mount
+def test_node_local_storage_is_refused(tmp_path):
+    storage = tmp_path / "results"
+    storage.mkdir()
+    suite = write_suite(tmp_path / "local.yaml", ["ce"], epochs=2)
+    cluster = Cluster()
+    try:
+        cluster.start_head(cpus=1)
+        # The worker gets a private mount namespace with its own empty disk over the storage path:
+        # exactly what a node-local path looks like from another machine.
+        inner = (f"mount -t tmpfs tmpfs {shlex.quote(str(storage))} && exec {shlex.quote(str(RAY))} start "
+                 f"--disable-usage-stats --address={cluster.address} --num-cpus=1")
+        before = cluster.raylets()
+        subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
+                       env=cluster_env(), check=True, capture_output=True, timeout=120)
+        wait_for(lambda: cluster.raylets() - before, timeout=30, what="the worker's raylet")
+        result = subprocess.run([str(BKDBENCH), "run", "--suite", str(suite), "--address", cluster.address,
+                                 "--storage", str(storage)], env=cluster_env(), capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "is not shared" in result.stderr and "Traceback" not in result.stderr
+        assert not list(storage.glob("leaderboard/*.parquet")), "nothing trained"
+    finally:
+        cluster.stop()
