@@ -149,6 +149,12 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
     console.print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())))
+    trained = [t.user_attrs.get("epochs_trained") for t in study.get_trials(deepcopy=False)]
+    budget = record["config"].get("epochs")
+    if budget and trained and all(e is not None for e in trained):
+        full = budget * len(trained)
+        console.print(f"epochs trained: {sum(trained)} of {full} for {len(trained)} full-length trials "
+                      f"(early stopping saved {full - sum(trained)}, {100 * (full - sum(trained)) / full:.0f}%)")
 
     board, _ = read_rows(leaderboard_dir(root))
     test = Table(title=f"test set (last epoch), best config vs defaults, {len(record['final_runs']['tuned'])} seeds")

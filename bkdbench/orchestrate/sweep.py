@@ -97,6 +97,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
+        if result and "epoch" in result:  # how much training the trial cost (what ASHA saved)
+            self._ot_trials[trial_id].set_user_attr("epochs_trained", int(result["epoch"]) + 1)
         if not error and result and result.get("done") and result.get(METRIC) is not None:
             return super().on_trial_complete(trial_id, result, error)
         failed = error or bool(result and result.get("diverged"))
