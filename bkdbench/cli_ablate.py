@@ -54,6 +54,9 @@ def ablate(
     if not specs:
         fail("the ablation has no runs (no imbalance factors?)")
 
+    from .orchestrate import prepare_ray_env
+
+    address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
     from .orchestrate.ray_session import StorageError, ray_session
     from .orchestrate.runner import Interrupted, plan_runs, run_plan
 

@@ -81,6 +81,9 @@ def run(
     except (SuiteError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
+    from .orchestrate import prepare_ray_env
+
+    address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
     from .orchestrate.runner import Interrupted, plan_runs, run_plan
     from .orchestrate.ray_session import StorageError, ray_session
 

@@ -69,6 +69,9 @@ def sweep(
     except (SpaceError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
+    from .orchestrate import prepare_ray_env
+
+    address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
     from .orchestrate.ray_session import StorageError, ray_session
     from .orchestrate.runner import Interrupted, plan_runs, run_plan
     from .orchestrate.sweep import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,

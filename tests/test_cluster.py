@@ -27,10 +27,16 @@ def write_suite(path: Path, methods: list, epochs: int, seeds: int = 1) -> Path:
     return path
 
 
+def driver_env() -> dict:
+    """The driver's environment: no RAY_AUTH_MODE, so the tests prove bkdbench asks for token
+    authentication itself when it joins a cluster (the nodes were started with it)."""
+    return {k: v for k, v in cluster_env().items() if k != "RAY_AUTH_MODE"}
+
+
 def start(args: list[str], log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
         return subprocess.Popen([str(BKDBENCH), *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=cluster_env(), start_new_session=True)
+                                stdin=subprocess.DEVNULL, env=driver_env(), start_new_session=True)
 
 
 def rows(results: Path):
@@ -171,7 +177,7 @@ def test_node_local_storage_is_refused(tmp_path):
                        env=cluster_env(), check=True, capture_output=True, timeout=120)
         wait_for(lambda: cluster.raylets() - before, timeout=30, what="the worker's raylet")
         result = subprocess.run([str(BKDBENCH), "run", "--suite", str(suite), "--address", cluster.address,
-                                 "--storage", str(storage)], env=cluster_env(), capture_output=True, text=True,
+                                 "--storage", str(storage)], env=driver_env(), capture_output=True, text=True,
                                 timeout=300)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "is not shared" in result.stderr and "Traceback" not in result.stderr

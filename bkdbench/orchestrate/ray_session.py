@@ -10,6 +10,8 @@ from typing import Iterator, Optional
 
 import ray
 
+from . import prepare_ray_env
+
 
 @contextlib.contextmanager
 def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
@@ -17,12 +19,9 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
     """A Ray connection for the duration of a command. ``address`` (or ``RAY_ADDRESS``) joins an
     existing cluster; otherwise a local one is started. On a multi-node cluster ``storage`` must be
     visible to every node (StorageError otherwise). Yields the cluster's resources."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
-        # Token authentication stays on. A local ray.init turns it on and generates ~/.ray/auth_token
-        # itself; a driver joining a head started by hand must ask for it and find the token
-        # (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) or Ray refuses with InvalidAuthToken.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # A local ray.init turns token authentication on and generates ~/.ray/auth_token itself; for a
+    # joined cluster the CLI has already called prepare_ray_env (before Ray was imported).
+    address = prepare_ray_env(address)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TensorBoard per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 this silences Tune's console tables
     _quiet_ray_logging(log_file)

@@ -18,7 +18,7 @@ from ..leaderboard.store import finished_run_ids
 from ..paths import experiments_dir, leaderboard_dir, teachers_dir
 from ..specs import RunSpec
 from ..teachers import teacher_path
-from .trial import train_trial
+from .trial import FINISHED, train_trial
 
 Event = Callable[[str, str, dict], None]  # (kind: start|result|complete|error, run_id, metrics)
 
@@ -158,7 +158,7 @@ def run_plan(
             metrics = result.metrics or {}
             run_id = (result.config or {}).get("run_id")
             outcome[run_id] = {**metrics, "error": str(result.error) if result.error else metrics.get("error")}
-            if not metrics.get("done") and result.error is None:
+            if not metrics.get(FINISHED) and result.error is None:
                 unfinished.append(run_id)
         storage = [v["error"] for v in outcome.values() if v.get("status") == "storage-error"]
         if storage:

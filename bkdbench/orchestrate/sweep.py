@@ -26,6 +26,7 @@ from ..methods import build as build_method
 from ..search_spaces import SearchSpace
 from ..specs import RunSpec, make_spec
 from .runner import _Events, Interrupted, plan_runs, run_plan
+from .trial import FINISHED
 from . import runner
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI reports progress itself
@@ -51,7 +52,8 @@ class SweepConfig:
     @property
     def sweep_id(self) -> str:
         """Same search, same id (the trial count is not part of it, so more trials extend a sweep)."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        identity = {k: v for k, v in asdict(self).items() if k != "space_file"}  # the content hash counts, not the path
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.method}-{self.dataset}-if{self.imbalance:g}-{digest}"
 
 
@@ -99,7 +101,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
         if result and "epoch" in result:  # how much training the trial cost (what ASHA saved)
             self._ot_trials[trial_id].set_user_attr("epochs_trained", int(result["epoch"]) + 1)
-        if not error and result and result.get("done") and result.get(METRIC) is not None:
+        if not error and result and result.get(FINISHED) and result.get(METRIC) is not None:
             return super().on_trial_complete(trial_id, result, error)
         failed = error or bool(result and result.get("diverged"))
         state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED
@@ -112,7 +114,7 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
     import torch
 
     from ..methods import validate_params
-    from ..train import TrainingDiverged, train
+    from ..train import TrainingDiverged, train  # noqa: F401  (TrainingDiverged propagates: FAIL)
     from .execute import teacher_state_for
 
     torch.set_num_threads(max(1, int(config.get("_cpus", 1))))
@@ -123,14 +125,14 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
     def report(metrics: dict, _make_checkpoint) -> None:
         out = {METRIC: metrics.get(METRIC), "train_loss": metrics["train_loss"], "epoch": metrics["epoch"]}
         if metrics["epoch"] == spec.epochs - 1:
-            out["done"] = True  # part of the last epoch's report: ASHA stops trials at max_t
+            out[FINISHED] = True  # part of the last epoch's report: ASHA stops trials at max_t
         tune.report(out)
 
     try:
         train(spec, report=report, evaluate_test=False, teacher_state=teacher_state_for(spec, Path(results)),
               data_dir=Path(data_dir) if data_dir else None)
-    except TrainingDiverged as exc:
-        tune.report({"diverged": True, "error": str(exc)})
+    except TrainingDiverged:
+        raise  # the trial errors: Optuna records FAIL (a report without the metric would stop Tune)
 
 
 def _mark_interrupted_trials(study: optuna.Study) -> int:
@@ -189,7 +191,7 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
                                   callbacks=[_Events()]),
     )
     grid = tuner.fit()
-    unfinished = [r for r in grid if not (r.metrics or {}).get("done") and r.error is None
+    unfinished = [r for r in grid if not (r.metrics or {}).get(FINISHED) and r.error is None
                   and not (r.metrics or {}).get("diverged") and not _stopped_by_scheduler(r, base.epochs)]
     study = open_study(cfg.sweep_id, folder, storage_url)
     if unfinished and counted_trials(study) < trials:
@@ -198,7 +200,7 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
 
 
 def _stopped_by_scheduler(result, epochs: int) -> bool:
-    # A trial ASHA stopped reported at least one epoch and then ended without "done".
+    # A trial ASHA stopped reported at least one epoch and then ended without FINISHED.
     return bool(result.metrics) and "epoch" in result.metrics and result.metrics["epoch"] < epochs - 1
 
 

@@ -14,6 +14,9 @@ from ray import tune
 from ..specs import RunSpec
 
 CHECKPOINT_FILE = "state.pt"
+# Our own "ran to the end" flag: Tune sets its "done" on the last result of a trial that a
+# scheduler stopped early, so "done" cannot tell a finished trial from a pruned one.
+FINISHED = "bkd_finished"
 
 
 CHECKPOINT_SECONDS = 30.0  # default: a checkpoint at most every 30 s of training
@@ -35,7 +38,7 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoi
 
     run_id = config["run_id"]
     if run_id not in specs:  # a restored trial of a run this invocation does not ask for (other filters)
-        tune.report({"done": True, "status": "skipped", "error": f"run {run_id} is not part of this invocation"})
+        tune.report({FINISHED: True, "status": "skipped", "error": f"run {run_id} is not part of this invocation"})
         return
     spec = RunSpec.model_validate_json(specs[run_id])
     resources = config.get("resources", {})
@@ -45,7 +48,7 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoi
         torch.cuda.set_per_process_memory_fraction(gpu)  # fractional GPUs are bookkeeping otherwise
     root = Path(results)
     if not force and is_finished(leaderboard_dir(root), run_id):
-        tune.report({"done": True, "status": "skipped"})  # finished meanwhile (e.g. by a restored run)
+        tune.report({FINISHED: True, "status": "skipped"})  # finished meanwhile (e.g. by a restored run)
         return
 
     state = None
@@ -83,4 +86,4 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoi
         final = {"status": "failed", "error": str(exc)}
     except OSError as exc:  # storage full, read-only or gone: retrying cannot help; the driver stops all
         final = {"status": "storage-error", "error": f"{type(exc).__name__}: {exc}"}
-    tune.report({**final, "done": True})
+    tune.report({**final, FINISHED: True})

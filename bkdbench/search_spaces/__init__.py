@@ -39,8 +39,17 @@ class Param(BaseModel):
                 raise ValueError("a log-scale range needs 'low' > 0")
         return self
 
-    def edge_values(self) -> list[Any]:
-        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+    def probe_values(self, points: int = 9) -> list[Any]:
+        """Values that must all be legal for the method: every choice, or the ends and interior
+        points of the range (a range can cross an illegal value, e.g. cb_start in [0.5, 2])."""
+        if self.type == "categorical":
+            return list(self.choices)
+        import numpy as np
+
+        grid = np.geomspace(self.low, self.high, points) if self.log else np.linspace(self.low, self.high, points)
+        if self.type == "int":
+            return sorted({int(round(v)) for v in grid})
+        return [float(v) for v in grid]
 
     def to_optuna(self):
         import optuna.distributions as d
@@ -90,10 +99,19 @@ def load_space(method: str, path: Optional[str] = None) -> tuple[SearchSpace, Pa
         raise SpaceError(f"{file}: key '{key}': {first['msg']}") from None
     if space.method != method:
         raise SpaceError(f"{file}: key 'method': the file is for {space.method!r}, the sweep for {method!r}")
+    try:
+        validate_params(method, **space.fixed)
+    except MethodError as exc:
+        raise SpaceError(f"{file}: key 'fixed': {exc}") from None
     for name, param in space.params.items():
-        for value in param.edge_values():  # every end of every range must be a legal value
+        if name in space.fixed:
+            raise SpaceError(f"{file}: key 'params.{name}': {name} is also in 'fixed'; search it or fix it, not both")
+        for value in param.probe_values():
             try:
                 validate_params(method, **{**space.fixed, name: value})
             except MethodError as exc:
                 raise SpaceError(f"{file}: key 'params.{name}': {exc}") from None
+            if param.type != "categorical" and isinstance(validate_params(method, **{name: value})[name], bool):
+                raise SpaceError(f"{file}: key 'params.{name}': {name} is a yes/no parameter; "
+                                 "use type: categorical with choices [true, false]")
     return space, file
