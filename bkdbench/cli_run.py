@@ -110,13 +110,14 @@ def run(
         except OSError as exc:  # disk full or storage gone mid-run: rows already written stay readable
             fail(f"storage error during the run ({exc}); finished runs are in the leaderboard; "
                  f"free space or fix {root}, then `--resume`", code=1)
-        failed = {k: v for k, v in outcome.items() if v.get("status") == "failed" or v.get("error")}
+        failed = {k: v for k, v in outcome.items()
+                  if v.get("status") == "failed" or (v.get("error") and v.get("status") != "skipped")}
         wall = time.perf_counter() - started
         console.print(f"trained {plan.todo - len(failed)} run(s) in {wall:.1f} s; Ray log: {log}")
         for run_id, info in failed.items():
             note(f"failed {run_id}: {info.get('error')}")
         # A diverged run is a result (recorded as failed); a trial that crashed past its retries is not.
-        crashed = [k for k, v in failed.items() if v.get("status") != "failed"]
+        crashed = [k for k, v in failed.items() if v.get("status") not in ("failed", "skipped")]
     _show_leaderboard(root, s.name)
     if plan.todo and crashed:
         fail(f"{len(crashed)} trial(s) crashed after {max_failures} restarts (see the Ray log); "

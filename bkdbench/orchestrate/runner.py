@@ -7,6 +7,7 @@ leaderboard are skipped unless ``force``. Each stage is one Tune experiment unde
 """
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,20 @@ from ..teachers import teacher_path
 from .trial import FINISHED, train_trial
 
 Event = Callable[[str, str, dict], None]  # (kind: start|result|complete|error, run_id, metrics)
+
+
+RUN_IDS = "bkdbench-run-ids.json"  # the runs an experiment was created for
+
+
+def _restorable(path: Path, todo: list[str], known: dict) -> bool:
+    """Restore an interrupted experiment only if it holds every run still to do and no run this
+    invocation does not know (e.g. a resume with narrower filters): otherwise its restored trials
+    would skip or leave out runs. A fresh experiment loses only unfinished trials' checkpoints."""
+    try:
+        stored = set(json.loads((path / RUN_IDS).read_text()))
+    except (OSError, ValueError):
+        return False
+    return set(todo) <= stored and stored <= set(known)
 
 
 class Interrupted(RuntimeError):
@@ -137,10 +152,13 @@ def run_plan(
             resources,
         )
         path = root / stage_name
-        if resume and tune.Tuner.can_restore(str(path)):
+        ids = sorted(s.run_id for s in stage)
+        if resume and tune.Tuner.can_restore(str(path)) and _restorable(path, ids, known):
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
         else:
             shutil.rmtree(path, ignore_errors=True)  # Ray state of an earlier attempt; results live elsewhere
+            path.mkdir(parents=True, exist_ok=True)
+            (path / RUN_IDS).write_text(json.dumps(ids))
             tuner = tune.Tuner(
                 trainable,
                 param_space={"run_id": tune.grid_search([s.run_id for s in stage]), "resources": resources},
