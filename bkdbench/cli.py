@@ -30,11 +30,11 @@ def method_params(**values) -> dict:
 @app.command()
 def train(
     dataset: str = typer.Option("digits", "--dataset", "-d", help="Dataset name (see `bkdbench data list`)."),
-    imbalance: float = typer.Option(10.0, "--imbalance", help="Imbalance factor n_max / n_min (>= 1)."),
+    imbalance: str = typer.Option("10", "--imbalance", help="Imbalance factor n_max / n_min (>= 1), or `natural` to keep an already long-tailed imagefolder as it is."),
     method: str = typer.Option("ce", "--method", "-m", help="Method name (ce, bkd, kd, ldam-drw, ...)."),
     seed: int = typer.Option(0, "--seed", help="Training seed (initialisation, batch order, augmentation)."),
     data_seed: int = typer.Option(0, "--data-seed", help="Seed of the long-tailed subsample."),
-    profile: str = typer.Option("exp", "--profile", help="Long-tail profile: exp or step."),
+    profile: str = typer.Option("exp", "--profile", help="Long-tail profile: exp, step or natural (= --imbalance natural)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name (default: the dataset's)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name (default: the dataset's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
@@ -49,24 +49,28 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast on CPU (always on with CUDA)."),
     force: bool = typer.Option(False, "--force", help="Train even if this run is already in the leaderboard."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="imagefolder: resize every image to N×N (needed when sizes differ)."),
     data_dir: Optional[Path] = DataDirOpt,
     results: Optional[Path] = ResultsOpt,
 ):
     """Train one run (no Ray): its teacher first if it needs one, then the run; record both."""
-    from .data import DataError, get_dataset
+    from .data import DataError, dataset_info
     from .leaderboard.store import LeaderboardError, check_writable, finished_run_ids, read_rows
     from .paths import leaderboard_dir, results_dir, teachers_dir
     from .specs import SpecError, make_spec
 
     params = method_params(alpha=alpha, temperature=temperature, beta=beta, gamma=gamma, max_m=max_m, s=s,
                            tau=tau, cb_start=cb_start)
+    if profile == "natural":  # the data's own imbalance, whatever --imbalance says (its default is 10)
+        imbalance = "natural"
     try:
         spec = make_spec(dataset, imbalance, method, seed=seed, data_seed=data_seed, profile=profile, model=model,
-                         recipe=recipe, epochs=epochs, params=params)
+                         recipe=recipe, epochs=epochs, params=params, data_dir=data_dir, image_size=image_size)
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root)):
             check_writable(folder)
-        get_dataset(dataset).load(data_dir)  # missing or corrupt files fail here, before any training
+        # Missing or corrupt files fail here, before any training (an image folder is decoded and cached now).
+        dataset_info(dataset, data_dir, image_size).load(data_dir)
         _check_device(device)
     except (SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
@@ -159,7 +163,8 @@ def data_list(data_dir: Optional[Path] = DataDirOpt):
     for name in dataset_names():
         info = get_dataset(name)
         ok, where = info.locate(data_dir)
-        table.add_row(name, str(info.num_classes), "[green]yes[/]" if ok else "[red]no[/]", where, info.description)
+        classes = "per folder" if info.num_classes is None else str(info.num_classes)
+        table.add_row(name, classes, "[green]yes[/]" if ok else "[red]no[/]", where, info.description)
     console.print(table)
 
 
@@ -186,12 +191,13 @@ def data_download(
 
 
 def _register_subcommands() -> None:
-    from . import cli_ablate, cli_results, cli_run, cli_sweep
+    from . import cli_ablate, cli_bench, cli_results, cli_run, cli_sweep
 
     cli_run.register(app)
     cli_sweep.register(app)
     cli_ablate.register(app)
     cli_results.register(app)
+    cli_bench.register(app)
 
 
 _register_subcommands()

@@ -46,6 +46,9 @@ RECIPES = {
         # digits: ~400 training images; 40 short epochs keep the demo suite near a minute on 2 cores.
         Recipe("small", epochs=40, batch_size=64, lr=0.05, weight_decay=5e-4),
         Recipe("fashion", epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4),
+        # Real 32×32 images on a 2-core CPU (the cifar10-jpeg-lt-cpu suite): the reference's optimiser
+        # and batch, 10 epochs, validation/test every 5 (and at the end). Timing in that suite file.
+        Recipe("cpu-short", epochs=10, batch_size=128, lr=0.1, eval_every=5),
     )
 }
 

@@ -3,11 +3,19 @@
 Only pydantic at import time; ``make_spec`` consults the core registries lazily to fill defaults, so
 a spec always carries every value that shapes the run (resolved method parameters, recipe, epochs)
 and two specs that train the same thing have the same ``run_id``.
+
+Data from a user's folder (``imagefolder``): ``data_key`` is the folder's content hash and
+``image_size`` its resize setting, so two folders never share a run id. Both are None for the fixed
+datasets and are then left out of the canonical JSON, which keeps those run ids what they were.
+``imbalance_factor="natural"`` keeps a long-tailed folder as it is: the spec says profile "natural"
+and the folder's own n_max / n_min (2 decimals), so the IF column stays a number.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -33,6 +41,8 @@ class RunSpec(BaseModel):
     epochs: int = Field(gt=0)
     seed: int = 0
     teacher: Optional["RunSpec"] = None
+    data_key: Optional[str] = None  # content hash of an image folder (None: a fixed dataset)
+    image_size: Optional[int] = Field(None, gt=0)  # an image folder resized to N×N (None: as it is)
 
     @field_validator("params")
     @classmethod
@@ -40,19 +50,30 @@ class RunSpec(BaseModel):
         return dict(sorted(v.items()))
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return json.dumps(_without_unset(self.model_dump(mode="json")), sort_keys=True, separators=(",", ":"))
 
     @property
     def run_id(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        return f"{self.method} on {self.dataset}-LT IF{self.imbalance_factor:g} seed {self.seed}"
+        factor = f"natural IF{self.imbalance_factor:g}" if self.profile == "natural" else f"IF{self.imbalance_factor:g}"
+        return f"{self.method} on {self.dataset}-LT {factor} seed {self.seed}"
+
+
+_OMITTED_WHEN_NONE = ("data_key", "image_size")  # fields added later: absent keeps older run ids unchanged
+
+
+def _without_unset(fields: dict) -> dict:
+    out = {k: v for k, v in fields.items() if not (k in _OMITTED_WHEN_NONE and v is None)}
+    if isinstance(out.get("teacher"), dict):
+        out["teacher"] = _without_unset(out["teacher"])
+    return out
 
 
 def make_spec(
     dataset: str,
-    imbalance_factor: float,
+    imbalance_factor: Union[float, str],
     method: str = "ce",
     *,
     seed: int = 0,
@@ -63,42 +84,118 @@ def make_spec(
     epochs: Optional[int] = None,
     params: Optional[dict[str, Any]] = None,
     teacher: Optional[RunSpec] = None,
+    data_dir: Optional[Union[str, Path]] = None,
+    image_size: Optional[int] = None,
 ) -> RunSpec:
     """Resolve every default (dataset → model/recipe, recipe → epochs, method → parameters) and
     validate names and ranges. A distilling method gets its teacher: a CE run of the same model,
-    data, recipe, epochs and seed, unless ``teacher`` is given. Raises SpecError with one clear line."""
+    data, recipe, epochs and seed, unless ``teacher`` is given. Raises SpecError with one clear line.
+
+    ``imagefolder`` needs ``data_dir`` (its folder is decoded, or read from the cache, to learn its
+    classes and content key); ``image_size`` resizes it. ``imbalance_factor="natural"`` (or
+    ``profile="natural"``) keeps the training set as it is and records its own imbalance factor."""
+    from .data import NATURAL, DataError, dataset_info, natural_imbalance
+
+    try:
+        info = dataset_info(dataset, data_dir, image_size)
+        imbalance_factor, profile = _imbalance(imbalance_factor, profile)
+        if profile == NATURAL:
+            own = natural_imbalance(info, data_dir)
+            if imbalance_factor is not None and abs(imbalance_factor - own) > 0.005:
+                raise SpecError(f"the natural profile takes the data's own imbalance factor ({own:g}), "
+                                f"not {imbalance_factor:g}")
+            imbalance_factor = own
+    except DataError as exc:
+        raise SpecError(str(exc)) from None
+    model, rec, resolved, needs_teacher = _resolve_names(info, method, model, recipe, epochs, params)
+    _check_ranges(imbalance_factor, epochs, profile)
+    common = dict(
+        dataset=dataset, imbalance_factor=float(imbalance_factor), profile=profile, data_seed=data_seed,
+        model=model, recipe=rec.name, epochs=epochs or rec.epochs, seed=seed, data_key=info.data_key,
+        image_size=image_size,
+    )
+    if needs_teacher and teacher is None:
+        teacher = RunSpec(method="ce", params=_ce_params(), **common)
+    elif not needs_teacher:
+        teacher = None
+    return RunSpec(method=method, params=resolved, teacher=teacher, **common)
+
+
+def check_spec(
+    dataset: str,
+    imbalance_factor: Union[float, str],
+    method: str = "ce",
+    *,
+    profile: str = "exp",
+    model: Optional[str] = None,
+    recipe: Optional[str] = None,
+    epochs: Optional[int] = None,
+    params: Optional[dict[str, Any]] = None,
+) -> None:
+    """``make_spec``'s checks of names and ranges without touching any data: a suite is validated
+    on load, before anyone has said where its image folder lives. Raises SpecError."""
     from .data import DataError, get_dataset
-    from .data.longtail import PROFILES
+
+    try:
+        info = get_dataset(dataset)
+    except DataError as exc:
+        raise SpecError(str(exc)) from None
+    factor, profile = _imbalance(imbalance_factor, profile)
+    _resolve_names(info, method, model, recipe, epochs, params)
+    _check_ranges(factor, epochs, profile)
+
+
+def _imbalance(imbalance_factor: Union[float, str], profile: str) -> tuple[Optional[float], str]:
+    """(factor or None, profile): "natural" in either place means the natural profile."""
+    from .data import NATURAL
+
+    if isinstance(imbalance_factor, str):
+        if imbalance_factor.strip().lower() == NATURAL:
+            return None, NATURAL
+        try:
+            imbalance_factor = float(imbalance_factor)
+        except ValueError:
+            raise SpecError(f"imbalance factor must be a number >= 1 or 'natural' (got {imbalance_factor!r})") from None
+    return float(imbalance_factor), profile
+
+
+def _resolve_names(info, method, model, recipe, epochs, params):
+    """(model, recipe, resolved method parameters, needs_teacher) for a dataset's defaults."""
+    from .data import DataError
     from .methods import MethodError, build, validate_params
     from .models import ModelError, model_names
     from .recipes import RecipeError, get_recipe
 
     try:
-        info = get_dataset(dataset)
         model = model or info.default_model
         if model not in model_names():
             raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(model_names())}")
         rec = get_recipe(recipe or info.default_recipe)
         merged = {**info.method_defaults.get(method, {}), **(params or {})}
         resolved = validate_params(method, **merged)
-        needs_teacher = build(method, [1] * info.num_classes, epochs=epochs or rec.epochs, **resolved).needs_teacher
+        classes = info.num_classes or 2  # a folder's class count is known once it is read
+        needs_teacher = build(method, [1] * classes, epochs=epochs or rec.epochs, **resolved).needs_teacher
     except (DataError, MethodError, ModelError, RecipeError) as exc:
         raise SpecError(str(exc)) from None
-    if not imbalance_factor >= 1:  # also catches NaN
-        raise SpecError(f"imbalance factor must be >= 1 (got {imbalance_factor:g})")
+    return model, rec, resolved, needs_teacher
+
+
+def _check_ranges(imbalance_factor: Optional[float], epochs: Optional[int], profile: str) -> None:
+    from .data import NATURAL
+    from .data.longtail import PROFILES
+
+    if imbalance_factor is not None and not (math.isfinite(imbalance_factor) and imbalance_factor >= 1):
+        raise SpecError(f"imbalance factor must be a finite number >= 1 (got {imbalance_factor:g})")
     if epochs is not None and epochs <= 0:
         raise SpecError(f"epochs must be > 0 (got {epochs})")
-    if profile not in PROFILES:
-        raise SpecError(f"unknown long-tail profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    common = dict(
-        dataset=dataset, imbalance_factor=float(imbalance_factor), profile=profile, data_seed=data_seed,
-        model=model, recipe=rec.name, epochs=epochs or rec.epochs, seed=seed,
-    )
-    if needs_teacher and teacher is None:
-        teacher = RunSpec(method="ce", params=validate_params("ce"), **common)
-    elif not needs_teacher:
-        teacher = None
-    return RunSpec(method=method, params=resolved, teacher=teacher, **common)
+    if profile not in (*PROFILES, NATURAL):
+        raise SpecError(f"unknown long-tail profile {profile!r}; choose one of: {', '.join((*PROFILES, NATURAL))}")
+
+
+def _ce_params() -> dict:
+    from .methods import validate_params
+
+    return validate_params("ce")
 
 
 def spec_columns(spec: RunSpec) -> dict:

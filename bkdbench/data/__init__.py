@@ -1,12 +1,12 @@
 """Datasets (one file each, registering itself), the long-tail construction and the device loader."""
-from . import cifar, digits, fashion  # noqa: F401  (registration)
+from . import cifar, digits, fashion, imagefolder  # noqa: F401  (registration)
 from .longtail import longtail_counts, longtail_indices, shot_split, unused_indices, validation_indices
-from .registry import DataError, DatasetInfo, ImageArrays, dataset_names, get_dataset, register_dataset
+from .registry import DataError, DatasetInfo, ImageArrays, dataset_info, dataset_names, get_dataset, register_dataset
 from .loader import DeviceLoader, normalize, random_crop_flip
-from .splits import LongTailData, load_longtail
+from .splits import NATURAL, LongTailData, load_longtail, natural_imbalance
 
 __all__ = [
     "DataError", "DatasetInfo", "DeviceLoader", "normalize", "random_crop_flip", "ImageArrays", "LongTailData", "dataset_names", "get_dataset",
-    "load_longtail", "longtail_counts", "longtail_indices", "register_dataset", "shot_split",
+    "NATURAL", "dataset_info", "load_longtail", "longtail_counts", "longtail_indices", "natural_imbalance", "register_dataset", "shot_split",
     "unused_indices", "validation_indices",
 ]

@@ -24,20 +24,24 @@ class ImageArrays:
     test_x: np.ndarray
     test_y: np.ndarray
     classes: list[str]
+    # A dataset that ships its own validation split (an image folder's val/) sets these; the others
+    # get theirs from training images the long-tailed subsample did not keep (splits.py).
+    val_x: Optional[np.ndarray] = None
+    val_y: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
     description: str
-    num_classes: int
+    num_classes: Optional[int]  # None: known only per data folder (see ``resolve``)
     channels: int
-    image_size: int
+    image_size: Optional[int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     load: Callable[[Optional[Path]], ImageArrays]
     locate: Callable[[Optional[Path]], tuple[bool, str]]  # (available, where it looked / found)
-    n_max: int  # images the head class keeps (reference: 5000 for CIFAR-10, 500 for CIFAR-100)
+    n_max: Optional[int]  # images the head class keeps (reference: 5000 for CIFAR-10, 500 for CIFAR-100)
     val_per_class: int
     pad: int  # crop padding for augmentation (4 for 32×32 in the reference)
     hflip: bool
@@ -48,6 +52,10 @@ class DatasetInfo:
     # Method parameter defaults that depend on the dataset (e.g. BKD's cb_start on CIFAR-10).
     method_defaults: dict = field(default_factory=dict)
     download: Optional[Callable[[Path], Path]] = None
+    # Datasets whose contents come from a user's folder (imagefolder): ``resolve(data_dir, image_size)``
+    # builds that folder's own DatasetInfo (classes, counts, mean/std, ``data_key``).
+    resolve: Optional[Callable[[Optional[Path], Optional[int]], "DatasetInfo"]] = None
+    data_key: Optional[str] = None  # content hash of a resolved folder: part of every run id on it
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
@@ -67,3 +75,14 @@ def get_dataset(name: str) -> DatasetInfo:
 
 def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def dataset_info(name: str, data_dir: Optional[Path] = None, image_size: Optional[int] = None) -> DatasetInfo:
+    """The DatasetInfo a run on ``name`` uses: the registered one for the fixed datasets, the folder's
+    own for those that ``resolve`` per folder (imagefolder: its classes, mean/std and content key)."""
+    info = get_dataset(name)
+    if info.resolve is None:
+        if image_size is not None:
+            raise DataError(f"{name} has fixed {info.image_size}×{info.image_size} images; image_size is for imagefolder")
+        return info
+    return info.resolve(Path(data_dir).expanduser() if data_dir else None, image_size)

@@ -1,4 +1,12 @@
-"""From a dataset's full arrays to the long-tailed train set, the validation split and the test set."""
+"""From a dataset's full arrays to the long-tailed train set, the validation split and the test set.
+
+Profiles: ``exp`` and ``step`` subsample a balanced training set (longtail.py); ``natural`` keeps
+every training image of a set that is already long-tailed (an image folder), and its imbalance factor
+is the set's own n_max / n_min, rounded to 2 decimals (``natural_imbalance``). Validation: the
+dataset's own split when it has one (an image folder's ``val/``), else up to ``val_per_class`` of
+the training images the subsample did not keep -- so ``natural``, which keeps them all, needs one.
+Shot splits (many/medium/few) always come from the counts actually kept.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +16,9 @@ from typing import Optional
 import numpy as np
 
 from .longtail import longtail_counts, longtail_indices, shot_split, unused_indices, validation_indices
-from .registry import DatasetInfo, get_dataset
+from .registry import DataError, DatasetInfo, ImageArrays, dataset_info
+
+NATURAL = "natural"  # keep the training set as it is
 
 
 @dataclass
@@ -28,29 +38,74 @@ class LongTailData:
         return shot_split(self.class_counts, self.info.many_threshold, self.info.few_threshold)
 
 
+def natural_imbalance(info: DatasetInfo, data_dir: Optional[Path] = None) -> float:
+    """The imbalance factor of the dataset's training set as it is: n_max / n_min, 2 decimals.
+    Raises DataError when the dataset has no validation split of its own (``natural`` leaves no
+    unused training images to validate on)."""
+    arrays = info.load(Path(data_dir) if data_dir else None)
+    _need_own_validation(info, arrays, data_dir)
+    counts = np.bincount(arrays.train_y, minlength=len(arrays.classes))
+    if counts.min() == 0:
+        empty = arrays.classes[int(np.argmin(counts))]
+        raise DataError(f"{info.name}: class {empty!r} has no training images")
+    return round(float(counts.max()) / float(counts.min()), 2)
+
+
+def _need_own_validation(info: DatasetInfo, arrays: ImageArrays, data_dir) -> None:
+    if arrays.val_x is None:
+        where = f" at {data_dir}" if data_dir else ""
+        raise DataError(
+            f"{info.name}{where} has no validation split of its own, and the natural profile keeps every training "
+            "image, so none is left to validate on: add a val/<class>/ folder, or subsample with an imbalance factor")
+
+
 def load_longtail(
     dataset: str,
     imbalance_factor: float,
     profile: str = "exp",
     data_seed: int = 0,
     data_dir: Optional[Path] = None,
+    *,
+    image_size: Optional[int] = None,
 ) -> LongTailData:
-    info = get_dataset(dataset)
+    info = dataset_info(dataset, data_dir, image_size)
     arrays = info.load(Path(data_dir) if data_dir else None)
-    kept = longtail_indices(arrays.train_y, imbalance_factor, profile, data_seed, n_max=info.n_max)
-    val = validation_indices(
-        unused_indices(arrays.train_y, imbalance_factor, profile, data_seed, n_max=info.n_max),
-        info.val_per_class,
-    )
-    counts = longtail_counts(info.n_max, info.num_classes, imbalance_factor, profile)
+    targets = arrays.train_y
+    if profile == NATURAL:
+        _need_own_validation(info, arrays, data_dir)
+        kept = np.arange(len(targets), dtype=np.int64)
+    else:
+        _check_enough(info, arrays, imbalance_factor, profile, data_dir)
+        kept = longtail_indices(targets, imbalance_factor, profile, data_seed, n_max=info.n_max)
+    if arrays.val_x is not None:
+        val_x, val_y = arrays.val_x, arrays.val_y
+    else:
+        val = validation_indices(unused_indices(targets, imbalance_factor, profile, data_seed, n_max=info.n_max),
+                                 info.val_per_class)
+        val_x, val_y = arrays.train_x[val], targets[val]
+    num_classes = len(arrays.classes)
     return LongTailData(
         info=info,
         train_x=arrays.train_x[kept],
-        train_y=arrays.train_y[kept].astype(np.int64),
-        val_x=arrays.train_x[val],
-        val_y=arrays.train_y[val].astype(np.int64),
+        train_y=targets[kept].astype(np.int64),
+        val_x=np.asarray(val_x),
+        val_y=np.asarray(val_y).astype(np.int64),
         test_x=arrays.test_x,
         test_y=arrays.test_y.astype(np.int64),
-        class_counts=counts,
+        class_counts=np.bincount(targets[kept], minlength=num_classes).tolist(),
         classes=arrays.classes,
     )
+
+
+def _check_enough(info: DatasetInfo, arrays: ImageArrays, imbalance_factor: float, profile: str, data_dir) -> None:
+    """A class with fewer images than the profile keeps: say which, and what to do instead."""
+    have = np.bincount(arrays.train_y, minlength=len(arrays.classes))
+    need = longtail_counts(info.n_max, len(arrays.classes), imbalance_factor, profile)
+    for label, (n_have, n_need) in enumerate(zip(have, need)):
+        if n_have < n_need:
+            name = arrays.classes[label]
+            where = Path(data_dir).expanduser() / "train" / name if info.data_key and data_dir else f"{info.name} class {name!r}"
+            raise DataError(
+                f"{where} has {n_have} training images, but IF {imbalance_factor:g} ({profile} profile, "
+                f"n_max {info.n_max}) keeps {n_need} of class {label}; a folder that is already long-tailed "
+                "is used as it is with the natural profile (--imbalance natural)")

@@ -2,17 +2,19 @@
 
 A suite file is validated on load: unknown keys, wrong types and unknown dataset/method/model/recipe
 names end in a ``SuiteError`` naming the file and the offending key. ``Suite.expand`` turns it into
-RunSpecs (with their teachers), optionally filtered.
+RunSpecs (with their teachers), optionally filtered. A suite on ``imagefolder`` is validated without
+its folder; ``expand(data_dir=...)`` reads the folder (``bkdbench run --data-dir``) for the specs'
+content key and class count. ``imbalance`` may list ``natural`` (a folder kept as it is).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..specs import RunSpec, SpecError, make_spec
+from ..specs import RunSpec, SpecError, check_spec, make_spec
 
 HERE = Path(__file__).parent
 
@@ -34,7 +36,7 @@ class Suite(BaseModel):
     description: str = ""
     runs_on: str = Field("cpu", description="where it is meant to run: cpu, gpu or cluster")
     datasets: list[str] = Field(min_length=1)
-    imbalance: list[float] = Field(min_length=1)
+    imbalance: list[Union[float, Literal["natural"]]] = Field(min_length=1)
     methods: list[Union[str, MethodEntry]] = Field(min_length=1)
     seeds: Union[int, list[int]] = 3
     data_seed: int = 0
@@ -45,8 +47,8 @@ class Suite(BaseModel):
 
     @field_validator("imbalance")
     @classmethod
-    def _at_least_one(cls, v: list[float]) -> list[float]:
-        bad = [f for f in v if f < 1]
+    def _at_least_one(cls, v: list) -> list:
+        bad = [f for f in v if f != "natural" and f < 1]
         if bad:
             raise ValueError(f"imbalance factors must be >= 1 (got {bad})")
         return v
@@ -61,12 +63,20 @@ class Suite(BaseModel):
         self,
         *,
         datasets: Optional[list[str]] = None,
-        imbalance: Optional[list[float]] = None,
+        imbalance: Optional[list[Union[float, str]]] = None,
         methods: Optional[list[str]] = None,
         seeds: Optional[int] = None,
         epochs: Optional[int] = None,
+        data_dir: Optional[Path] = None,
     ) -> list[RunSpec]:
-        """RunSpecs of the suite (filters narrow it; ``epochs`` overrides the budget for smoke runs)."""
+        """RunSpecs of the suite (filters narrow it; ``epochs`` overrides the budget for smoke runs;
+        ``data_dir`` is where the data lives, needed by ``imagefolder``)."""
+        from ..data.imagefolder import scan_once
+
+        with scan_once():  # one listing of an image folder for all the suite's specs
+            return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir)
+
+    def _expand(self, datasets, imbalance, methods, seeds, epochs, data_dir) -> list[RunSpec]:
         chosen_seeds = self.seed_list()[:seeds] if seeds is not None else self.seed_list()
         specs = []
         for dataset in self.datasets:
@@ -82,9 +92,17 @@ class Suite(BaseModel):
                         specs.append(make_spec(
                             dataset, factor, entry.method, seed=seed, data_seed=self.data_seed,
                             profile=self.profile, model=self.model, recipe=self.recipe,
-                            epochs=epochs or self.epochs, params=entry.params,
+                            epochs=epochs or self.epochs, params=entry.params, data_dir=data_dir,
                         ))
         return specs
+
+    def check(self) -> None:
+        """Every name and range the suite uses, without reading any data (SpecError)."""
+        for dataset in self.datasets:
+            for factor in self.imbalance:
+                for entry in self.method_entries():
+                    check_spec(dataset, factor, entry.method, profile=self.profile, model=self.model,
+                               recipe=self.recipe, epochs=self.epochs, params=entry.params)
 
     def size(self) -> int:
         return len(self.datasets) * len(self.imbalance) * len(self.methods) * len(self.seed_list())
@@ -121,8 +139,8 @@ def load_suite(name_or_path: str) -> Suite:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise SuiteError(f"{path}: key '{key}': {first['msg']}") from None
-    try:  # names and parameter ranges: expanding one seed checks every combination
-        suite.expand(seeds=1)
+    try:  # names and parameter ranges of every combination (data is read only when the suite runs)
+        suite.check()
     except SpecError as exc:
         raise SuiteError(f"{path}: {exc}") from None
     return suite

@@ -1,0 +1,513 @@
+"""``bkdbench bench``: training throughput of bkdbench's pipeline against a reference-style one.
+
+Everything runs in one process, on CIFAR-shaped synthetic data (uint8 32×32 RGB images, labels with
+the CIFAR-100-LT IF100 class counts, 10,847 images), with ResNet-32 at batch 128:
+
+(a) ``reference``: what the public LDAM-DRW / BKD code does: a torch DataLoader (shuffled, 2 workers on
+    CPU, 4 on CUDA, pinned memory on CUDA) over a dataset that makes a PIL image per item and applies
+    torchvision's RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize; fp32,
+    NCHW, SGD (momentum 0.9, weight decay 2e-4), and ``loss.item()`` each step (its loss meter).
+(b) ``bkdbench``: the device-resident ``DeviceLoader`` and ``train.train_step``, as ``train`` runs them
+    (memory layout and autocast as ``train`` chooses them for the device; fp32 on CPU).
+    ``bkdbench_bf16`` (CPU only) is (b) under bf16 autocast; ``bkdbench_compile`` (``--compile``) is
+    (b) with the model under ``torch.compile``.
+(c) ``bkd_teacher``: (b) training a BKD student with a frozen teacher's forward on every batch, and
+    ``packed``: K BKD students with different α and T sharing each batch and one teacher forward
+    (``packed.packed_step``). Its images/s counts student-images: K per batch.
+
+(a) and (b) (and the other (b) variants) alternate in short windows, round after round, each round in
+the opposite order of the last; so do ``bkd_teacher`` and ``packed``. Medians over windows, their
+ranges, and the median over rounds of the per-round ratio b/a (``ratio``) go into one JSON file;
+slow drifts and other processes' load hit both sides of a ratio alike.
+
+No Ray, Optuna, typer or rich here: ``benchmarks/gpu_check.py`` imports this module on GPU machines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .data import DeviceLoader, longtail_counts
+from .methods import build as build_method
+from .models import create_model
+from .packed import pack_models, packed_step, resolve_strategy
+from .train import _device_name, channels_last_for, train_step
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. ``rounds`` × ``steps``: windows of (a)/(b); ``pack_rounds`` × ``pack_steps``:
+    windows of bkd_teacher / packed (a packed step trains ``pack`` students)."""
+
+    model: str = "resnet32"
+    num_classes: int = 100
+    imbalance: float = 100.0  # CIFAR-100-LT IF100: 10,847 images
+    n_max: int = 500
+    image_size: int = 32
+    batch_size: int = 128
+    warmup_steps: int = 2
+    rounds: int = 5
+    steps: int = 6
+    pack: int = 8
+    pack_rounds: int = 3
+    pack_steps: int = 2
+    strategy: str = "auto"
+    compare_strategies: bool = False  # also measure the other packing strategy ("packed_loop"/"packed_grouped")
+    num_workers: Optional[int] = None  # reference DataLoader workers: 2 on CPU, 4 on CUDA
+    bf16: bool = True  # CPU: also measure (b) under bf16 autocast, reported apart
+    compile: bool = False
+    eval_images: int = 2048  # timed evaluation pass, scaled to the CIFAR-100-LT val+test size
+    preset: str = "default"
+
+    @property
+    def class_counts(self) -> list[int]:
+        return longtail_counts(self.n_max, self.num_classes, self.imbalance, "exp")
+
+    @property
+    def images(self) -> int:
+        return sum(self.class_counts)
+
+
+PRESETS = {
+    # about a minute on 2 CPU cores
+    "default": BenchConfig(rounds=5, steps=5, pack_rounds=3, pack_steps=1, eval_images=1024),
+    # several minutes on 2 CPU cores; more, longer windows
+    "full": BenchConfig(rounds=9, steps=16, pack_rounds=5, pack_steps=4, warmup_steps=3, eval_images=12000, preset="full"),
+    # benchmarks/gpu_check.py: a few minutes on one GPU, 16 packed students, both packing strategies
+    "gpu": BenchConfig(rounds=7, steps=30, warmup_steps=10, pack=16, pack_rounds=5, pack_steps=4, eval_images=12000,
+                       compile=True, compare_strategies=True, preset="gpu"),
+    # seconds: structure checks (tests), never figures to quote
+    "quick": BenchConfig(model="resnet8", num_classes=10, n_max=40, imbalance=10.0, batch_size=16, warmup_steps=1,
+                         rounds=2, steps=1, pack=2, pack_rounds=1, pack_steps=1, eval_images=64, preset="quick"),
+}
+
+EVAL_IMAGES_C100 = 10000 + 100 * 20  # CIFAR-100-LT: the test set and the validation split (20 per class)
+EPOCHS_REFERENCE = 200
+
+
+# ---------------------------------------------------------------- data
+
+
+def synthetic_cifar(config: BenchConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 N×H×W×3 images (random pixels: throughput does not depend on content) and int64 labels
+    with the long-tailed class counts, class 0 the head."""
+    rng = np.random.default_rng(seed)
+    s = config.image_size
+    images = rng.integers(0, 256, size=(config.images, s, s, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(config.num_classes), config.class_counts).astype(np.int64)
+    return images, labels
+
+
+class _PILImages(torch.utils.data.Dataset):
+    """torchvision's CIFAR datasets in miniature: one PIL image per item, then the transform."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+# ---------------------------------------------------------------- pipelines
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+class ReferencePipeline:
+    """(a): per-image PIL transforms in DataLoader workers, fp32 NCHW model, one host sync per step."""
+
+    name = "reference"
+    pack = 0
+
+    def __init__(self, config: BenchConfig, images: np.ndarray, labels: np.ndarray, device: torch.device):
+        from torchvision import transforms as T
+
+        cuda = device.type == "cuda"
+        self.device = device
+        self.num_workers = config.num_workers if config.num_workers is not None else (4 if cuda else 2)
+        transform = T.Compose([T.RandomCrop(config.image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                               T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+        self.loader = torch.utils.data.DataLoader(_PILImages(images, labels, transform), batch_size=config.batch_size,
+                                                  shuffle=True, num_workers=self.num_workers, pin_memory=cuda)
+        torch.manual_seed(0)
+        self.model = create_model(config.model, config.num_classes, 3).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+        self._it = iter(self.loader)
+        self.loss_sum = 0.0
+
+    def _next(self):
+        try:
+            return next(self._it)
+        except StopIteration:  # a new epoch: new workers, as in the reference (no persistent workers)
+            self._it = iter(self.loader)
+            return next(self._it)
+
+    def run(self, steps: int) -> int:
+        self.model.train()
+        seen = 0
+        for _ in range(steps):
+            x, y = self._next()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            loss = F.cross_entropy(self.model(x), y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.loss_sum += loss.item()  # the reference's AverageMeter: a host sync every step
+            seen += len(y)
+        return seen
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in getattr(self._it, "_workers", []) if w.pid is not None]
+
+
+class BkdbenchPipeline:
+    """(b)/(c): DeviceLoader + ``train_step`` (or K packed students + ``packed_step``)."""
+
+    def __init__(self, name: str, config: BenchConfig, images: np.ndarray, labels: np.ndarray, device: torch.device,
+                 *, method: str = "ce", autocast: Optional[torch.dtype] = None, compile: bool = False, pack: int = 0,
+                 strategy: str = "loop", shared: Optional["BkdbenchPipeline"] = None):
+        self.name, self.device, self.autocast = name, device, autocast
+        self.channels_last = channels_last_for(device)
+        if shared is not None:  # the same device-resident data: one copy per process, as in train()
+            x, y = shared.x, shared.y
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+            y = torch.from_numpy(labels).to(device)
+        self.x, self.y = x, y
+        self.loader = DeviceLoader(x, y, config.batch_size, CIFAR_MEAN, CIFAR_STD, pad=4, hflip=True, seed=0)
+        counts = config.class_counts
+        self.teacher = None
+        if method != "ce":
+            torch.manual_seed(1)
+            self.teacher = self._model(config, device).eval().requires_grad_(False)
+        self.pack = pack
+        if pack:
+            # students that differ only in loss parameters, as a sweep over α and T would make them
+            grid = [dict(alpha=0.5 + 0.5 * (i % 4), temperature=(1.0, 2.0, 3.0, 4.0)[(i // 4) % 4]) for i in range(pack)]
+            self.methods = [build_method(method, counts, epochs=EPOCHS_REFERENCE, **p) for p in grid]
+            students = []
+            for _ in range(pack):
+                torch.manual_seed(0)
+                students.append(self._model(config, device))
+            self.strategy = strategy
+            example = self._layout(self.loader.mean.new_zeros(2, 3, config.image_size, config.image_size))
+            self.model = pack_models(students, example, self.strategy)
+            if self.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
+        else:
+            self.methods = [build_method(method, counts, epochs=EPOCHS_REFERENCE)]
+            torch.manual_seed(0)
+            self.model = self._model(config, device)
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+        self.batches = _endless(self.loader)
+        self.loss_sum = torch.zeros((), device=device)
+
+    def _model(self, config: BenchConfig, device: torch.device) -> torch.nn.Module:
+        model = create_model(config.model, config.num_classes, 3).to(device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def run(self, steps: int) -> int:
+        self.model.train()
+        seen = 0
+        for _ in range(steps):
+            x, y = next(self.batches)
+            x = self._layout(x)
+            if self.pack:
+                losses = packed_step(self.model, self.optimizer, self.methods, x, y, epoch=0, teacher=self.teacher,
+                                     autocast=self.autocast)
+                self.loss_sum += losses.sum()
+                seen += self.pack * len(y)
+            else:
+                loss = train_step(self.forward, self.optimizer, self.methods[0], x, y, epoch=0, teacher=self.teacher,
+                                  autocast=self.autocast)
+                self.loss_sum += loss
+                seen += len(y)
+        return seen
+
+    def worker_pids(self) -> list[int]:
+        return []
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _resident_mb(pid: int) -> float:
+    """Proportional set size (shared pages split between the processes that share them, so forked
+    loader workers are not counted twice); the resident set where PSS is not available."""
+    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return 0.0
+
+
+@dataclass
+class _Windows:
+    images_per_second: list[float] = field(default_factory=list)
+    memory_mb: float = 0.0
+
+
+def _window(pipe, steps: int, device: torch.device, record: _Windows) -> float:
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tick = time.perf_counter()
+    seen = pipe.run(steps)
+    _sync(device)
+    seconds = time.perf_counter() - tick
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # memory of this whole process (every pipeline) and the pipeline's loader workers, at the window's end
+        memory = _resident_mb(os.getpid()) + sum(_resident_mb(p) for p in pipe.worker_pids())
+    record.memory_mb = max(record.memory_mb, memory)
+    ips = seen / seconds
+    record.images_per_second.append(ips)
+    return ips
+
+
+def _summary(record: _Windows, images: int, description: str, **extra) -> dict:
+    v = record.images_per_second
+    med = statistics.median(v)
+    return {
+        "images_per_second": med, "images_per_second_range": [min(v), max(v)], "windows": v,
+        "seconds_per_epoch": images / med, "peak_memory_mb": record.memory_mb, "description": description, **extra,
+    }
+
+
+def _ratio(num: list[float], den: list[float]) -> dict:
+    per_round = [a / b for a, b in zip(num, den)]
+    return {"median": statistics.median(per_round), "range": [min(per_round), max(per_round)], "per_round": per_round,
+            "of_medians": statistics.median(num) / statistics.median(den)}
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"host": socket.gethostname(), "cpu_model": cpu, "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "python_version": platform.python_version()}
+
+
+def _load() -> Optional[list[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str | torch.device] = None,
+              progress: Optional[Callable[[str], None]] = None, command: Optional[str] = None) -> dict:
+    """Measure every pipeline; return the figures as a JSON-able dict (see the module docstring)."""
+    say = progress or (lambda _msg: None)
+    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # as train() does
+    started, tick, load_start = datetime.now(timezone.utc), time.perf_counter(), _load()
+    images, labels = synthetic_cifar(config)
+    n = config.images
+    autocast = torch.bfloat16 if cuda else None  # what train() uses on this device by default
+    notes: list[str] = []
+
+    say(f"building the pipelines on {_device_name(device)} ({n} images, {config.model}, batch {config.batch_size})")
+    ref = ReferencePipeline(config, images, labels, device)
+    ours = BkdbenchPipeline("bkdbench", config, images, labels, device, autocast=autocast)
+    main = [ref, ours]
+    if config.bf16 and not cuda:
+        main.append(BkdbenchPipeline("bkdbench_bf16", config, images, labels, device, autocast=torch.bfloat16, shared=ours))
+    if config.compile:
+        main.append(BkdbenchPipeline("bkdbench_compile", config, images, labels, device, autocast=autocast,
+                                     compile=True, shared=ours))
+    second: list[BkdbenchPipeline] = []
+    if config.pack > 0:
+        second.append(BkdbenchPipeline("bkd_teacher", config, images, labels, device, method="bkd", autocast=autocast,
+                                       shared=ours))
+        chosen = resolve_strategy(config.strategy, device)
+        strategies = [chosen] + ([s for s in ("loop", "grouped") if s != chosen] if config.compare_strategies else [])
+        for i, strategy in enumerate(strategies):
+            second.append(BkdbenchPipeline("packed" if i == 0 else f"packed_{strategy}", config, images, labels, device,
+                                           method="bkd", autocast=autocast, pack=config.pack, shared=ours,
+                                           strategy=strategy))
+
+    warmup = {}
+    for pipe in list(main + second):  # first steps: worker start-up, allocator, oneDNN/cuDNN choices, compilation
+        say(f"warming up {pipe.name}")
+        t0 = time.perf_counter()
+        try:
+            pipe.run(1 if pipe.pack else config.warmup_steps)
+            _sync(device)
+        except Exception as exc:  # torch.compile needs a compiler toolchain; report, measure the rest
+            if pipe.name != "bkdbench_compile":
+                raise
+            main.remove(pipe)
+            notes.append(f"torch.compile failed, not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            continue
+        warmup[pipe.name] = time.perf_counter() - t0
+
+    records = {p.name: _Windows() for p in main + second}
+    for r in range(config.rounds):
+        for pipe in (main if r % 2 == 0 else main[::-1]):
+            ips = _window(pipe, config.steps, device, records[pipe.name])
+            say(f"round {r + 1}/{config.rounds}  {pipe.name}: {ips:.0f} images/s")
+    for r in range(config.pack_rounds if second else 0):
+        for pipe in (second if r % 2 == 0 else second[::-1]):
+            # about as long a window for the single student as for the pack
+            steps = config.pack_steps if pipe.pack else config.pack_steps * max(1, config.pack // 2)
+            ips = _window(pipe, steps, device, records[pipe.name])
+            say(f"round {r + 1}/{config.pack_rounds}  {pipe.name}: {ips:.0f} student-images/s")
+
+    eval_seconds = _eval_seconds(ours, config, device, autocast)
+
+    describe = {
+        "reference": f"torch DataLoader, {ref.num_workers} workers, PIL RandomCrop/Flip/ToTensor/Normalize per image, "
+                     "fp32 NCHW, loss.item() every step",
+        "bkdbench": "DeviceLoader + train_step as train() runs it ("
+                    + ("bf16 autocast" if cuda else "fp32") + (", channels_last)" if ours.channels_last else ")"),
+        "bkdbench_bf16": "as bkdbench, under bf16 autocast (not exact fp32 math)",
+        "bkdbench_compile": "as bkdbench, model under torch.compile",
+        "bkd_teacher": "as bkdbench, BKD student with a frozen teacher's forward each batch",
+    }
+    pipelines = {}
+    for pipe in main + second:
+        extra = {"warmup_seconds": warmup[pipe.name]}
+        if pipe.pack:
+            extra.update(students=pipe.pack, strategy=pipe.strategy)
+            describe[pipe.name] = (f"{pipe.pack} BKD students (different alpha, T), {pipe.strategy} strategy, sharing "
+                                   "each batch and one teacher forward; images/s counts student-images")
+        if pipe is ref:
+            extra["num_workers"] = ref.num_workers
+        pipelines[pipe.name] = _summary(records[pipe.name], n, describe[pipe.name], **extra)
+
+    ips = {name: rec.images_per_second for name, rec in records.items()}
+    ratio = _ratio(ips["bkdbench"], ips["reference"])
+    out = {
+        "schema_version": SCHEMA_VERSION,
+        "command": command or " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        "started_at": started.isoformat(timespec="seconds"),
+        "device": _device_name(device), "device_type": device.type,
+        "torch_version": torch.__version__, "torchvision_version": _torchvision_version(),
+        "bkdbench_version": __version__, "git_sha": _git_sha(),
+        "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": _load()},
+        "config": {**asdict(config), "images": n},
+        "pipelines": pipelines,
+        "ratio": ratio["median"], "ratio_range": ratio["range"], "ratio_detail": ratio,
+        "eval_seconds_c100": eval_seconds,
+        "peak_memory_kind": ("torch.cuda.max_memory_allocated during the pipeline's windows" if cuda else
+                             "proportional set size of the whole bench process (all pipelines share it) plus the "
+                             "pipeline's loader workers, at the end of its windows"),
+        "notes": notes,
+    }
+    if "bkdbench_bf16" in pipelines:
+        out["bf16_speedup"] = _ratio(ips["bkdbench_bf16"], ips["bkdbench"])
+    if "bkdbench_compile" in pipelines:
+        out["compile_speedup"] = _ratio(ips["bkdbench_compile"], ips["bkdbench"])
+        out["compile_seconds"] = warmup["bkdbench_compile"]
+    if second:
+        for pipe in second[1:]:  # "packed_vs_separate", then any other strategy's
+            out[f"{pipe.name}_vs_separate"] = _ratio(ips[pipe.name], ips["bkd_teacher"])
+        bkd_ips = pipelines["bkd_teacher"]["images_per_second"]
+        epoch = n / bkd_ips
+        out["bkd_200_epochs_estimate"] = {
+            "seconds": EPOCHS_REFERENCE * (epoch + eval_seconds), "train_seconds_per_epoch": epoch,
+            "eval_seconds_per_epoch": eval_seconds,
+            "how": f"{EPOCHS_REFERENCE} × ({n} images / bkd_teacher images/s + one evaluation of "
+                   f"{EVAL_IMAGES_C100} images), evaluation every epoch as the reference recipe does",
+        }
+    out["seconds"] = time.perf_counter() - tick
+    return out
+
+
+def _eval_seconds(pipe: "BkdbenchPipeline", config: BenchConfig, device: torch.device,
+                  autocast: Optional[torch.dtype]) -> float:
+    """One evaluation pass (``evaluate.predict``: eval mode, forward only) over ``eval_images`` images,
+    scaled to CIFAR-100-LT's validation + test images."""
+    from .evaluate import predict
+
+    x = pipe.x[: min(config.eval_images, len(pipe.x))]
+    prepare = lambda b: pipe._layout((b.float().div_(255.0) - pipe.loader.mean) / pipe.loader.std)  # noqa: E731
+    predict(pipe.model, x[: min(256, len(x))], prepare, autocast=autocast)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    predict(pipe.model, x, prepare, autocast=autocast)
+    _sync(device)
+    return (time.perf_counter() - t0) * EVAL_IMAGES_C100 / len(x)
+
+
+def _torchvision_version() -> Optional[str]:
+    try:
+        import torchvision
+
+        return torchvision.__version__
+    except ImportError:
+        return None
+
+
+def _git_sha() -> Optional[str]:
+    try:
+        from .provenance import git_sha
+
+        return git_sha()
+    except Exception:  # provenance is best effort
+        return None
+
+
+def write_bench(result: dict, folder: Path, prefix: str = "bench") -> Path:
+    """Write ``result`` as ``<folder>/<prefix>-<device>-<time>.json`` (atomically); return the path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = result.get("started_at", datetime.now(timezone.utc).isoformat()).replace(":", "").replace("+0000", "Z")
+    device = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
+    path = folder / f"{prefix}-{device}-{stamp}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def config_for(preset: str = "default", **overrides) -> BenchConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown bench preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,107 @@
+"""``bkdbench bench``: bkdbench's training throughput against a reference-style pipeline, one JSON file.
+
+``register(app)`` adds the command; the measuring lives in ``bkdbench.bench`` (Ray-free, CLI-free).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .console import console, fail, note
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
+
+
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Seconds, tiny sizes: checks that it runs; not figures to quote."),
+    full: bool = typer.Option(False, "--full", help="Longer and more windows (several minutes on 2 CPU cores)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    pack: Optional[int] = typer.Option(None, "--pack", min=0, help="Packed students to measure (default 8; 0 skips the teacher/packed part)."),
+    strategy: str = typer.Option("auto", "--strategy", help="Packing: auto (loop on CPU, grouped on CUDA), loop or grouped."),
+    bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="CPU: also measure bkdbench under bf16 autocast (reported apart)."),
+    compile: bool = typer.Option(False, "--compile", help="Also measure bkdbench with torch.compile (compilation time excluded, reported)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: torch's choice)."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results); the JSON goes to <results>/bench/."),
+):
+    """Training images/s, seconds per CIFAR-100-LT IF100 epoch and peak memory: a reference-style
+    DataLoader pipeline against bkdbench's, alternated in one process; also BKD with a teacher and K
+    packed students. Writes one JSON file under <results>/bench/."""
+    from .leaderboard.store import LeaderboardError, check_writable
+    from .paths import results_dir
+
+    if quick and full:
+        fail("--quick and --full exclude each other")
+    try:
+        folder = results_dir(results) / "bench"
+        check_writable(folder)
+        _check_device(device)
+        from .bench import config_for
+        from .packed import STRATEGIES
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown packing strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+        config = config_for("quick" if quick else "full" if full else "default", pack=pack, strategy=strategy,
+                            bf16=bf16, compile=compile)
+    except (LeaderboardError, ValueError) as exc:
+        fail(str(exc))
+
+    import torch
+
+    from .bench import run_bench, write_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    with console.status("measuring") as status:
+        result = run_bench(config, device=device, progress=lambda msg: status.update(msg))
+    path = write_bench(result, folder)
+    _print(result)
+    if quick:
+        note("--quick: tiny sizes, for checking that the bench runs; quote the default or --full figures")
+    console.print(f"wrote {path}")
+
+
+def _check_device(device: Optional[str]) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available here")
+
+
+def _print(result: dict) -> None:
+    from rich.table import Table
+
+    cfg, machine = result["config"], result["machine"]
+    table = Table(title=f"bkdbench bench on {result['device']} ({machine['cpu_model']}, {machine['logical_cpus']} CPUs, "
+                        f"{machine['torch_threads']} torch threads)",
+                  caption=f"{cfg['model']}, batch {cfg['batch_size']}, {cfg['images']} images per epoch; "
+                          "median over windows [min–max]")
+    for col in ("pipeline", "images/s", "s/epoch", "peak MB"):
+        table.add_column(col, justify="left" if col == "pipeline" else "right")
+    for name, p in result["pipelines"].items():  # what each pipeline is: "description" in the JSON
+        lo, hi = p["images_per_second_range"]
+        table.add_row(name, f"{p['images_per_second']:.0f} [{lo:.0f}–{hi:.0f}]", f"{p['seconds_per_epoch']:.1f}",
+                      f"{p['peak_memory_mb']:.0f}")
+    console.print(table)
+    lines = [("bkdbench / reference", result["ratio"], result["ratio_range"])]
+    for key, label in (("bf16_speedup", "bf16 / fp32 (bkdbench)"), ("compile_speedup", "compiled / eager"),
+                       ("packed_vs_separate", f"{cfg['pack']} packed / separate BKD (aggregate)")):
+        if key in result:
+            lines.append((label, result[key]["median"], result[key]["range"]))
+    for label, med, (lo, hi) in lines:
+        console.print(f"{label}: [bold]{med:.2f}×[/] (per-round range {lo:.2f}–{hi:.2f})")
+    if "bkd_200_epochs_estimate" in result:
+        est = result["bkd_200_epochs_estimate"]
+        console.print(f"200-epoch CIFAR-100-LT IF100 BKD student, estimated: {est['seconds'] / 3600:.2f} h")
+    load = machine.get("load_average_start")
+    if load and machine.get("logical_cpus") and load[0] > 0.5 * machine["logical_cpus"]:
+        note(f"load average {load[0]:.1f} on {machine['logical_cpus']} CPUs at the start: other work shared the machine")
