@@ -43,12 +43,13 @@ def ablate(
 
     try:
         settings = variants(method, parse_grid(grid or []), preset)
-        specs = ablation_specs(method, settings, dataset, _floats(imbalance) or [], seeds, epochs, model, recipe)
+        specs = ablation_specs(method, settings, dataset, _floats(imbalance) or [], seeds, epochs, model, recipe,
+                               data_dir=data_dir)
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)
         for name in dataset:
-            get_dataset(name).load(data_dir)
+            get_dataset(name).load(data_dir)  # imagefolder: make_spec above has decoded it already
     except (AblationError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
     if not specs:

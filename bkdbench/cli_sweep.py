@@ -62,7 +62,7 @@ def sweep(
         if scheduler not in ("asha", "none"):
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of: asha, none")
         space_def, space_file = load_space(method, str(space) if space else None)
-        base = make_spec(dataset, imbalance, method, seed=seed, epochs=epochs, params=space_def.fixed)
+        base = make_spec(dataset, imbalance, method, seed=seed, epochs=epochs, params=space_def.fixed, data_dir=data_dir)
         for folder in (leaderboard_dir(root), teachers_dir(root), root / "sweeps"):
             check_writable(folder)
         get_dataset(dataset).load(data_dir)

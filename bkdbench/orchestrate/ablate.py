@@ -66,9 +66,10 @@ def variants(method: str, grid: dict[str, list[Any]], preset: Optional[str]) -> 
 
 def ablation_specs(method: str, settings: list[dict], datasets: list[str], imbalances: list[float], seeds: int,
                    epochs: Optional[int] = None, model: Optional[str] = None,
-                   recipe: Optional[str] = None) -> list[RunSpec]:
+                   recipe: Optional[str] = None, data_dir=None) -> list[RunSpec]:
     return [
-        make_spec(dataset, factor, method, seed=seed, epochs=epochs, model=model, recipe=recipe, params=setting)
+        make_spec(dataset, factor, method, seed=seed, epochs=epochs, model=model, recipe=recipe, params=setting,
+                  data_dir=data_dir)
         for dataset in datasets for factor in imbalances for setting in settings for seed in range(seeds)
     ]
 

@@ -204,17 +204,17 @@ def _stopped_by_scheduler(result, epochs: int) -> bool:
     return bool(result.metrics) and "epoch" in result.metrics and result.metrics["epoch"] < epochs - 1
 
 
-def final_specs(base: RunSpec, params: dict, seeds: int) -> list[RunSpec]:
+def final_specs(base: RunSpec, params: dict, seeds: int, data_dir: Optional[Path] = None) -> list[RunSpec]:
     """The configuration re-run for the test set with seeds 0..seeds-1."""
     return [make_spec(base.dataset, base.imbalance_factor, base.method, seed=s, data_seed=base.data_seed,
                       profile=base.profile, model=base.model, recipe=base.recipe, epochs=base.epochs,
-                      params=params) for s in range(seeds)]
+                      params=params, data_dir=data_dir, image_size=base.image_size) for s in range(seeds)]
 
 
 def run_finals(base: RunSpec, best_params: dict, results: Path, sweep_id: str, seeds: int, **kwargs) -> dict:
     """Re-run the best configuration (tagged with the sweep id) and the defaults, ``seeds`` each."""
-    defaults = final_specs(base, {}, seeds)
-    tuned = final_specs(base, best_params, seeds)
+    defaults = final_specs(base, {}, seeds, kwargs.get("data_dir"))
+    tuned = final_specs(base, best_params, seeds, kwargs.get("data_dir"))
     default_ids = {s.run_id for s in defaults}
     outcome = {}
     for specs, tags in ((defaults, {}), ([s for s in tuned if s.run_id not in default_ids], {"sweep_id": sweep_id})):
