@@ -147,6 +147,7 @@ def run_plan(
     for stage_name, stage in zip(plan.stage_names, plan.stages):
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, specs=known, results=str(results.resolve()), tags=tags,
+                                 tagged=[s.run_id for s in plan.specs],
                                  checkpoint_every=checkpoint_every, force=force,
                                  data_dir=str(data_dir) if data_dir else None),
             resources,

@@ -22,10 +22,11 @@ FINISHED = "bkd_finished"
 CHECKPOINT_SECONDS = 30.0  # default: a checkpoint at most every 30 s of training
 
 
-def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoint_every: int | None = None,
-                force: bool = False, data_dir: str | None = None) -> None:
-    """``checkpoint_every``: every N epochs; None checkpoints by time (short runs then never pay
-    for checkpoints, long ones lose at most ~30 s of work to a failure)."""
+def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: list | None = None,
+                checkpoint_every: int | None = None, force: bool = False, data_dir: str | None = None) -> None:
+    """``tags`` (suite, sweep or ablation id) go on the rows of the runs in ``tagged`` (all when
+    None), not on teachers trained only for them. ``checkpoint_every``: every N epochs; None
+    checkpoints by time (short runs then never pay for checkpoints, long ones lose at most ~30 s)."""
     import time
 
     import torch
@@ -41,6 +42,8 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, checkpoi
         tune.report({FINISHED: True, "status": "skipped", "error": f"run {run_id} is not part of this invocation"})
         return
     spec = RunSpec.model_validate_json(specs[run_id])
+    if tagged is not None and run_id not in tagged:
+        tags = {}
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
     gpu = float(resources.get("gpu", 0))

@@ -1,0 +1,96 @@
+"""`bkdbench ablate`: grid parsing, presets, the factorial expansion, marginal effects against hand
+values, bad input, and one tiny real ablation through Ray."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bkdbench.cli import app
+from bkdbench.leaderboard.ablation import marginal_effects
+from bkdbench.leaderboard.store import read_rows
+from bkdbench.orchestrate.ablate import AblationError, ablation_id, ablation_specs, parse_grid, variants
+
+BKDBENCH = Path(sys.executable).parent / "bkdbench"
+
+
+def test_parse_grid_values_and_errors():
+    assert parse_grid(["alpha=0,0.5,1", "renormalize=true,false", "ce_weighting=instance"]) == {
+        "alpha": [0.0, 0.5, 1.0], "renormalize": [True, False], "ce_weighting": ["instance"]}
+    for bad in (["alpha"], ["=1,2"], ["alpha="], ["alpha=1", "alpha=2"]):
+        with pytest.raises(AblationError):
+            parse_grid(bad)
+
+
+def test_factorial_grid_and_presets():
+    settings = variants("bkd", {"alpha": [0.5, 1.0, 2.0], "temperature": [1.0, 4.0]}, None)
+    assert len(settings) == 6 and {"alpha": 2.0, "temperature": 4.0} in settings
+    components = variants("bkd", {}, "components")
+    assert components[0] == {} and {"kd_weighting": "none"} in components and {"renormalize": False} in components
+    with pytest.raises(AblationError, match="bkd:components"):
+        variants("bkd", {}, "nope")
+    with pytest.raises(AblationError):
+        variants("bkd", {}, None)
+
+
+def test_expansion_counts_and_stable_id():
+    settings = variants("bkd", {"alpha": [0.5, 1.0]}, None)
+    specs = ablation_specs("bkd", settings, ["digits"], [10.0, 50.0], seeds=3, epochs=2)
+    assert len(specs) == 2 * 2 * 3 and len({s.run_id for s in specs}) == 12
+    assert {s.params["alpha"] for s in specs} == {0.5, 1.0}
+    again = ablation_specs("bkd", settings, ["digits"], [10.0, 50.0], seeds=3, epochs=2)
+    assert ablation_id("bkd", specs) == ablation_id("bkd", list(reversed(again)))
+
+
+def test_marginal_effects_by_hand():
+    rows = pd.DataFrame({
+        "status": ["finished"] * 4 + ["failed"],
+        "imbalance_factor": [10.0, 10.0, 50.0, 50.0, 50.0],
+        "params": [json.dumps({"alpha": a, "temperature": t}) for a, t in ((1, 2), (2, 2), (1, 4), (2, 4), (2, 4))],
+        "top1": [90.0, 80.0, 70.0, 60.0, 0.0],
+    })
+    effects = marginal_effects(rows, ["alpha", "temperature"]).set_index(["factor", "level"])
+    # alpha=1: runs 90 and 70 → mean 80, sample std sqrt(((10)^2 + (10)^2) / 1) = 14.142; the failed run is ignored
+    assert effects.loc[("alpha", 1), "mean"] == pytest.approx(80.0)
+    assert effects.loc[("alpha", 1), "std"] == pytest.approx(math.sqrt(200.0))
+    assert effects.loc[("alpha", 2), "mean"] == pytest.approx(70.0)
+    assert effects.loc[("temperature", 4), "n"] == 2
+    assert effects.loc[("temperature", 4), "mean"] == pytest.approx(65.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bkd"], "--grid"),
+    (["bkd", "--grid", "alpha"], "PARAM=v1"),
+    (["bkd", "--grid", "alpha=-1,1"], "alpha"),
+    (["bkd", "--grid", "gamma=1,2"], "gamma"),
+    (["bkd", "--preset", "nope"], "preset"),
+    (["nosuch", "--grid", "alpha=1"], "unknown method"),
+    (["bkd", "--grid", "alpha=1", "--imbalance", "ten"], "--imbalance"),
+])
+def test_bad_input_exits_2_before_work(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["ablate", *args, "--results", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not list((tmp_path / "r").glob("leaderboard/*.parquet"))
+
+
+@pytest.mark.slow
+def test_tiny_ablation_through_ray(tmp_path):
+    results = tmp_path / "results"
+    out = subprocess.run([str(BKDBENCH), "ablate", "bkd", "--grid", "alpha=0.5,2", "--imbalance", "10",
+                          "--seeds", "1", "--epochs", "2", "--results", str(results)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    frame, bad = read_rows(results / "leaderboard")
+    assert bad == []
+    tagged = frame[frame.ablation_id.notna()]
+    assert len(tagged) == 2 and tagged.ablation_id.nunique() == 1
+    assert sorted(json.loads(p)["alpha"] for p in tagged.params) == [0.5, 2.0]
+    assert len(frame[frame.method == "ce"]) == 1  # the shared teacher, trained once
+    assert "marginal effects" in out.stdout and "alpha" in out.stdout
