@@ -87,12 +87,15 @@ def train(
         return
     try:
         if spec.teacher is not None:
+            from .methods import method_class
+
+            role = "stage-1 model" if getattr(method_class(spec.method), "stage1", False) else "teacher"
             if load_teacher(teachers_dir(root), spec.teacher) is None:
-                console.print(f"training the teacher first: [bold]{spec.teacher.label()}[/] ({spec.teacher.run_id})")
+                console.print(f"training the {role} first: [bold]{spec.teacher.label()}[/] ({spec.teacher.run_id})")
                 result = _run_with_progress(spec.teacher, root, data_dir, device, bf16)
                 _print_metrics(spec.teacher, result.to_row())
             else:
-                console.print(f"reusing the cached teacher {spec.teacher.run_id} ({spec.teacher.label()})")
+                console.print(f"reusing the cached {role} {spec.teacher.run_id} ({spec.teacher.label()})")
         result = _run_with_progress(spec, root, data_dir, device, bf16)
     except (TeacherError, DataError) as exc:
         fail(str(exc))

@@ -118,6 +118,12 @@ def make_spec(
         teacher = RunSpec(method="ce", params=_ce_params(), **common)
     elif not needs_teacher:
         teacher = None
+    from .methods import method_class
+
+    if not getattr(method_class(method), "trains", True):
+        common["epochs"] = 1  # no training (τ-norm): only the stage-1 classifier is changed
+    elif "stage2_fraction" in resolved:  # decoupled classifiers: stage 1 gets the budget, stage 2 a part
+        common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))
     return RunSpec(method=method, params=resolved, teacher=teacher, **common)
 
 

@@ -8,6 +8,7 @@ progress bars, Ray reporting and checkpoint saving hang off.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class RunResult:
     device: str
     started_at: datetime
     finished_at: datetime
+    extra: Optional[dict] = None  # what a method chose while training (e.g. τ-norm's τ, chosen on validation)
 
     def to_row(self, **tags) -> dict:
         """A leaderboard row (plain Python values) for this run; ``tags`` sets suite/sweep_id/..."""
@@ -53,7 +55,8 @@ class RunResult:
             **{k: self.metrics.get(k) for k in keep}, "class_counts": list(self.class_counts),
             "train_seconds": self.train_seconds, "images_per_second": self.images_per_second,
             "device": self.device, "torch_version": torch.__version__,
-            "started_at": self.started_at, "finished_at": self.finished_at, **provenance(), **tags,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "extra": json.dumps(self.extra, sort_keys=True) if self.extra else None, **provenance(), **tags,
         }
 
 
@@ -123,13 +126,17 @@ def train(
     method = build_method(spec.method, data.class_counts, epochs=spec.epochs, **spec.params)
 
     model = build_model(spec, num_classes, info.channels, method.head, device)
-    teacher = None
+    teacher, trainable = None, list(model.parameters())
+    stage2 = getattr(method, "stage1", False)  # decoupled classifiers start from a stage-1 model
     if method.needs_teacher:
         if teacher_state is None:
             raise ValueError(f"{spec.method} needs a teacher: pass teacher_state (see bkdbench.teachers)")
-        teacher = build_model(spec.teacher, num_classes, info.channels, "linear", device)
-        teacher.load_state_dict(teacher_state)
-        teacher.eval().requires_grad_(False)
+        if stage2:
+            trainable = method.prepare(model, teacher_state)
+        else:
+            teacher = build_model(spec.teacher, num_classes, info.channels, "linear", device)
+            teacher.load_state_dict(teacher_state)
+            teacher.eval().requires_grad_(False)
 
     to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     train_x, train_y = to_dev(data.train_x), to_dev(data.train_y)
@@ -142,7 +149,8 @@ def train(
     if evaluate_test:
         splits["test"] = (to_dev(data.test_x), to_dev(data.test_y))
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+    # A method that trains nothing (τ-norm) still gets an optimizer, so checkpoints keep one shape.
+    optimizer = torch.optim.SGD(trainable or [torch.zeros((), device=device, requires_grad=True)], lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
     step_model = torch.compile(model) if compile else model
     start_epoch, history, best = 0, [], {"top1": -math.inf, "epoch": -1}
@@ -159,11 +167,14 @@ def train(
 
     train_seconds, seen = sum(h["seconds"] for h in history), sum(h["images"] for h in history)
     last_eval: dict = {}
-    for epoch in range(start_epoch, spec.epochs):
+    for epoch in range(start_epoch, spec.epochs if getattr(method, "trains", True) else start_epoch):
         lr = recipe.lr_at(epoch, spec.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
+        if stage2:
+            method.set_train_mode(model)  # frozen parts stay in eval mode
+        else:
+            model.train()
         tick = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         for x, y in loader:
@@ -190,7 +201,10 @@ def train(
             state = {"epoch": epoch + 1, "history": history, "best": best}
             report(metrics, lambda: _checkpoint(model, optimizer, loader, state))
 
-    if not last_eval:  # resumed from the final epoch's checkpoint: nothing left to train
+    extra = method.finalize(model, lambda: evaluate("val")["top1"]) if stage2 else {}
+    if extra:  # e.g. τ-norm chose its τ on validation and changed the classifier: evaluate again
+        last_eval = {}
+    if not last_eval:  # nothing trained (resumed from the last epoch, or a no-training method)
         last_eval = {"val": evaluate("val"), **({"test": evaluate("test")} if evaluate_test else {})}
     final = dict(last_eval.get("test", {}))
     final.update(val_top1=last_eval["val"]["top1"], top1_best_epoch=best["top1"] if evaluate_test else None,
@@ -199,7 +213,7 @@ def train(
         spec=spec, metrics=final, history=history, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         class_counts=list(data.class_counts), train_seconds=train_seconds,
         images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
-        device=_device_name(device), started_at=started, finished_at=datetime.now(timezone.utc),
+        device=_device_name(device), started_at=started, finished_at=datetime.now(timezone.utc), extra=extra,
     )
 
 

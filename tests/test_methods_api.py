@@ -8,11 +8,11 @@ import torch
 from bkdbench.methods import Method, MethodError, build, names, register, validate_params
 
 COUNTS = [500, 200, 80, 20, 5]
-ALL = ["balanced-softmax", "bkd", "ce", "drw", "focal", "kd", "ldam", "ldam-drw", "logit-adjust",
-       "logit-adjust-posthoc", "reweight-cb", "reweight-inv"]
+ALL = ["balanced-softmax", "bkd", "ce", "crt", "drw", "focal", "kd", "ldam", "ldam-drw", "logit-adjust",
+       "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "tau-norm"]
 
 
-def test_names_lists_exactly_the_twelve_methods():
+def test_names_lists_exactly_the_registered_methods():
     assert names() == ALL
 
 
@@ -76,8 +76,9 @@ def test_method_attributes():
         m = build(name, COUNTS)
         assert isinstance(m, Method) and m.name == name
         assert m.head == ("cosine" if name.startswith("ldam") else "linear")
-        assert m.sampler == "instance"
-        assert m.needs_teacher == (name in ("kd", "bkd"))
+        decoupled = name in ("crt", "lws", "tau-norm")  # stage-2 methods: class-balanced, stage 1 as "teacher"
+        assert m.sampler == ("class-balanced" if decoupled else "instance")
+        assert m.needs_teacher == (name in ("kd", "bkd") or decoupled)
         assert torch.equal(m.class_counts, torch.tensor(COUNTS))
     assert build("drw", COUNTS, epochs=50).cb_epoch == 40
     assert build("ldam-drw", COUNTS, epochs=50, cb_start=10).cb_epoch == 10

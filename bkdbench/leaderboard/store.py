@@ -71,6 +71,7 @@ SCHEMA = pa.schema([
     pa.field("class_counts", pa.list_(pa.int64())),
     # The dataset's shot split: many-shot > many_threshold images, few-shot < few_threshold.
     pa.field("many_threshold", pa.int64()),
+    pa.field("extra", pa.string()),  # JSON: what a method chose while training, e.g. τ-norm's τ
     pa.field("few_threshold", pa.int64()),
     pa.field("train_seconds", pa.float64()),
     pa.field("images_per_second", pa.float64()),

@@ -1,0 +1,132 @@
+"""Decoupled classifiers (cRT, LWS, τ-norm): what each freezes, trains and changes, checked against
+independent computations, plus their two-stage specs and a run through `bkdbench train`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bkdbench.cli import app
+from bkdbench.leaderboard.store import read_rows
+from bkdbench.methods import MethodError, build, validate_params
+from bkdbench.methods.decoupled import TAU_GRID
+from bkdbench.models import create_model
+from bkdbench.specs import make_spec
+from bkdbench.train import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stage1():
+    torch.set_num_threads(1)
+    return train(make_spec("digits", 50, "ce", epochs=10)).state_dict
+
+
+def _model(stage1_state):
+    torch.manual_seed(0)
+    model = create_model("cnn-small", 10, 1)
+    model.load_state_dict(stage1_state)
+    return model
+
+
+def test_two_stage_specs():
+    ce = make_spec("digits", 50, "ce")
+    for method in ("crt", "lws", "tau-norm"):
+        spec = make_spec("digits", 50, method)
+        assert spec.teacher.run_id == ce.run_id, "stage 1 is the plain CE run of the same setup"
+    assert make_spec("digits", 50, "crt").epochs == 4  # 10% of the 40-epoch budget
+    assert make_spec("digits", 50, "crt", params={"stage2_fraction": 0.25}).epochs == 10
+    assert make_spec("digits", 50, "tau-norm").epochs == 1
+    assert validate_params("tau-norm") == {"tau": "auto"}
+    for bad in ({"stage2_fraction": 0}, {"stage2_fraction": 1.5}):
+        with pytest.raises(MethodError, match="stage2_fraction"):
+            validate_params("crt", **bad)
+    for bad in ({"tau": -1}, {"tau": "sometimes"}):
+        with pytest.raises(MethodError, match="tau"):
+            validate_params("tau-norm", **bad)
+
+
+def test_crt_retrains_only_a_reinitialised_classifier(stage1):
+    method = build("crt", [100] * 10)
+    assert method.sampler == "class-balanced" and method.needs_teacher
+    model = _model(stage1)
+    trainable = method.prepare(model, stage1)
+    assert {id(p) for p in trainable} == {id(p) for p in model.fc.parameters()}
+    assert all(not p.requires_grad for n, p in model.named_parameters() if not n.startswith("fc."))
+    assert not torch.equal(model.fc.weight, stage1["fc.weight"]), "the classifier is re-initialised"
+    method.set_train_mode(model)
+    assert not model.training and model.fc.training, "BatchNorm statistics of the backbone stay frozen"
+
+    spec = make_spec("digits", 50, "crt", params={"stage2_fraction": 0.3})  # 12 epochs
+    result = train(spec, teacher_state=stage1)
+    for name, tensor in stage1.items():
+        if not name.startswith("fc."):
+            assert torch.equal(result.state_dict[name], tensor), f"{name} changed"
+    assert not torch.equal(result.state_dict["fc.weight"], stage1["fc.weight"])
+    assert result.metrics["top1"] > 50
+
+
+def test_lws_scales_each_class_vector(stage1):
+    model = _model(stage1)
+    method = build("lws", [100] * 10)
+    (scale,) = method.prepare(model, stage1)
+    with torch.no_grad():
+        scale.copy_(torch.linspace(0.5, 2.0, 10))
+    x = torch.randn(3, 1, 8, 8)
+    model.eval()
+    logits, feats = model(x, features=True)
+    w, b = stage1["fc.weight"], stage1["fc.bias"]
+    expected = feats @ (w * torch.linspace(0.5, 2.0, 10)[:, None]).T + b  # z_j = f_j·w_jᵀx + b_j
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+    result = train(make_spec("digits", 50, "lws", params={"stage2_fraction": 0.3}), teacher_state=stage1)
+    assert torch.equal(result.state_dict["fc.linear.weight"], w) and torch.equal(result.state_dict["fc.linear.bias"], b)
+    assert not torch.equal(result.state_dict["fc.scale"], torch.ones(10)), "the scales were learned"
+
+
+def test_tau_norm_formula_and_choice_on_validation(stage1):
+    w = stage1["fc.weight"]
+    model = _model(stage1)
+    method = build("tau-norm", [100] * 10, tau=0.7)
+    calls = []
+    extra = method.finalize(model, lambda: calls.append(1) or 0.0)
+    norms = torch.sqrt((w ** 2).sum(dim=1, keepdim=True))
+    assert torch.allclose(model.fc.weight, w / norms ** 0.7, atol=1e-6)
+    assert extra == {"tau": 0.7} and not calls, "a given τ needs no validation"
+
+    model = _model(stage1)
+    scores = {tau: 50.0 for tau in TAU_GRID}
+    scores[0.6] = scores[1.4] = 80.0  # a tie: the smaller τ wins
+    seen = []
+
+    def validate():
+        current = model.fc.weight.detach()
+        tau = min(TAU_GRID, key=lambda t: (current - w / norms ** t).abs().max().item())
+        seen.append(tau)
+        return scores[tau]
+
+    extra = build("tau-norm", [100] * 10).finalize(model, validate)
+    assert seen == list(TAU_GRID)
+    assert extra == {"tau": 0.6, "tau_val_top1": 80.0}
+    assert torch.allclose(model.fc.weight, w / norms ** 0.6, atol=1e-6)
+
+
+def test_tau_norm_through_bkdbench_train_records_its_tau(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--dataset", "digits", "--imbalance", "50", "--method", "tau-norm",
+                                      "--epochs", "6", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "training the stage-1 model first" in result.output or "teacher" in result.output
+    rows, bad = read_rows(Path(tmp_path) / "leaderboard")
+    assert bad == [] and sorted(rows.method) == ["ce", "tau-norm"]
+    extra = json.loads(rows[rows.method == "tau-norm"].extra.iloc[0])
+    assert extra["tau"] in TAU_GRID and 0 <= extra["tau_val_top1"] <= 100
