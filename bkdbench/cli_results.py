@@ -33,9 +33,18 @@ def _load(results: Optional[str], **filters):
     """Validated leaderboard folder and its rows; warns once about unreadable files."""
     from bkdbench.leaderboard.store import LeaderboardError, read_rows
 
+    from bkdbench.leaderboard.manifest import suite_run_ids
+
     try:
-        folder = leaderboard_dir(results_dir(results))
+        root = results_dir(results)
+        folder = leaderboard_dir(root)
+        suite = filters.get("suite")
+        members = suite_run_ids(root, suite) if suite else None
+        if members is not None:  # the suite's own runs, shared ones included (see leaderboard/manifest.py)
+            filters = {k: v for k, v in filters.items() if k != "suite"}
         rows, skipped = read_rows(folder, **filters)
+        if members is not None:
+            rows = rows[rows["run_id"].isin(members) | (rows["suite"] == suite)].reset_index(drop=True)
     except (LeaderboardError, ValueError) as exc:
         _fail(str(exc))
     if skipped:

@@ -84,10 +84,12 @@ def run(
     from .orchestrate import prepare_ray_env
 
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
+    from .leaderboard.manifest import record_suite_runs
     from .orchestrate.runner import Interrupted, plan_runs, run_plan
     from .orchestrate.ray_session import StorageError, ray_session
 
     plan = plan_runs(specs, root, force=force)
+    record_suite_runs(root, s.name, [sp.run_id for sp in plan.specs])
     console.print(f"suite [bold]{s.name}[/]: {len(plan.specs)} runs, {len(plan.skipped)} already in the leaderboard "
                   f"(skipped{'' if not plan.skipped else '; --force retrains them'}), {plan.todo} to train"
                   + (f" in {len(plan.stages)} stages (teachers first)" if len(plan.stages) > 1 else ""))
@@ -130,9 +132,12 @@ def _show_leaderboard(root: Path, suite: str) -> None:
     from .leaderboard.store import read_rows
     from .paths import leaderboard_dir
 
-    rows, bad = read_rows(leaderboard_dir(root), suite=suite)
+    from .leaderboard.manifest import suite_run_ids
+
+    rows, bad = read_rows(leaderboard_dir(root))
     if bad:
         note(f"skipped unreadable files: {', '.join(bad)}")
+    rows = rows[rows["run_id"].isin(suite_run_ids(root, suite) or set()) | (rows["suite"] == suite)]
     if rows.empty:
         return
     for _, table in leaderboard_tables(summarise(rows, "top1"), "top1"):
