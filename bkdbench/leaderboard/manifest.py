@@ -15,8 +15,11 @@ def manifest_path(results: str | os.PathLike, suite: str) -> Path:
 
 def record_suite_runs(results: str | os.PathLike, suite: str, run_ids: Iterable[str]) -> None:
     """Add ``run_ids`` to the suite's manifest (a union: runs with other filters stay listed)."""
+    run_ids = list(run_ids)
     path = manifest_path(results, suite)
     known = suite_run_ids(results, suite) or set()
+    if set(run_ids) <= known and path.exists():
+        return  # nothing new: leave the file untouched
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(sorted(known | set(run_ids))))
