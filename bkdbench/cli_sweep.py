@@ -146,7 +146,9 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
         table.add_column(col, justify="right")
     ranked = sorted(rows, key=lambda r: (r["val_top1"] is None, -(r["val_top1"] or 0)))
     for r in ranked[:10]:
-        table.add_row(str(r["number"]), *[_fmt(r.get(p)) for p in params], _fmt(r["val_top1"]), r["state"])
+        value = _fmt(r["val_top1"]) + (" *" if r["state"] == "PRUNED" and r["val_top1"] is not None else "")
+        table.add_row(str(r["number"]), *[_fmt(r.get(p)) for p in params], value, r["state"])
+    table.caption = "* a pruned trial's last validation value, at the epoch early stopping stopped it"
     console.print(table)
     states = {}
     for r in rows:
