@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..yamlfile import load_yaml_model
 
 HERE = Path(__file__).parent
 
@@ -85,18 +86,8 @@ def load_space(method: str, path: Optional[str] = None) -> tuple[SearchSpace, Pa
         if path:
             raise SpaceError(f"search space file {file} does not exist")
         raise SpaceError(f"no search space for {method!r}; shipped: {', '.join(space_names())}; pass --space FILE")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{file}: malformed YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise SpaceError(f"{file}: a search space is a mapping with keys method, params (and description, fixed)")
-    try:
-        space = SearchSpace.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise SpaceError(f"{file}: key '{key}': {first['msg']}") from None
+    space = load_yaml_model(file, SearchSpace, SpaceError,
+                            "a search space is a mapping with keys method, params (and description, fixed)")
     if space.method != method:
         raise SpaceError(f"{file}: key 'method': the file is for {space.method!r}, the sweep for {method!r}")
     try:

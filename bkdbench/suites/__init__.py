@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..specs import RunSpec, SpecError, check_spec, make_spec
+from ..yamlfile import load_yaml_model
 
 HERE = Path(__file__).parent
 
@@ -127,18 +127,8 @@ def suite_path(name_or_path: str) -> Path:
 def load_suite(name_or_path: str) -> Suite:
     """Load and validate a suite (by packaged name or file path), including every name it uses."""
     path = suite_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SuiteError(f"{path}: malformed YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise SuiteError(f"{path}: a suite file is a mapping of keys (name, datasets, imbalance, methods, ...)")
-    try:
-        suite = Suite.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise SuiteError(f"{path}: key '{key}': {first['msg']}") from None
+    suite = load_yaml_model(path, Suite, SuiteError,
+                            "a suite file is a mapping of keys (name, datasets, imbalance, methods, ...)")
     try:  # names and parameter ranges of every combination (data is read only when the suite runs)
         suite.check()
     except SpecError as exc:
