@@ -65,10 +65,10 @@ def default_device() -> torch.device:
 
 
 def channels_last_for(device: torch.device) -> bool:
-    """channels_last (NHWC) activations and weights: the same math in another memory layout. On CUDA
-    as usual; on CPU it made oneDNN's convolutions faster too (ResNet-32 and the small CNN, 1 thread,
-    CPU time: +18% and +27%; docs/performance.md)."""
-    return device.type in ("cuda", "cpu")
+    """channels_last (NHWC): the same math in another memory layout. On by default on CUDA. On CPU it
+    is off: it made the 8×8 digits CNN 3.5× slower here (1 thread, 10 epochs: 2.8 s vs 0.8 s,
+    2026-11-26), though ResNet-32 on 32×32 images gained; see docs/performance.md."""
+    return device.type == "cuda"
 
 
 def build_model(spec: RunSpec, num_classes: int, channels: int, head: str, device: torch.device) -> torch.nn.Module:
