@@ -18,13 +18,16 @@ the CIFAR-100-LT IF100 class counts, 10,847 images), with ResNet-32 at batch 128
 (a) and (b) (and the other (b) variants) alternate in short windows, round after round, each round in
 the opposite order of the last; so do ``bkd_teacher`` and ``packed``. Medians over windows, their
 ranges, and the median over rounds of the per-round ratio b/a (``ratio``) go into one JSON file;
-slow drifts and other processes' load hit both sides of a ratio alike.
+slow drifts and other processes' load hit both sides of a ratio alike. Each window also counts the
+CPU seconds of this process and of the reference's loader workers (``images_per_cpu_second``,
+``ratio_cpu``): with one torch thread, a figure other processes on the machine hardly move.
 
 No Ray, Optuna, typer or rich here: ``benchmarks/gpu_check.py`` imports this module on GPU machines.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -120,15 +123,15 @@ class _PILImages(torch.utils.data.Dataset):
     """torchvision's CIFAR datasets in miniature: one PIL image per item, then the transform."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        self.images, self.labels, self.transform = images, labels, transform
+        from PIL import Image
+
+        self.images, self.labels, self.transform, self.to_pil = images, labels, transform, Image.fromarray
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+        return self.transform(self.to_pil(self.images[i])), int(self.labels[i])
 
 
 # ---------------------------------------------------------------- pipelines
@@ -221,7 +224,7 @@ class BkdbenchPipeline:
                 torch.manual_seed(0)
                 students.append(self._model(config, device))
             self.strategy = strategy
-            example = self._layout(self.loader.mean.new_zeros(2, 3, config.image_size, config.image_size))
+            example = torch.randn(2, 3, config.image_size, config.image_size)
             self.model = pack_models(students, example, self.strategy)
             if self.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)
@@ -280,9 +283,23 @@ def _resident_mb(pid: int) -> float:
     return 0.0
 
 
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of other processes (the reference's loader workers)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 @dataclass
 class _Windows:
     images_per_second: list[float] = field(default_factory=list)
+    images_per_cpu_second: list[float] = field(default_factory=list)
     memory_mb: float = 0.0
 
 
@@ -290,10 +307,16 @@ def _window(pipe, steps: int, device: torch.device, record: _Windows) -> float:
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tick = time.perf_counter()
+    workers = _cpu_seconds(pipe.worker_pids())
+    cpu, tick = time.process_time(), time.perf_counter()
     seen = pipe.run(steps)
     _sync(device)
     seconds = time.perf_counter() - tick
+    # CPU seconds this process and the pipeline's loader workers spent: with one torch thread, a
+    # figure that other processes on the machine hardly move (with two, threads spin while waiting)
+    workers_after = _cpu_seconds(pipe.worker_pids())
+    cpu = time.process_time() - cpu + sum(v - workers.get(pid, 0.0) for pid, v in workers_after.items())
+    record.images_per_cpu_second.append(seen / cpu if cpu > 0 else math.nan)
     if device.type == "cuda":
         memory = torch.cuda.max_memory_allocated(device) / 2**20
     else:  # memory of this whole process (every pipeline) and the pipeline's loader workers, at the window's end
@@ -307,9 +330,12 @@ def _window(pipe, steps: int, device: torch.device, record: _Windows) -> float:
 def _summary(record: _Windows, images: int, description: str, **extra) -> dict:
     v = record.images_per_second
     med = statistics.median(v)
+    c = record.images_per_cpu_second
     return {
         "images_per_second": med, "images_per_second_range": [min(v), max(v)], "windows": v,
-        "seconds_per_epoch": images / med, "peak_memory_mb": record.memory_mb, "description": description, **extra,
+        "seconds_per_epoch": images / med, "peak_memory_mb": record.memory_mb,
+        "images_per_cpu_second": statistics.median(c), "images_per_cpu_second_range": [min(c), max(c)],
+        "description": description, **extra,
     }
 
 
@@ -422,6 +448,7 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
         pipelines[pipe.name] = _summary(records[pipe.name], n, describe[pipe.name], **extra)
 
     ips = {name: rec.images_per_second for name, rec in records.items()}
+    cps = {name: rec.images_per_cpu_second for name, rec in records.items()}
     ratio = _ratio(ips["bkdbench"], ips["reference"])
     out = {
         "schema_version": SCHEMA_VERSION,
@@ -434,6 +461,8 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
         "config": {**asdict(config), "images": n},
         "pipelines": pipelines,
         "ratio": ratio["median"], "ratio_range": ratio["range"], "ratio_detail": ratio,
+        # the same per CPU-second (this process + loader workers); robust to other load with --threads 1
+        "ratio_cpu": _ratio(cps["bkdbench"], cps["reference"]),
         "eval_seconds_c100": eval_seconds,
         "peak_memory_kind": ("torch.cuda.max_memory_allocated during the pipeline's windows" if cuda else
                              "proportional set size of the whole bench process (all pipelines share it) plus the "
@@ -442,12 +471,15 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
     }
     if "bkdbench_bf16" in pipelines:
         out["bf16_speedup"] = _ratio(ips["bkdbench_bf16"], ips["bkdbench"])
+        out["bf16_speedup_cpu"] = _ratio(cps["bkdbench_bf16"], cps["bkdbench"])
     if "bkdbench_compile" in pipelines:
         out["compile_speedup"] = _ratio(ips["bkdbench_compile"], ips["bkdbench"])
+        out["compile_speedup_cpu"] = _ratio(cps["bkdbench_compile"], cps["bkdbench"])
         out["compile_seconds"] = warmup["bkdbench_compile"]
     if second:
         for pipe in second[1:]:  # "packed_vs_separate", then any other strategy's
             out[f"{pipe.name}_vs_separate"] = _ratio(ips[pipe.name], ips["bkd_teacher"])
+            out[f"{pipe.name}_vs_separate_cpu"] = _ratio(cps[pipe.name], cps["bkd_teacher"])
         bkd_ips = pipelines["bkd_teacher"]["images_per_second"]
         epoch = n / bkd_ips
         out["bkd_200_epochs_estimate"] = {

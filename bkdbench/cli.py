@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .console import console, fail, note
+from .console import check_device as _check_device, console, fail, note
 
 app = typer.Typer(
     help="Benchmarks and hyperparameter search for long-tailed image classification (BKD and baselines).",
@@ -48,6 +48,7 @@ def train(
     cb_start: Optional[float] = typer.Option(None, "--cb-start", help="When class weights switch on (<1: fraction of the budget, else epoch)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast on CPU (always on with CUDA)."),
+    compile: bool = typer.Option(False, "--compile", help="Train through torch.compile (pays off on long runs)."),
     force: bool = typer.Option(False, "--force", help="Train even if this run is already in the leaderboard."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="imagefolder: resize every image to N×N (needed when sizes differ)."),
     data_dir: Optional[Path] = DataDirOpt,
@@ -92,11 +93,11 @@ def train(
             role = "stage-1 model" if getattr(method_class(spec.method), "stage1", False) else "teacher"
             if load_teacher(teachers_dir(root), spec.teacher) is None:
                 console.print(f"training the {role} first: [bold]{spec.teacher.label()}[/] ({spec.teacher.run_id})")
-                result = _run_with_progress(spec.teacher, root, data_dir, device, bf16)
+                result = _run_with_progress(spec.teacher, root, data_dir, device, bf16, compile)
                 _print_metrics(spec.teacher, result.to_row())
             else:
                 console.print(f"reusing the cached {role} {spec.teacher.run_id} ({spec.teacher.label()})")
-        result = _run_with_progress(spec, root, data_dir, device, bf16)
+        result = _run_with_progress(spec, root, data_dir, device, bf16, compile)
     except (TeacherError, DataError) as exc:
         fail(str(exc))
     except TrainingDiverged as exc:
@@ -104,20 +105,7 @@ def train(
     _print_metrics(spec, result.to_row())
 
 
-def _check_device(device: Optional[str]) -> None:
-    if device is None:
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available here")
-
-
-def _run_with_progress(spec, root: Path, data_dir, device, bf16):
+def _run_with_progress(spec, root: Path, data_dir, device, bf16, compile=False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .orchestrate.execute import run_and_record
@@ -133,7 +121,7 @@ def _run_with_progress(spec, root: Path, data_dir, device, bf16):
                 info += f"  val {metrics['val_top1']:.1f}%"
             progress.update(task, advance=1, info=info)
 
-        return run_and_record(spec, root, report=report, data_dir=data_dir, device=device, bf16=bf16)
+        return run_and_record(spec, root, report=report, data_dir=data_dir, device=device, bf16=bf16, compile=compile)
 
 
 def _print_metrics(spec, row: dict) -> None:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .console import console, fail, note
+from .console import check_device, console, fail, note
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +22,7 @@ def bench(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     pack: Optional[int] = typer.Option(None, "--pack", min=0, help="Packed students to measure (default 8; 0 skips the teacher/packed part)."),
     strategy: str = typer.Option("auto", "--strategy", help="Packing: auto (loop on CPU, grouped on CUDA), loop or grouped."),
+    compare_strategies: bool = typer.Option(False, "--compare-strategies", help="Also measure the other packing strategy."),
     bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="CPU: also measure bkdbench under bf16 autocast (reported apart)."),
     compile: bool = typer.Option(False, "--compile", help="Also measure bkdbench with torch.compile (compilation time excluded, reported)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: torch's choice)."),
@@ -38,14 +39,14 @@ def bench(
     try:
         folder = results_dir(results) / "bench"
         check_writable(folder)
-        _check_device(device)
+        check_device(device)
         from .bench import config_for
         from .packed import STRATEGIES
 
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown packing strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
         config = config_for("quick" if quick else "full" if full else "default", pack=pack, strategy=strategy,
-                            bf16=bf16, compile=compile)
+                            bf16=bf16, compile=compile, compare_strategies=compare_strategies)
     except (LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
@@ -62,19 +63,6 @@ def bench(
     if quick:
         note("--quick: tiny sizes, for checking that the bench runs; quote the default or --full figures")
     console.print(f"wrote {path}")
-
-
-def _check_device(device: Optional[str]) -> None:
-    if device is None:
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available here")
 
 
 def _print(result: dict) -> None:
@@ -94,11 +82,18 @@ def _print(result: dict) -> None:
     console.print(table)
     lines = [("bkdbench / reference", result["ratio"], result["ratio_range"])]
     for key, label in (("bf16_speedup", "bf16 / fp32 (bkdbench)"), ("compile_speedup", "compiled / eager"),
-                       ("packed_vs_separate", f"{cfg['pack']} packed / separate BKD (aggregate)")):
+                       ("packed_vs_separate", f"{cfg['pack']} packed / separate BKD (aggregate)"),
+                       ("packed_loop_vs_separate", f"{cfg['pack']} packed (loop) / separate BKD"),
+                       ("packed_grouped_vs_separate", f"{cfg['pack']} packed (grouped) / separate BKD")):
         if key in result:
             lines.append((label, result[key]["median"], result[key]["range"]))
     for label, med, (lo, hi) in lines:
         console.print(f"{label}: [bold]{med:.2f}×[/] (per-round range {lo:.2f}–{hi:.2f})")
+    if result["device_type"] == "cpu":
+        cpu = result["ratio_cpu"]
+        console.print(f"bkdbench / reference per CPU-second (process + loader workers): {cpu['median']:.2f}× "
+                      f"(per-round range {cpu['range'][0]:.2f}–{cpu['range'][1]:.2f}; least moved by other load "
+                      "with --threads 1)")
     if "bkd_200_epochs_estimate" in result:
         est = result["bkd_200_epochs_estimate"]
         console.print(f"200-epoch CIFAR-100-LT IF100 BKD student, estimated: {est['seconds'] / 3600:.2f} h")

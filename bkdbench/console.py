@@ -18,3 +18,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def note(message: str) -> None:
     err_console.print(f"[dim]{message}[/]", highlight=False)
+
+
+def check_device(device: "str | None") -> None:
+    """Raise ValueError for a device string torch does not know, or CUDA where there is none."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available here")

@@ -45,6 +45,7 @@ def run_and_record(
     data_dir: Optional[Path] = None,
     device: Optional[str] = None,
     bf16: bool = False,
+    compile: bool = False,
 ) -> RunResult:
     """Train ``spec`` and write its leaderboard row (a failed row, then re-raise, if it diverges).
     CE runs double as teachers, so their weights are cached by run id."""
@@ -52,7 +53,7 @@ def run_and_record(
     teacher_state = teacher_state_for(spec, results)
     try:
         result = train(spec, report=report, data_dir=data_dir, device=device, teacher_state=teacher_state,
-                       checkpoint=checkpoint, bf16=bf16)
+                       checkpoint=checkpoint, bf16=bf16, compile=compile)
     except TrainingDiverged as exc:
         write_row(leaderboard_dir(results), failed_row(spec, str(exc), **tags))
         raise
