@@ -30,14 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataError, DeviceLoader, load_longtail, normalize
+from .data import DeviceLoader, normalize
 from .evaluate import classification_metrics, predict
 from .methods import build as build_method
 from .models import CosineLinear
 from .models.resnet_cifar import BasicBlock
 from .recipes import get_recipe
 from .specs import RunSpec
-from .train import RunResult, TrainingDiverged, _device_name, _layout, build_model, channels_last_for, default_device
+from .train import (RunResult, TrainingDiverged, _device_name, _layout, build_model, channels_last_for, default_device,
+                    device_splits, frozen_teacher, load_run_data)
 
 # report(per-student metrics, make_checkpoint): called once per epoch, like train()'s report.
 PackedReport = Callable[[list[dict], Callable[[], dict]], None]
@@ -377,12 +378,8 @@ def train_packed(
         torch.backends.cudnn.benchmark = True
     autocast = torch.bfloat16 if (cuda or bf16) else None
     recipe = get_recipe(spec0.recipe)
-    data = load_longtail(spec0.dataset, spec0.imbalance_factor, spec0.profile, spec0.data_seed, data_dir,
-                         image_size=spec0.image_size)
+    data = load_run_data(spec0, data_dir)
     info, num_classes = data.info, data.info.num_classes
-    if info.data_key != spec0.data_key:  # as train(): an image folder's contents are part of the run's identity
-        raise DataError(f"{data_dir} holds other images than run {spec0.run_id} was made for (content key "
-                        f"{info.data_key}, the run's {spec0.data_key}); make the runs again for this folder")
     methods = [build_method(s.method, data.class_counts, epochs=s.epochs, **s.params) for s in specs]
     method0 = methods[0]
 
@@ -391,12 +388,9 @@ def train_packed(
     if method0.needs_teacher:
         if teacher_state is None:
             raise ValueError(f"{spec0.method} needs a teacher: pass teacher_state (see bkdbench.teachers)")
-        teacher = build_model(spec0.teacher, num_classes, info.channels, "linear", device)
-        teacher.load_state_dict(teacher_state)
-        teacher.eval().requires_grad_(False)
+        teacher = frozen_teacher(spec0.teacher, teacher_state, num_classes, info.channels, device)
 
-    to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    train_x, train_y = to_dev(data.train_x), to_dev(data.train_y)
+    train_x, train_y, splits = device_splits(data, device, evaluate_test)
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, info.mean, info.std, pad=info.pad, hflip=info.hflip,
                           sampler=method0.sampler, seed=spec0.seed)
     mean, std = loader.mean, loader.std
@@ -405,9 +399,6 @@ def train_packed(
     model = pack_models(students, prepare(train_x[:2]), strategy)
     if nhwc:
         model = model.to(memory_format=torch.channels_last)  # the layout build_model gives one student
-    splits = {"val": (to_dev(data.val_x), to_dev(data.val_y))}
-    if evaluate_test:
-        splits["test"] = (to_dev(data.test_x), to_dev(data.test_y))
 
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)

@@ -94,6 +94,32 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method,
     return loss.detach()
 
 
+def load_run_data(spec: RunSpec, data_dir: Optional[Path]):
+    """The long-tailed data of ``spec``; refuses an image folder whose contents are not the run's."""
+    data = load_longtail(spec.dataset, spec.imbalance_factor, spec.profile, spec.data_seed, data_dir,
+                         image_size=spec.image_size)
+    if data.info.data_key != spec.data_key:  # an image folder's contents are part of the run's identity
+        raise DataError(f"{data_dir} holds other images than run {spec.run_id} was made for (content key "
+                        f"{data.info.data_key}, the run's {spec.data_key}); make the run again for this folder")
+    return data
+
+
+def frozen_teacher(spec: RunSpec, state: dict, num_classes: int, channels: int, device: torch.device) -> torch.nn.Module:
+    teacher = build_model(spec, num_classes, channels, "linear", device)
+    teacher.load_state_dict(state)
+    return teacher.eval().requires_grad_(False)
+
+
+def device_splits(data, device: torch.device, evaluate_test: bool):
+    """(train images, train labels, {"val": ..., "test": ...}) as tensors on ``device``; the test split
+    only when it may be evaluated."""
+    to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    splits = {"val": (to_dev(data.val_x), to_dev(data.val_y))}
+    if evaluate_test:
+        splits["test"] = (to_dev(data.test_x), to_dev(data.test_y))
+    return to_dev(data.train_x), to_dev(data.train_y), splits
+
+
 def train(
     spec: RunSpec,
     *,
@@ -117,12 +143,8 @@ def train(
         torch.backends.cudnn.benchmark = True
     autocast = torch.bfloat16 if (cuda or bf16) else None
     recipe = get_recipe(spec.recipe)
-    data = load_longtail(spec.dataset, spec.imbalance_factor, spec.profile, spec.data_seed, data_dir,
-                         image_size=spec.image_size)
+    data = load_run_data(spec, data_dir)
     info, num_classes = data.info, data.info.num_classes
-    if info.data_key != spec.data_key:  # an image folder's contents are part of the run's identity
-        raise DataError(f"{data_dir} holds other images than run {spec.run_id} was made for (content key "
-                        f"{info.data_key}, the run's {spec.data_key}); make the run again for this folder")
     method = build_method(spec.method, data.class_counts, epochs=spec.epochs, **spec.params)
 
     model = build_model(spec, num_classes, info.channels, method.head, device)
@@ -134,20 +156,14 @@ def train(
         if stage2:
             trainable = method.prepare(model, teacher_state)
         else:
-            teacher = build_model(spec.teacher, num_classes, info.channels, "linear", device)
-            teacher.load_state_dict(teacher_state)
-            teacher.eval().requires_grad_(False)
+            teacher = frozen_teacher(spec.teacher, teacher_state, num_classes, info.channels, device)
 
-    to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    train_x, train_y = to_dev(data.train_x), to_dev(data.train_y)
+    train_x, train_y, splits = device_splits(data, device, evaluate_test)
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, info.mean, info.std, pad=info.pad, hflip=info.hflip,
                           sampler=method.sampler, seed=spec.seed)
     mean, std = loader.mean, loader.std
     nhwc = channels_last_for(device)
     prepare = lambda x: _layout(normalize(x, mean, std), nhwc)  # noqa: E731
-    splits = {"val": (to_dev(data.val_x), to_dev(data.val_y))}
-    if evaluate_test:
-        splits["test"] = (to_dev(data.test_x), to_dev(data.test_y))
 
     # A method that trains nothing (τ-norm) still gets an optimizer, so checkpoints keep one shape.
     optimizer = torch.optim.SGD(trainable or [torch.zeros((), device=device, requires_grad=True)], lr=recipe.lr, momentum=recipe.momentum,
