@@ -348,7 +348,7 @@ def ray_searches(tmp_path_factory):
                                               storage=study_storage(results / "sweeps" / cfg.sweep_id))
                     out[key] = SimpleNamespace(study=study, events=events, error=error, base=base, cfg=cfg)
         finally:
-            sweep_mod.runner._listener = None
+            sweep_mod.set_listener(None)
             cleanup_ray_tmp(ray_tmp)
     return out
 

@@ -80,6 +80,12 @@ def plan_runs(specs: list[RunSpec], results: Path, force: bool = False) -> Plan:
 _listener: Optional[Event] = None  # the current driver's event sink; never pickled into Tune's state
 
 
+def set_listener(on_event: Optional[Event]) -> None:
+    """Where ``_Events`` sends this driver's trial events (the CLI's live view)."""
+    global _listener
+    _listener = on_event
+
+
 class _StopOnStorageError(tune.Stopper):
     """Stops the whole experiment once a trial reports that the storage failed (disk full,
     read-only, gone): every other trial would fail the same way, and retries only burn time."""
@@ -138,8 +144,7 @@ def run_plan(
 ) -> dict[str, dict]:
     """Run every stage; returns the last result of each trial by run id. Raises Interrupted when a
     stage ends with unfinished trials (Ctrl-C): the caller tells the user to ``--resume``."""
-    global _listener
-    _listener = on_event
+    set_listener(on_event)
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     outcome: dict[str, dict] = {}
     root = experiments_dir(results).resolve() / name

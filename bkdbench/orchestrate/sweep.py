@@ -25,9 +25,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ..methods import build as build_method
 from ..search_spaces import SearchSpace
 from ..specs import RunSpec, make_spec
-from .runner import _Events, Interrupted, plan_runs, run_plan
+from .runner import _Events, Interrupted, plan_runs, run_plan, set_listener
 from .trial import FINISHED
-from . import runner
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI reports progress itself
 
@@ -179,7 +178,7 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
                              data_dir=str(data_dir) if data_dir else None),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
     )
-    runner._listener = on_event
+    set_listener(on_event)
     attempt = len(list(folder.glob("search-*"))) + 1
     tuner = tune.Tuner(
         trainable,
