@@ -87,16 +87,16 @@ def train(
         _print_metrics(spec, rows[rows.run_id == spec.run_id].iloc[0].to_dict())
         return
     try:
-        if spec.teacher is not None:
-            from .methods import method_class
+        from .methods import method_class
 
-            role = "stage-1 model" if getattr(method_class(spec.method), "stage1", False) else "teacher"
-            if load_teacher(teachers_dir(root), spec.teacher) is None:
-                console.print(f"training the {role} first: [bold]{spec.teacher.label()}[/] ({spec.teacher.run_id})")
-                result = _run_with_progress(spec.teacher, root, data_dir, device, bf16, compile)
-                _print_metrics(spec.teacher, result.to_row())
+        role = "stage-1 model" if getattr(method_class(spec.method), "stage1", False) else "teacher"
+        for teacher in spec.all_teachers:
+            if load_teacher(teachers_dir(root), teacher) is None:
+                console.print(f"training the {role} first: [bold]{teacher.label()}[/] ({teacher.run_id})")
+                result = _run_with_progress(teacher, root, data_dir, device, bf16, compile)
+                _print_metrics(teacher, result.to_row())
             else:
-                console.print(f"reusing the cached {role} {spec.teacher.run_id} ({spec.teacher.label()})")
+                console.print(f"reusing the cached {role} {teacher.run_id} ({teacher.label()})")
         result = _run_with_progress(spec, root, data_dir, device, bf16, compile)
     except (TeacherError, DataError) as exc:
         fail(str(exc))

@@ -92,10 +92,10 @@ def sweep(
     kwargs = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, data_dir=data_dir)
     try:
         with ray_session(address, log_file=folder / "ray.log", storage=root):
-            if base.teacher is not None:
-                plan = plan_runs([base.teacher], root)
+            if base.all_teachers:
+                plan = plan_runs(base.all_teachers, root)
                 if plan.todo:
-                    console.print(f"training the shared teacher {base.teacher.run_id} once")
+                    console.print(f"training the shared teacher(s) {', '.join(t.run_id for t in base.all_teachers)} once")
                     run_plan(plan, root, name=f"{cfg.sweep_id}-teacher", tags={}, **kwargs)
             from .cli_run import _LiveView
 

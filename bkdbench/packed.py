@@ -336,6 +336,12 @@ def check_packable(specs: Sequence[RunSpec]) -> None:
     """Students of one pack must be the same run except for the method's parameters."""
     if len(specs) == 0:
         raise ValueError("train_packed needs at least one spec")
+    from .methods import method_class
+
+    cls = method_class(specs[0].method)
+    if cls.uses_features or getattr(cls, "stage1", False) or specs[0].teachers or specs[0].train_classes:
+        raise ValueError(f"{specs[0].method} cannot be packed (it needs features, several teachers, a stage-1 model "
+                         "or a class subset): train its runs separately")
     base = specs[0].model_dump(exclude={"params"})
     seen = {specs[0].run_id: 0}
     for i, spec in enumerate(specs[1:], start=1):
@@ -379,7 +385,7 @@ def train_packed(
     autocast = torch.bfloat16 if (cuda or bf16) else None
     recipe = get_recipe(spec0.recipe)
     data = load_run_data(spec0, data_dir)
-    info, num_classes = data.info, data.info.num_classes
+    info, num_classes = data.info, len(data.classes)
     methods = [build_method(s.method, data.class_counts, epochs=s.epochs, **s.params) for s in specs]
     method0 = methods[0]
 

@@ -41,6 +41,8 @@ class RunSpec(BaseModel):
     epochs: int = Field(gt=0)
     seed: int = 0
     teacher: Optional["RunSpec"] = None
+    teachers: Optional[tuple["RunSpec", ...]] = None  # several teachers (CBD, class-subset KD); then teacher is None
+    train_classes: Optional[tuple[int, ...]] = None  # train (and evaluate) on these classes only, relabelled 0..k-1
     data_key: Optional[str] = None  # content hash of an image folder (None: a fixed dataset)
     image_size: Optional[int] = Field(None, gt=0)  # an image folder resized to N×N (None: as it is)
 
@@ -58,16 +60,24 @@ class RunSpec(BaseModel):
 
     def label(self) -> str:
         factor = f"natural IF{self.imbalance_factor:g}" if self.profile == "natural" else f"IF{self.imbalance_factor:g}"
-        return f"{self.method} on {self.dataset}-LT {factor} seed {self.seed}"
+        subset = f" classes {','.join(map(str, self.train_classes))}" if self.train_classes else ""
+        return f"{self.method}{subset} on {self.dataset}-LT {factor} seed {self.seed}"
+
+    @property
+    def all_teachers(self) -> list["RunSpec"]:
+        """Every run this one needs first, in order: its teachers (or its stage-1 model)."""
+        return list(self.teachers) if self.teachers else ([self.teacher] if self.teacher else [])
 
 
-_OMITTED_WHEN_NONE = ("data_key", "image_size")  # fields added later: absent keeps older run ids unchanged
+_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes")  # fields added later: absent keeps older run ids unchanged
 
 
 def _without_unset(fields: dict) -> dict:
     out = {k: v for k, v in fields.items() if not (k in _OMITTED_WHEN_NONE and v is None)}
     if isinstance(out.get("teacher"), dict):
         out["teacher"] = _without_unset(out["teacher"])
+    if out.get("teachers"):
+        out["teachers"] = [_without_unset(t) for t in out["teachers"]]
     return out
 
 
@@ -114,17 +124,36 @@ def make_spec(
         model=model, recipe=rec.name, epochs=epochs or rec.epochs, seed=seed, data_key=info.data_key,
         image_size=image_size,
     )
-    if needs_teacher and teacher is None:
-        teacher = RunSpec(method="ce", params=_ce_params(), **common)
-    elif not needs_teacher:
-        teacher = None
-    from .methods import method_class
+    from .methods import MethodError, method_class
 
-    if not getattr(method_class(method), "trains", True):
+    cls, teachers = method_class(method), None
+    try:
+        # e.g. class-subset KD turns its "shots" grouping into explicit class lists from this data's counts
+        resolved = cls.resolve_for_data(resolved, lambda: _shots(info, imbalance_factor, profile, data_dir))
+        if needs_teacher and teacher is None:
+            base = RunSpec(method="ce", params=_ce_params(), **common)
+            teachers = cls.teacher_specs(base, resolved)  # None: the one default teacher
+            teacher = None if teachers else base
+        elif needs_teacher and cls.teacher_specs(teacher, resolved):
+            raise SpecError(f"{method} plans its own teachers; it does not take a single given teacher")
+        elif not needs_teacher:
+            teacher = None
+    except (DataError, MethodError) as exc:
+        raise SpecError(str(exc)) from None
+
+    if not getattr(cls, "trains", True):
         common["epochs"] = 1  # no training (τ-norm): only the stage-1 classifier is changed
     elif "stage2_fraction" in resolved:  # decoupled classifiers: stage 1 gets the budget, stage 2 a part
         common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))
-    return RunSpec(method=method, params=resolved, teacher=teacher, **common)
+    return RunSpec(method=method, params=resolved, teacher=teacher, teachers=tuple(teachers) if teachers else None,
+                   **common)
+
+
+def _shots(info, imbalance_factor: float, profile: str, data_dir) -> dict[str, list[int]]:
+    from .data import kept_class_counts, shot_split
+
+    counts = kept_class_counts(info, imbalance_factor, profile, data_dir)
+    return shot_split(counts, info.many_threshold, info.few_threshold)
 
 
 def check_spec(
@@ -214,6 +243,13 @@ def spec_columns(spec: RunSpec) -> dict:
         "many_threshold": info.many_threshold, "few_threshold": info.few_threshold,
         "run_id": spec.run_id, "dataset": spec.dataset, "imbalance_factor": spec.imbalance_factor,
         "profile": spec.profile, "data_seed": spec.data_seed, "model": spec.model, "method": spec.method,
-        "params": dict(spec.params), "recipe": {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs},
-        "epochs": spec.epochs, "seed": spec.seed, "teacher_run_id": spec.teacher.run_id if spec.teacher else None,
+        "params": _params_column(spec), "recipe": {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs},
+        "epochs": spec.epochs, "seed": spec.seed,
+        "teacher_run_id": ",".join(t.run_id for t in spec.all_teachers) or None,
     }
+
+
+def _params_column(spec: RunSpec) -> dict:
+    # A class-subset teacher is a CE run on some classes: say which, so it never averages with full CE runs.
+    subset = {"classes": ",".join(map(str, spec.train_classes))} if spec.train_classes else {}
+    return {**spec.params, **subset}

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .data import DataError, DeviceLoader, load_longtail, normalize
+from .data import DataError, DeviceLoader, load_longtail, normalize, restrict_classes
 from .evaluate import classification_metrics, predict
 from .methods import build as build_method
 from .models import create_model
@@ -81,33 +81,57 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method,
                epoch: int, teacher: Optional[torch.nn.Module] = None,
                autocast: Optional[torch.dtype] = None) -> torch.Tensor:
     """One SGD step on a prepared batch (normalised, laid out); returns the loss, detached, without a
-    host sync. ``bkdbench bench`` times this very function."""
+    host sync. ``teacher`` is one frozen model or a list of them. ``bkdbench bench`` times this very function."""
+    features = method.uses_features
     with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-        logits = model(x)
+        logits, feats = model(x, features=True) if features else (model(x), None)
         with torch.no_grad():
-            t_logits = teacher(x) if teacher is not None else None
-    loss = method.loss(logits.float(), y, epoch=epoch,
-                       teacher_logits=t_logits.float() if t_logits is not None else None)
+            t_logits, t_feats = teacher_outputs(teacher, x, features)
+    extra = {"features": feats.float(), "teacher_features": t_feats} if features else {}
+    loss = method.loss(logits.float(), y, epoch=epoch, teacher_logits=t_logits, **extra)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
 
 
+def teacher_outputs(teacher, x: torch.Tensor, features: bool):
+    """(logits, features or None) of a frozen teacher in float32; lists of both for several teachers."""
+    if teacher is None:
+        return None, None
+    many = isinstance(teacher, (list, tuple))
+    outs = [t(x, features=True) if features else (t(x), None) for t in (teacher if many else [teacher])]
+    logits = [o[0].float() for o in outs]
+    feats = [o[1].float() for o in outs] if features else None
+    return (logits, feats) if many else (logits[0], feats[0] if feats else None)
+
+
 def load_run_data(spec: RunSpec, data_dir: Optional[Path]):
-    """The long-tailed data of ``spec``; refuses an image folder whose contents are not the run's."""
+    """The long-tailed data of ``spec`` (only its ``train_classes`` when set); refuses an image folder
+    whose contents are not the run's."""
     data = load_longtail(spec.dataset, spec.imbalance_factor, spec.profile, spec.data_seed, data_dir,
                          image_size=spec.image_size)
     if data.info.data_key != spec.data_key:  # an image folder's contents are part of the run's identity
         raise DataError(f"{data_dir} holds other images than run {spec.run_id} was made for (content key "
                         f"{data.info.data_key}, the run's {spec.data_key}); make the run again for this folder")
-    return data
+    return restrict_classes(data, spec.train_classes) if spec.train_classes else data
 
 
 def frozen_teacher(spec: RunSpec, state: dict, num_classes: int, channels: int, device: torch.device) -> torch.nn.Module:
+    """A teacher in eval mode without gradients; a class-subset teacher predicts only its own classes."""
+    num_classes = len(spec.train_classes) if spec.train_classes else num_classes
     teacher = build_model(spec, num_classes, channels, "linear", device)
     teacher.load_state_dict(state)
     return teacher.eval().requires_grad_(False)
+
+
+def frozen_teachers(spec: RunSpec, states, num_classes: int, channels: int, device: torch.device):
+    """The frozen teacher of ``spec``, or the list of them for a method with several (``spec.teachers``)."""
+    if spec.teachers:
+        if not isinstance(states, (list, tuple)) or len(states) != len(spec.teachers):
+            raise ValueError(f"{spec.method} needs {len(spec.teachers)} teacher states, one per teacher")
+        return [frozen_teacher(t, st, num_classes, channels, device) for t, st in zip(spec.teachers, states)]
+    return frozen_teacher(spec.teacher, states, num_classes, channels, device)
 
 
 def device_splits(data, device: torch.device, evaluate_test: bool):
@@ -144,11 +168,12 @@ def train(
     autocast = torch.bfloat16 if (cuda or bf16) else None
     recipe = get_recipe(spec.recipe)
     data = load_run_data(spec, data_dir)
-    info, num_classes = data.info, data.info.num_classes
+    info, num_classes = data.info, len(data.classes)
     method = build_method(spec.method, data.class_counts, epochs=spec.epochs, **spec.params)
 
     model = build_model(spec, num_classes, info.channels, method.head, device)
-    teacher, trainable = None, list(model.parameters())
+    trainable = list(model.parameters()) + method.attach(model)  # e.g. CBD's projection, a second head
+    teacher = None
     stage2 = getattr(method, "stage1", False)  # decoupled classifiers start from a stage-1 model
     if method.needs_teacher:
         if teacher_state is None:
@@ -156,7 +181,7 @@ def train(
         if stage2:
             trainable = method.prepare(model, teacher_state)
         else:
-            teacher = frozen_teacher(spec.teacher, teacher_state, num_classes, info.channels, device)
+            teacher = frozen_teachers(spec, teacher_state, num_classes, info.channels, device)
 
     train_x, train_y, splits = device_splits(data, device, evaluate_test)
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, info.mean, info.std, pad=info.pad, hflip=info.hflip,
@@ -174,11 +199,12 @@ def train(
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         loader.generator.set_state(checkpoint["loader_rng"])
+        method.load_state_dict(checkpoint.get("method", {}))
         start_epoch, history, best = checkpoint["epoch"], list(checkpoint["history"]), dict(checkpoint["best"])
 
     def evaluate(split: str) -> dict:
         x, y = splits[split]
-        logits = method.eval_logits(predict(model, x, prepare, autocast=autocast))
+        logits = method.eval_logits(predict(method.eval_model(model), x, prepare, autocast=autocast))
         return classification_metrics(logits, y, num_classes, data.shots)
 
     train_seconds, seen = sum(h["seconds"] for h in history), sum(h["images"] for h in history)
@@ -215,7 +241,7 @@ def train(
         history.append(metrics)
         if report is not None:
             state = {"epoch": epoch + 1, "history": history, "best": best}
-            report(metrics, lambda: _checkpoint(model, optimizer, loader, state))
+            report(metrics, lambda: _checkpoint(model, optimizer, loader, state, method))
 
     extra = method.finalize(model, lambda: evaluate("val")["top1"]) if stage2 else {}
     if extra:  # e.g. τ-norm chose its τ on validation and changed the classifier: evaluate again
@@ -237,9 +263,11 @@ def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _checkpoint(model, optimizer, loader, state: dict) -> dict:
+def _checkpoint(model, optimizer, loader, state: dict, method=None) -> dict:
     """A plain dict of tensors and Python values, loadable with ``torch.load(weights_only=True)``."""
+    kept = method.state_dict() if method is not None else {}
     return {
+        **({"method": copy.deepcopy(kept)} if kept else {}),  # e.g. Breadcrumb's feature queues
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "optimizer": copy.deepcopy(optimizer.state_dict()),  # a snapshot, not the live momentum buffers
         "loader_rng": loader.generator.get_state(),

@@ -3,10 +3,10 @@ from . import cifar, digits, fashion, imagefolder  # noqa: F401  (registration)
 from .longtail import longtail_counts, longtail_indices, shot_split, unused_indices, validation_indices
 from .registry import DataError, DatasetInfo, ImageArrays, dataset_info, dataset_names, get_dataset, register_dataset
 from .loader import DeviceLoader, normalize, random_crop_flip
-from .splits import NATURAL, LongTailData, load_longtail, natural_imbalance
+from .splits import NATURAL, LongTailData, kept_class_counts, load_longtail, natural_imbalance, restrict_classes
 
 __all__ = [
     "DataError", "DatasetInfo", "DeviceLoader", "normalize", "random_crop_flip", "ImageArrays", "LongTailData", "dataset_names", "get_dataset",
-    "NATURAL", "dataset_info", "load_longtail", "longtail_counts", "longtail_indices", "natural_imbalance", "register_dataset", "shot_split",
+    "NATURAL", "dataset_info", "load_longtail", "longtail_counts", "longtail_indices", "natural_imbalance", "kept_class_counts", "restrict_classes", "register_dataset", "shot_split",
     "unused_indices", "validation_indices",
 ]

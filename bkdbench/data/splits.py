@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -95,6 +95,36 @@ def load_longtail(
         class_counts=np.bincount(targets[kept], minlength=num_classes).tolist(),
         classes=arrays.classes,
     )
+
+
+def kept_class_counts(info: DatasetInfo, imbalance_factor: float, profile: str = "exp",
+                      data_dir: Optional[Path] = None) -> list[int]:
+    """Training images per class that ``load_longtail`` keeps, without building the subsample: a
+    method whose teachers depend on the counts (class subsets by shot) plans them from this."""
+    if profile == NATURAL:
+        arrays = info.load(Path(data_dir) if data_dir else None)
+        return np.bincount(arrays.train_y, minlength=len(arrays.classes)).tolist()
+    return longtail_counts(info.n_max, info.num_classes, imbalance_factor, profile)
+
+
+def restrict_classes(data: LongTailData, classes: Sequence[int]) -> LongTailData:
+    """Only the images of ``classes`` in every split, relabelled 0..k-1 in the given order: a
+    class-subset teacher is trained and evaluated on its own classes only."""
+    classes = [int(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes) or min(classes) < 0 or max(classes) >= len(data.classes):
+        raise DataError(f"a class subset must list distinct classes in 0..{len(data.classes) - 1} (got {classes})")
+    lookup = np.full(len(data.classes), -1, dtype=np.int64)
+    lookup[classes] = np.arange(len(classes))
+
+    def pick(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keep = lookup[y] >= 0
+        return x[keep], lookup[y[keep]]
+
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = (
+        pick(data.train_x, data.train_y), pick(data.val_x, data.val_y), pick(data.test_x, data.test_y))
+    return LongTailData(info=data.info, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, test_x=test_x,
+                        test_y=test_y, class_counts=[data.class_counts[c] for c in classes],
+                        classes=[data.classes[c] for c in classes])
 
 
 def _check_enough(info: DatasetInfo, arrays: ImageArrays, imbalance_factor: float, profile: str, data_dir) -> None:

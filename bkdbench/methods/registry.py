@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import numbers
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from pydantic import ValidationError
@@ -84,7 +84,38 @@ class Method:
     head: ClassVar[str] = "linear"  # "linear" or "cosine"
     sampler: ClassVar[str] = "instance"  # "instance" or "class-balanced"
     needs_teacher: ClassVar[bool] = False
+    # The loss also receives the penultimate features (``features=``) and, with teachers, theirs
+    # (``teacher_features=``); several teachers arrive stacked: logits K×B×C_k as a list, features K×B×D.
+    uses_features: ClassVar[bool] = False
     Params: ClassVar[type[MethodParams]] = MethodParams
+
+    # ------------------------------------------------ hooks (defaults: a plain single-model loss)
+
+    @classmethod
+    def resolve_for_data(cls, params: dict, shots: Callable[[], dict[str, list[int]]]) -> dict:
+        """Parameters made explicit for one long-tailed set (``shots()`` gives its many/medium/few classes)."""
+        return params
+
+    @classmethod
+    def teacher_specs(cls, base: Any, params: dict) -> Optional[list]:
+        """The RunSpecs of several teachers, derived from ``base`` (the default CE teacher); None = ``base`` alone."""
+        return None
+
+    def attach(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """Add the method's own trainable modules onto the model (so they are saved and moved with it);
+        returns their parameters for the optimizer."""
+        return []
+
+    def eval_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module whose output is used for prediction; the model itself by default."""
+        return model
+
+    def state_dict(self) -> dict:
+        """Training state the method keeps between steps (checkpointed with the model)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def __init__(self, class_counts: Sequence[int] | torch.Tensor, params: MethodParams, *, epochs: int = 200):
         self.class_counts = _counts_tensor(class_counts)

@@ -22,17 +22,22 @@ def failed_row(spec: RunSpec, error: str, **tags) -> dict:
     return {**spec_columns(spec), "status": "failed", "error": error, "finished_at": now, **provenance(), **tags}
 
 
-def teacher_state_for(spec: RunSpec, results: Path) -> Optional[dict]:
-    """The cached weights of ``spec``'s teacher (None when it needs none); refuses a misfit teacher."""
-    if spec.teacher is None:
-        return None
+def teacher_state_for(spec: RunSpec, results: Path):
+    """The cached weights of ``spec``'s teacher (None when it needs none; a list, in order, for a method
+    with several teachers); refuses a misfit teacher or one not trained yet."""
     from ..data import get_dataset
 
-    check_teacher_fits(spec, spec.teacher)
-    state = load_teacher(teachers_dir(results), spec.teacher, num_classes=get_dataset(spec.dataset).num_classes)
-    if state is None:
-        raise TeacherError(f"teacher {spec.teacher.run_id} of {spec.label()} has not been trained yet")
-    return state
+    states = []
+    for teacher in spec.all_teachers:
+        check_teacher_fits(spec, teacher)
+        classes = len(teacher.train_classes) if teacher.train_classes else get_dataset(spec.dataset).num_classes
+        state = load_teacher(teachers_dir(results), teacher, num_classes=classes)
+        if state is None:
+            raise TeacherError(f"teacher {teacher.run_id} of {spec.label()} has not been trained yet")
+        states.append(state)
+    if not states:
+        return None
+    return states if spec.teachers else states[0]
 
 
 def run_and_record(

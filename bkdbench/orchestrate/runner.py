@@ -53,7 +53,7 @@ class Plan:
         """Every spec this plan knows (finished ones and teachers too), by run id: a restored
         experiment may hold trials of runs that have finished since."""
         known = {s.run_id: s for s in self.specs}
-        known.update({s.teacher.run_id: s.teacher for s in self.specs if s.teacher is not None})
+        known.update({t.run_id: t for s in self.specs for t in s.all_teachers})
         return {k: v.canonical_json() for k, v in known.items()}
 
     @property
@@ -69,9 +69,9 @@ def plan_runs(specs: list[RunSpec], results: Path, force: bool = False) -> Plan:
     todo_ids = {s.run_id for s in todo}
     teachers: dict[str, RunSpec] = {}
     for s in todo:
-        t = s.teacher
-        if t is not None and (t.run_id in todo_ids or not teacher_path(teachers_dir(results), t).exists()):
-            teachers[t.run_id] = t
+        for t in s.all_teachers:
+            if t.run_id in todo_ids or not teacher_path(teachers_dir(results), t).exists():
+                teachers[t.run_id] = t
     stage2 = [s for s in todo if s.run_id not in teachers]
     named = [(name, st) for name, st in (("teachers", list(teachers.values())), ("runs", stage2)) if st]
     return Plan(specs=unique, skipped=skipped, stages=[st for _, st in named], stage_names=[n for n, _ in named])
