@@ -30,6 +30,9 @@ def ablate(
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted ablation."),
     max_failures: int = typer.Option(2, "--max-failures", min=0),
+    pack: int = typer.Option(1, "--pack", help="Train up to K runs that differ only in method parameters in one trial "
+                             "(one batch stream and teacher forward for all); each keeps its own row. A packed trial "
+                             "checkpoints the whole pack."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     results: Optional[Path] = typer.Option(None, "--results", "--storage", help="Results/storage folder: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results); on a cluster, a path every node mounts."),
 ):
@@ -41,6 +44,8 @@ def ablate(
     from .paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
     from .specs import SpecError
 
+    if pack < 1:
+        fail(f"--pack must be at least 1 (got {pack}); 1 trains every run in its own trial")
     try:
         settings = variants(method, parse_grid(grid or []), preset)
         specs = ablation_specs(method, settings, dataset, _floats(imbalance) or [], seeds, epochs, model, recipe,
@@ -66,6 +71,11 @@ def ablate(
     console.print(f"ablation [bold]{aid}[/]: {len(settings)} settings × {len(specs) // len(settings)} "
                   f"(datasets × IF × seeds) = {len(plan.specs)} runs, {len(plan.skipped)} already done, {plan.todo} to train"
                   + (f" (teachers included)" if len(plan.stages) > 1 else ""))
+    if pack > 1 and plan.todo:
+        from .orchestrate.packs import pack_units
+
+        trials = sum(len(pack_units(stage, pack)) for stage in plan.stages)
+        console.print(f"--pack {pack}: {plan.todo} run(s) in {trials} trial(s)")
     started = time.perf_counter()
     if plan.todo:
         try:
@@ -73,7 +83,7 @@ def ablate(
                     _LiveView(plan.todo) as view:
                 run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
-                         data_dir=data_dir, on_event=view.event)
+                         data_dir=data_dir, on_event=view.event, pack=pack)
         except (Interrupted, KeyboardInterrupt):
             fail("interrupted; continue with the same command plus --resume", code=130)
         except StorageError as exc:

@@ -72,6 +72,8 @@ def test_marginal_effects_by_hand():
     (["bkd", "--preset", "nope"], "preset"),
     (["nosuch", "--grid", "alpha=1"], "unknown method"),
     (["bkd", "--grid", "alpha=1", "--imbalance", "ten"], "--imbalance"),
+    (["bkd", "--grid", "alpha=1", "--pack", "0"], "--pack"),
+    (["bkd", "--grid", "alpha=1", "--pack", "-2"], "--pack"),
 ])
 def test_bad_input_exits_2_before_work(tmp_path, args, message):
     result = CliRunner().invoke(app, ["ablate", *args, "--results", str(tmp_path / "r")])
@@ -94,3 +96,37 @@ def test_tiny_ablation_through_ray(tmp_path):
     assert sorted(json.loads(p)["alpha"] for p in tagged.params) == [0.5, 2.0]
     assert len(frame[frame.method == "ce"]) == 1  # the shared teacher, trained once
     assert "marginal effects" in out.stdout and "alpha" in out.stdout
+
+
+@pytest.mark.slow
+def test_packed_ablation_through_ray_then_resume_trains_nothing(tmp_path):
+    """--pack 2: the two settings share one trial (one augmented batch stream, one teacher forward);
+    each still gets its own finished, tagged row. Row values against separate runs:
+    tests/test_packed_trials.py."""
+    from sweep_helpers import cleanup_ray_tmp, cli_env, ray_tmpdir, run_cli
+
+    results = tmp_path / "results"
+    args = ["ablate", "bkd", "--grid", "alpha=0.5,2", "--imbalance", "10", "--seeds", "1", "--epochs", "2",
+            "--pack", "2", "--results", results]
+    ray_tmp = ray_tmpdir()  # a private Ray temp folder: other Ray users on the machine stay apart
+    try:
+        out = run_cli(args, cli_env(ray_tmp))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "3 run(s) in 2 trial(s)" in " ".join(out.stdout.split())  # the teacher alone, the students packed
+        frame, bad = read_rows(results / "leaderboard")
+        assert bad == []
+        tagged = frame[frame.ablation_id.notna()]
+        assert len(tagged) == 2 and tagged.run_id.nunique() == 2 and tagged.ablation_id.nunique() == 1
+        assert set(tagged.status) == {"finished"} and tagged.top1.notna().all() and tagged.val_top1.notna().all()
+        assert sorted(json.loads(p)["alpha"] for p in tagged.params) == [0.5, 2.0]
+        teacher = frame[frame.method == "ce"]
+        assert len(teacher) == 1 and teacher.ablation_id.isna().all()
+        files = {p.name: p.stat().st_mtime_ns for p in (results / "leaderboard").glob("*.parquet")}
+
+        again = run_cli([*args, "--resume"], cli_env(ray_tmp))
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "2 already done, 0 to train" in " ".join(again.stdout.split())
+        assert {p.name: p.stat().st_mtime_ns for p in (results / "leaderboard").glob("*.parquet")} == files
+    finally:
+        left = cleanup_ray_tmp(ray_tmp)
+    assert not left, f"Ray processes left behind: {left}"

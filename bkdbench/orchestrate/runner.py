@@ -19,6 +19,7 @@ from ..leaderboard.store import finished_run_ids
 from ..paths import experiments_dir, leaderboard_dir, teachers_dir
 from ..specs import RunSpec
 from ..teachers import teacher_path
+from .packs import pack_units, per_run_events, per_run_outcome
 from .trial import FINISHED, train_trial
 
 Event = Callable[[str, str, dict], None]  # (kind: start|result|complete|error, run_id, metrics)
@@ -141,25 +142,35 @@ def run_plan(
     checkpoint_every: Optional[int] = None,
     data_dir: Optional[Path] = None,
     on_event: Optional[Event] = None,
+    pack: int = 1,
 ) -> dict[str, dict]:
     """Run every stage; returns the last result of each trial by run id. Raises Interrupted when a
-    stage ends with unfinished trials (Ctrl-C): the caller tells the user to ``--resume``."""
-    set_listener(on_event)
+    stage ends with unfinished trials (Ctrl-C): the caller tells the user to ``--resume``.
+    ``pack`` > 1: runs that differ only in method parameters share trials, up to ``pack`` each
+    (``packs.pack_units``, ``packed_trial.train_unit``); every run still gets its own row."""
+    stage_units = [pack_units(stage, pack) for stage in plan.stages]
+    set_listener(per_run_events(on_event, {k: v for units in stage_units for k, v in units.items()}))
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     outcome: dict[str, dict] = {}
     root = experiments_dir(results).resolve() / name
     known = plan.all_specs()
-    for stage_name, stage in zip(plan.stage_names, plan.stages):
+    for stage_name, units in zip(plan.stage_names, stage_units):
+        if pack > 1:
+            from .packed_trial import train_unit
+
+            trial_fn, packs = train_unit, {"units": units}
+        else:
+            trial_fn, packs = train_trial, {}
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, specs=known, results=str(results.resolve()), tags=tags,
+            tune.with_parameters(trial_fn, specs=known, results=str(results.resolve()), tags=tags,
                                  tagged=[s.run_id for s in plan.specs],
                                  checkpoint_every=checkpoint_every, force=force,
-                                 data_dir=str(data_dir) if data_dir else None),
+                                 data_dir=str(data_dir) if data_dir else None, **packs),
             resources,
         )
         path = root / stage_name
-        ids = sorted(s.run_id for s in stage)
-        if resume and tune.Tuner.can_restore(str(path)) and _restorable(path, ids, known):
+        ids = sorted(units)  # trial keys: run ids, and pack keys with --pack
+        if resume and tune.Tuner.can_restore(str(path)) and _restorable(path, ids, {**known, **units}):
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
         else:
             shutil.rmtree(path, ignore_errors=True)  # Ray state of an earlier attempt; results live elsewhere
@@ -167,7 +178,7 @@ def run_plan(
             (path / RUN_IDS).write_text(json.dumps(ids))
             tuner = tune.Tuner(
                 trainable,
-                param_space={"run_id": tune.grid_search([s.run_id for s in stage]), "resources": resources},
+                param_space={"run_id": tune.grid_search(list(units)), "resources": resources},
                 tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config["run_id"]),
                 run_config=tune.RunConfig(
                     name=stage_name, storage_path=str(root), verbose=0, callbacks=[_Events()],
@@ -181,7 +192,8 @@ def run_plan(
         for result in grid:
             metrics = result.metrics or {}
             run_id = (result.config or {}).get("run_id")
-            outcome[run_id] = {**metrics, "error": str(result.error) if result.error else metrics.get("error")}
+            entry = {**metrics, "error": str(result.error) if result.error else metrics.get("error")}
+            outcome.update(per_run_outcome(run_id, entry, units))
             if not metrics.get(FINISHED) and result.error is None:
                 unfinished.append(run_id)
         storage = [v["error"] for v in outcome.values() if v.get("status") == "storage-error"]

@@ -22,48 +22,39 @@ FINISHED = "bkd_finished"
 CHECKPOINT_SECONDS = 30.0  # default: a checkpoint at most every 30 s of training
 
 
-def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: list | None = None,
-                checkpoint_every: int | None = None, force: bool = False, data_dir: str | None = None) -> None:
-    """``tags`` (suite, sweep or ablation id) go on the rows of the runs in ``tagged`` (all when
-    None), not on teachers trained only for them. ``checkpoint_every``: every N epochs; None
-    checkpoints by time (short runs then never pay for checkpoints, long ones lose at most ~30 s)."""
-    import time
-
+def use_resources(config: dict) -> None:
+    """Torch threads from the trial's CPUs; a GPU memory cap for a fractional GPU."""
     import torch
 
-    from ..leaderboard.store import is_finished, write_row
-    from ..paths import leaderboard_dir
-    from ..teachers import TeacherError
-    from ..train import TrainingDiverged, load_checkpoint, save_checkpoint
-    from .execute import failed_row, run_and_record
-
-    run_id = config["run_id"]
-    if run_id not in specs:  # a restored trial of a run this invocation does not ask for (other filters)
-        tune.report({FINISHED: True, "status": "skipped", "error": f"run {run_id} is not part of this invocation"})
-        return
-    spec = RunSpec.model_validate_json(specs[run_id])
-    if tagged is not None and run_id not in tagged:
-        tags = {}
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
     gpu = float(resources.get("gpu", 0))
     if torch.cuda.is_available() and 0 < gpu < 1:
         torch.cuda.set_per_process_memory_fraction(gpu)  # fractional GPUs are bookkeeping otherwise
-    root = Path(results)
-    if not force and is_finished(leaderboard_dir(root), run_id):
-        tune.report({FINISHED: True, "status": "skipped"})  # finished meanwhile (e.g. by a restored run)
-        return
 
-    state = None
+
+def restored_state() -> dict | None:
+    """The state of this trial's last checkpoint, when Tune restarted it after a failure."""
+    from ..train import load_checkpoint
+
     previous = tune.get_checkpoint()
-    if previous is not None:
-        with previous.as_directory() as folder:
-            state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    if previous is None:
+        return None
+    with previous.as_directory() as folder:
+        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+
+
+def checkpointing_report(epochs: int, checkpoint_every: int | None):
+    """``report(metrics, make_checkpoint)`` for Tune: every epoch's metrics, with a checkpoint when one
+    is due (every ``checkpoint_every`` epochs, or by time when None; never after the last epoch)."""
+    import time
+
+    from ..train import save_checkpoint
 
     last_save = [time.monotonic()]
 
     def due(done_epochs: int) -> bool:
-        if done_epochs >= spec.epochs:
+        if done_epochs >= epochs:
             return False  # the finished run is recorded in the leaderboard instead
         if checkpoint_every:
             return done_epochs % checkpoint_every == 0
@@ -78,6 +69,35 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
         else:
             tune.report(metrics)
 
+    return report
+
+
+def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: list | None = None,
+                checkpoint_every: int | None = None, force: bool = False, data_dir: str | None = None) -> None:
+    """``tags`` (suite, sweep or ablation id) go on the rows of the runs in ``tagged`` (all when
+    None), not on teachers trained only for them. ``checkpoint_every``: every N epochs; None
+    checkpoints by time (short runs then never pay for checkpoints, long ones lose at most ~30 s)."""
+    from ..leaderboard.store import is_finished, write_row
+    from ..paths import leaderboard_dir
+    from ..teachers import TeacherError
+    from ..train import TrainingDiverged
+    from .execute import failed_row, run_and_record
+
+    run_id = config["run_id"]
+    if run_id not in specs:  # a restored trial of a run this invocation does not ask for (other filters)
+        tune.report({FINISHED: True, "status": "skipped", "error": f"run {run_id} is not part of this invocation"})
+        return
+    spec = RunSpec.model_validate_json(specs[run_id])
+    if tagged is not None and run_id not in tagged:
+        tags = {}
+    use_resources(config)
+    root = Path(results)
+    if not force and is_finished(leaderboard_dir(root), run_id):
+        tune.report({FINISHED: True, "status": "skipped"})  # finished meanwhile (e.g. by a restored run)
+        return
+
+    state = restored_state()
+    report = checkpointing_report(spec.epochs, checkpoint_every)
     try:
         result = run_and_record(spec, root, report=report, tags=tags, checkpoint=state,
                                 data_dir=Path(data_dir) if data_dir else None)

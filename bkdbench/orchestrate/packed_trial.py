@@ -1,0 +1,106 @@
+"""The Ray Tune trainable of an experiment run with ``--pack K``: a trial trains one run (``train_trial``)
+or a pack of runs that differ only in method parameters (``packed.train_packed``: one augmented batch
+and one teacher forward per step for all of them), and records each run as its own leaderboard row,
+exactly as ``run_and_record`` records a single run (same row, same tags, CE weights cached as teachers).
+
+Members already finished are skipped. A member whose loss diverges gets a failed row and the others
+are trained again without it. Checkpoints hold the whole pack; a restarted trial continues from one
+only when it trains the same members with the same packing strategy, and otherwise starts at epoch 0
+(a checkpoint of one pack never seeds another).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+from ray import tune
+
+from ..specs import RunSpec
+from .packs import RUNS
+from .trial import FINISHED, checkpointing_report, restored_state, train_trial, use_resources
+
+
+def train_unit(config: dict, *, units: dict, specs: dict, results: str, tags: dict, tagged: list | None = None,
+               checkpoint_every: int | None = None, force: bool = False, data_dir: str | None = None) -> None:
+    """``config["run_id"]`` names a single run or a pack (``units``: key → member run ids)."""
+    key = config["run_id"]
+    members = units.get(key, [key])
+    if members == [key]:
+        return train_trial(config, specs=specs, results=results, tags=tags, tagged=tagged,
+                           checkpoint_every=checkpoint_every, force=force, data_dir=data_dir)
+    missing = [m for m in members if m not in specs]
+    if missing:  # a restored trial of runs this invocation does not ask for
+        tune.report({FINISHED: True, "status": "skipped", "error": f"runs {missing} are not part of this invocation"})
+        return
+    use_resources(config)
+    train_pack([RunSpec.model_validate_json(specs[m]) for m in members], Path(results), tags=tags, tagged=tagged,
+               checkpoint_every=checkpoint_every, force=force, data_dir=Path(data_dir) if data_dir else None)
+
+
+def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional[list] = None,
+               checkpoint_every: Optional[int] = None, force: bool = False, data_dir: Optional[Path] = None) -> None:
+    from ..leaderboard.store import is_finished, write_row
+    from ..packed import PackedTrainingDiverged, resolve_strategy, train_packed
+    from ..paths import leaderboard_dir, teachers_dir
+    from ..teachers import TeacherError, save_teacher
+    from ..train import default_device
+    from .execute import failed_row, teacher_state_for
+
+    board = leaderboard_dir(root)
+    status = {s.run_id: "skipped" for s in specs}  # finished meanwhile (e.g. by a restored trial)
+    todo = [s for s in specs if force or not is_finished(board, s.run_id)]
+    tags_of = lambda s: tags if tagged is None or s.run_id in tagged else {}  # noqa: E731  (not on teachers)
+    errors: list[str] = []
+    state = restored_state()
+    strategy = resolve_strategy("auto", default_device())
+    report = checkpointing_report(specs[0].epochs, checkpoint_every)
+    try:
+        teacher_state = teacher_state_for(todo[0], root) if todo else None
+        while todo:
+            ids = [s.run_id for s in todo]
+            resume = state if state and state.get("run_ids") == ids and state.get("strategy") == strategy else None
+            state = None
+            try:
+                trained = train_packed(todo, teacher_state=teacher_state, report=_pack_report(report),
+                                       data_dir=data_dir, checkpoint=resume, strategy=strategy)
+            except PackedTrainingDiverged as exc:  # record those, train the others again without them
+                for i in exc.students:
+                    write_row(board, failed_row(todo[i], str(exc), **tags_of(todo[i])))
+                    status[todo[i].run_id] = "failed"
+                errors.append(str(exc))
+                todo = [s for i, s in enumerate(todo) if i not in exc.students]
+                continue
+            for result in trained:
+                if result.spec.method == "ce":  # CE runs double as teachers, as in run_and_record
+                    save_teacher(teachers_dir(root), result.spec, result.state_dict, result.metrics)
+                write_row(board, result.to_row(**tags_of(result.spec)))
+                status[result.spec.run_id] = "finished"
+            todo = []
+    except TeacherError as exc:  # the teacher failed or is missing: record, do not retry
+        for spec in todo:
+            write_row(board, failed_row(spec, str(exc), **tags_of(spec)))
+            status[spec.run_id] = "failed"
+        errors.append(str(exc))
+    except OSError as exc:  # storage full, read-only or gone: retrying cannot help; the driver stops all
+        tune.report({"status": "storage-error", "error": f"{type(exc).__name__}: {exc}", RUNS: status, FINISHED: True})
+        return
+    final = {"status": "failed" if "failed" in status.values() else "finished", RUNS: status, FINISHED: True}
+    if errors:
+        final["error"] = "; ".join(errors)
+    tune.report(final)
+
+
+def _pack_report(report):
+    """One Tune result per epoch for the whole pack (the mean loss, the best validation score);
+    each member's own numbers go into its leaderboard row."""
+
+    def pack_report(metrics: list[dict], make_checkpoint) -> None:
+        losses = [m["train_loss"] for m in metrics if math.isfinite(m["train_loss"])]
+        vals = [m["val_top1"] for m in metrics if m.get("val_top1") is not None]
+        summary = {"epoch": metrics[0]["epoch"], "lr": metrics[0]["lr"], "students": len(metrics),
+                   "train_loss": sum(losses) / len(losses) if losses else math.nan,
+                   "val_top1": max(vals) if vals else None}
+        report(summary, make_checkpoint)
+
+    return pack_report

@@ -1,0 +1,97 @@
+"""Which runs share a packed trial: runs that differ only in method parameters (``packed.check_packable``),
+up to K per trial. Each run still gets its own leaderboard row; only the scheduling unit changes.
+
+A trial is named by a key: a single run's key is its run id (so ``--pack 1`` is exactly the unpacked
+experiment), a pack's key is a hash of its members' run ids (stable across invocations, so an
+interrupted experiment restores when it asks for the same packs again). Ray-free.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Callable, Optional
+
+from ..specs import RunSpec
+
+Event = Callable[[str, str, dict], None]
+RUNS = "runs"  # a packed trial's final result: {run_id: status} of its members
+
+
+def packable(spec: RunSpec) -> bool:
+    from ..packed import check_packable
+
+    try:
+        check_packable([spec])  # refuses methods train_packed cannot train (features, stage-1 models, ...)
+    except ValueError:
+        return False
+    return True
+
+
+def pack_groups(specs: list[RunSpec], pack: int) -> list[list[RunSpec]]:
+    """``specs`` cut into trials: packable runs that differ only in method parameters in groups of at
+    most ``pack``, split as evenly as possible (5 runs, K=4: 3 + 2, so neither trial waits on the
+    other for long); everything else alone. Groups come in the order of their first run."""
+    if pack < 1:
+        raise ValueError(f"--pack must be at least 1 (got {pack})")
+    buckets: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        alike = spec.run_id
+        if pack > 1 and packable(spec):
+            alike = json.dumps(spec.model_dump(mode="json", exclude={"params"}), sort_keys=True)
+        buckets.setdefault(alike, []).append(spec)
+    groups = []
+    for members in buckets.values():
+        n = math.ceil(len(members) / pack)
+        size, extra = divmod(len(members), n)
+        start = 0
+        for i in range(n):
+            end = start + size + (1 if i < extra else 0)
+            groups.append(members[start:end])
+            start = end
+    if pack > 1:
+        from ..packed import check_packable
+
+        for group in groups:
+            if len(group) > 1:
+                check_packable(group)  # the invariant train_packed relies on, checked before any trial starts
+    return groups
+
+
+def unit_key(group: list[RunSpec]) -> str:
+    if len(group) == 1:
+        return group[0].run_id
+    digest = hashlib.sha256(json.dumps(sorted(s.run_id for s in group)).encode()).hexdigest()[:16]
+    return f"pack-{digest}"
+
+
+def pack_units(specs: list[RunSpec], pack: int) -> dict[str, list[str]]:
+    """Trial key → the run ids it trains, in ``specs`` order."""
+    return {unit_key(g): [s.run_id for s in g] for g in pack_groups(specs, pack)}
+
+
+def per_run_events(on_event: Optional[Event], units: dict[str, list[str]]) -> Optional[Event]:
+    """The live view counts runs: a pack's start and completion are passed on once per member, each
+    with that member's own status."""
+    if on_event is None:
+        return None
+
+    def event(kind: str, key: str, metrics: dict) -> None:
+        members = units.get(key)
+        if not members or members == [key]:
+            return on_event(kind, key, metrics)
+        statuses = metrics.get(RUNS) or {}
+        for run_id in members:
+            status = statuses.get(run_id, metrics.get("status"))
+            on_event(kind, run_id, {**metrics, "status": status} if status else metrics)
+
+    return event
+
+
+def per_run_outcome(key: str, entry: dict, units: dict[str, list[str]]) -> dict[str, dict]:
+    """A trial's outcome by run id: a pack's entry becomes one per member, with its status."""
+    members = units.get(key)
+    if not members or members == [key]:
+        return {key: entry}
+    statuses = entry.get(RUNS) or {}
+    return {run_id: {**entry, "status": statuses.get(run_id, entry.get("status"))} for run_id in members}
