@@ -8,7 +8,7 @@ import torch
 from bkdbench.methods import Method, MethodError, build, names, register, validate_params
 
 COUNTS = [500, 200, 80, 20, 5]
-ALL = ["balanced-softmax", "bkd", "ce", "crt", "drw", "focal", "kd", "ldam", "ldam-drw", "logit-adjust",
+ALL = ["balanced-softmax", "bkd", "cbd", "ce", "crt", "drw", "focal", "kd", "ldam", "ldam-drw", "logit-adjust",
        "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "tau-norm"]
 
 
