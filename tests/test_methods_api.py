@@ -9,7 +9,7 @@ from bkdbench.methods import Method, MethodError, build, names, register, valida
 
 COUNTS = [500, 200, 80, 20, 5]
 ALL = ["balanced-softmax", "bkd", "cbd", "ce", "crt", "drw", "focal", "kd", "ldam", "ldam-drw", "logit-adjust",
-       "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "tau-norm"]
+       "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "subset-kd", "tau-norm"]
 
 
 def test_names_lists_exactly_the_registered_methods():
@@ -78,7 +78,7 @@ def test_method_attributes():
         assert m.head == ("cosine" if name.startswith("ldam") else "linear")
         decoupled = name in ("crt", "lws", "tau-norm")  # stage-2 methods: class-balanced, stage 1 as "teacher"
         assert m.sampler == ("class-balanced" if decoupled else "instance")
-        assert m.needs_teacher == (name in ("kd", "bkd") or decoupled)
+        assert m.needs_teacher == (name in ("kd", "bkd", "subset-kd") or decoupled)
         assert torch.equal(m.class_counts, torch.tensor(COUNTS))
     assert build("drw", COUNTS, epochs=50).cb_epoch == 40
     assert build("ldam-drw", COUNTS, epochs=50, cb_start=10).cb_epoch == 10

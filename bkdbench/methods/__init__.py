@@ -8,7 +8,7 @@
 Each family registers itself in its own module; importing them here fills the registry.
 """
 
-from bkdbench.methods import breadcrumb, cbd, ce, decoupled, distill, focal, ldam, prior, reweight  # noqa: F401  (registration)
+from bkdbench.methods import breadcrumb, cbd, ce, decoupled, distill, focal, ldam, prior, reweight, subset_kd  # noqa: F401  (registration)
 from bkdbench.methods.registry import (
     Method,
     MethodError,
