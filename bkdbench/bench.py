@@ -22,36 +22,30 @@ slow drifts and other processes' load hit both sides of a ratio alike. Each wind
 CPU seconds of this process and of the reference's loader workers (``images_per_cpu_second``,
 ``ratio_cpu``): with one torch thread, a figure other processes on the machine hardly move.
 
-No Ray, Optuna, typer or rich here: ``benchmarks/gpu_check.py`` imports this module on GPU machines.
+The pipelines live in ``bench_pipelines``, the timing and summaries in ``bench_measure``; this module
+runs them and writes the JSON. No Ray, Optuna, typer or rich in any of them:
+``benchmarks/gpu_check.py`` imports this module on GPU machines.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
-import platform
-import socket
-import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import __version__
-from .data import DeviceLoader, longtail_counts
-from .methods import build as build_method
-from .models import create_model
-from .packed import pack_models, packed_step, resolve_strategy
-from .train import _device_name, channels_last_for, train_step
+from .bench_measure import Windows, load_average, machine_info, ratio, summary, window
+from .bench_pipelines import EPOCHS_REFERENCE, BkdbenchPipeline, ReferencePipeline, synthetic_cifar, sync
+from .data import longtail_counts
+from .packed import resolve_strategy
+from .train import _device_name
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
 SCHEMA_VERSION = 1
 
 
@@ -103,265 +97,6 @@ PRESETS = {
 }
 
 EVAL_IMAGES_C100 = 10000 + 100 * 20  # CIFAR-100-LT: the test set and the validation split (20 per class)
-EPOCHS_REFERENCE = 200
-
-
-# ---------------------------------------------------------------- data
-
-
-def synthetic_cifar(config: BenchConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 N×H×W×3 images (random pixels: throughput does not depend on content) and int64 labels
-    with the long-tailed class counts, class 0 the head."""
-    rng = np.random.default_rng(seed)
-    s = config.image_size
-    images = rng.integers(0, 256, size=(config.images, s, s, 3), dtype=np.uint8)
-    labels = np.repeat(np.arange(config.num_classes), config.class_counts).astype(np.int64)
-    return images, labels
-
-
-class _PILImages(torch.utils.data.Dataset):
-    """torchvision's CIFAR datasets in miniature: one PIL image per item, then the transform."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        from PIL import Image
-
-        self.images, self.labels, self.transform, self.to_pil = images, labels, transform, Image.fromarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.transform(self.to_pil(self.images[i])), int(self.labels[i])
-
-
-# ---------------------------------------------------------------- pipelines
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _endless(loader):
-    while True:
-        yield from loader
-
-
-class ReferencePipeline:
-    """(a): per-image PIL transforms in DataLoader workers, fp32 NCHW model, one host sync per step."""
-
-    name = "reference"
-    pack = 0
-
-    def __init__(self, config: BenchConfig, images: np.ndarray, labels: np.ndarray, device: torch.device):
-        from torchvision import transforms as T
-
-        cuda = device.type == "cuda"
-        self.device = device
-        self.num_workers = config.num_workers if config.num_workers is not None else (4 if cuda else 2)
-        transform = T.Compose([T.RandomCrop(config.image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                               T.Normalize(CIFAR_MEAN, CIFAR_STD)])
-        self.loader = torch.utils.data.DataLoader(_PILImages(images, labels, transform), batch_size=config.batch_size,
-                                                  shuffle=True, num_workers=self.num_workers, pin_memory=cuda)
-        torch.manual_seed(0)
-        self.model = create_model(config.model, config.num_classes, 3).to(device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-        self._it = iter(self.loader)
-        self.loss_sum = 0.0
-
-    def _next(self):
-        try:
-            return next(self._it)
-        except StopIteration:  # a new epoch: new workers, as in the reference (no persistent workers)
-            self._it = iter(self.loader)
-            return next(self._it)
-
-    def run(self, steps: int) -> int:
-        self.model.train()
-        seen = 0
-        for _ in range(steps):
-            x, y = self._next()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            loss = F.cross_entropy(self.model(x), y)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-            self.loss_sum += loss.item()  # the reference's AverageMeter: a host sync every step
-            seen += len(y)
-        return seen
-
-    def worker_pids(self) -> list[int]:
-        return [w.pid for w in getattr(self._it, "_workers", []) if w.pid is not None]
-
-
-class BkdbenchPipeline:
-    """(b)/(c): DeviceLoader + ``train_step`` (or K packed students + ``packed_step``)."""
-
-    def __init__(self, name: str, config: BenchConfig, images: np.ndarray, labels: np.ndarray, device: torch.device,
-                 *, method: str = "ce", autocast: Optional[torch.dtype] = None, compile: bool = False, pack: int = 0,
-                 strategy: str = "loop", shared: Optional["BkdbenchPipeline"] = None):
-        self.name, self.device, self.autocast = name, device, autocast
-        self.channels_last = channels_last_for(device)
-        if shared is not None:  # the same device-resident data: one copy per process, as in train()
-            x, y = shared.x, shared.y
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
-            y = torch.from_numpy(labels).to(device)
-        self.x, self.y = x, y
-        self.loader = DeviceLoader(x, y, config.batch_size, CIFAR_MEAN, CIFAR_STD, pad=4, hflip=True, seed=0)
-        counts = config.class_counts
-        self.teacher = None
-        if method != "ce":
-            torch.manual_seed(1)
-            self.teacher = self._model(config, device).eval().requires_grad_(False)
-        self.pack = pack
-        if pack:
-            # students that differ only in loss parameters, as a sweep over α and T would make them
-            grid = [dict(alpha=0.5 + 0.5 * (i % 4), temperature=(1.0, 2.0, 3.0, 4.0)[(i // 4) % 4]) for i in range(pack)]
-            self.methods = [build_method(method, counts, epochs=EPOCHS_REFERENCE, **p) for p in grid]
-            students = []
-            for _ in range(pack):
-                torch.manual_seed(0)
-                students.append(self._model(config, device))
-            self.strategy = strategy
-            example = torch.randn(2, 3, config.image_size, config.image_size)
-            self.model = pack_models(students, example, self.strategy)
-            if self.channels_last:
-                self.model = self.model.to(memory_format=torch.channels_last)
-        else:
-            self.methods = [build_method(method, counts, epochs=EPOCHS_REFERENCE)]
-            torch.manual_seed(0)
-            self.model = self._model(config, device)
-        self.forward = torch.compile(self.model) if compile else self.model
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-        self.batches = _endless(self.loader)
-        self.loss_sum = torch.zeros((), device=device)
-
-    def _model(self, config: BenchConfig, device: torch.device) -> torch.nn.Module:
-        model = create_model(config.model, config.num_classes, 3).to(device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def run(self, steps: int) -> int:
-        self.model.train()
-        seen = 0
-        for _ in range(steps):
-            x, y = next(self.batches)
-            x = self._layout(x)
-            if self.pack:
-                losses = packed_step(self.model, self.optimizer, self.methods, x, y, epoch=0, teacher=self.teacher,
-                                     autocast=self.autocast)
-                self.loss_sum += losses.sum()
-                seen += self.pack * len(y)
-            else:
-                loss = train_step(self.forward, self.optimizer, self.methods[0], x, y, epoch=0, teacher=self.teacher,
-                                  autocast=self.autocast)
-                self.loss_sum += loss
-                seen += len(y)
-        return seen
-
-    def worker_pids(self) -> list[int]:
-        return []
-
-
-# ---------------------------------------------------------------- measuring
-
-
-def _resident_mb(pid: int) -> float:
-    """Proportional set size (shared pages split between the processes that share them, so forked
-    loader workers are not counted twice); the resident set where PSS is not available."""
-    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
-        try:
-            with open(path) as f:
-                for line in f:
-                    if line.startswith(key):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            continue
-    return 0.0
-
-
-def _cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """User + system CPU seconds of other processes (the reference's loader workers)."""
-    out = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
-
-
-@dataclass
-class _Windows:
-    images_per_second: list[float] = field(default_factory=list)
-    images_per_cpu_second: list[float] = field(default_factory=list)
-    memory_mb: float = 0.0
-
-
-def _window(pipe, steps: int, device: torch.device, record: _Windows) -> float:
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    workers = _cpu_seconds(pipe.worker_pids())
-    cpu, tick = time.process_time(), time.perf_counter()
-    seen = pipe.run(steps)
-    _sync(device)
-    seconds = time.perf_counter() - tick
-    # CPU seconds this process and the pipeline's loader workers spent: with one torch thread, a
-    # figure that other processes on the machine hardly move (with two, threads spin while waiting)
-    workers_after = _cpu_seconds(pipe.worker_pids())
-    cpu = time.process_time() - cpu + sum(v - workers.get(pid, 0.0) for pid, v in workers_after.items())
-    record.images_per_cpu_second.append(seen / cpu if cpu > 0 else math.nan)
-    if device.type == "cuda":
-        memory = torch.cuda.max_memory_allocated(device) / 2**20
-    else:  # memory of this whole process (every pipeline) and the pipeline's loader workers, at the window's end
-        memory = _resident_mb(os.getpid()) + sum(_resident_mb(p) for p in pipe.worker_pids())
-    record.memory_mb = max(record.memory_mb, memory)
-    ips = seen / seconds
-    record.images_per_second.append(ips)
-    return ips
-
-
-def _summary(record: _Windows, images: int, description: str, **extra) -> dict:
-    v = record.images_per_second
-    med = statistics.median(v)
-    c = record.images_per_cpu_second
-    return {
-        "images_per_second": med, "images_per_second_range": [min(v), max(v)], "windows": v,
-        "seconds_per_epoch": images / med, "peak_memory_mb": record.memory_mb,
-        "images_per_cpu_second": statistics.median(c), "images_per_cpu_second_range": [min(c), max(c)],
-        "description": description, **extra,
-    }
-
-
-def _ratio(num: list[float], den: list[float]) -> dict:
-    per_round = [a / b for a, b in zip(num, den)]
-    return {"median": statistics.median(per_round), "range": [min(per_round), max(per_round)], "per_round": per_round,
-            "of_medians": statistics.median(num) / statistics.median(den)}
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"host": socket.gethostname(), "cpu_model": cpu, "logical_cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python_version": platform.python_version()}
-
-
-def _load() -> Optional[list[float]]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str | torch.device] = None,
@@ -372,7 +107,7 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True  # as train() does
-    started, tick, load_start = datetime.now(timezone.utc), time.perf_counter(), _load()
+    started, tick, load_start = datetime.now(timezone.utc), time.perf_counter(), load_average()
     images, labels = synthetic_cifar(config)
     n = config.images
     autocast = torch.bfloat16 if cuda else None  # what train() uses on this device by default
@@ -404,7 +139,7 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
         t0 = time.perf_counter()
         try:
             pipe.run(1 if pipe.pack else config.warmup_steps)
-            _sync(device)
+            sync(device)
         except Exception as exc:  # torch.compile needs a compiler toolchain; report, measure the rest
             if pipe.name != "bkdbench_compile":
                 raise
@@ -413,16 +148,16 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
             continue
         warmup[pipe.name] = time.perf_counter() - t0
 
-    records = {p.name: _Windows() for p in main + second}
+    records = {p.name: Windows() for p in main + second}
     for r in range(config.rounds):
         for pipe in (main if r % 2 == 0 else main[::-1]):
-            ips = _window(pipe, config.steps, device, records[pipe.name])
+            ips = window(pipe, config.steps, device, records[pipe.name])
             say(f"round {r + 1}/{config.rounds}  {pipe.name}: {ips:.0f} images/s")
     for r in range(config.pack_rounds if second else 0):
         for pipe in (second if r % 2 == 0 else second[::-1]):
             # about as long a window for the single student as for the pack
             steps = config.pack_steps if pipe.pack else config.pack_steps * max(1, config.pack // 2)
-            ips = _window(pipe, steps, device, records[pipe.name])
+            ips = window(pipe, steps, device, records[pipe.name])
             say(f"round {r + 1}/{config.pack_rounds}  {pipe.name}: {ips:.0f} student-images/s")
 
     eval_seconds = _eval_seconds(ours, config, device, autocast)
@@ -445,11 +180,11 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
                                    "each batch and one teacher forward; images/s counts student-images")
         if pipe is ref:
             extra["num_workers"] = ref.num_workers
-        pipelines[pipe.name] = _summary(records[pipe.name], n, describe[pipe.name], **extra)
+        pipelines[pipe.name] = summary(records[pipe.name], n, describe[pipe.name], **extra)
 
     ips = {name: rec.images_per_second for name, rec in records.items()}
     cps = {name: rec.images_per_cpu_second for name, rec in records.items()}
-    ratio = _ratio(ips["bkdbench"], ips["reference"])
+    headline = ratio(ips["bkdbench"], ips["reference"])
     out = {
         "schema_version": SCHEMA_VERSION,
         "command": command or " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
@@ -457,12 +192,12 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
         "device": _device_name(device), "device_type": device.type,
         "torch_version": torch.__version__, "torchvision_version": _torchvision_version(),
         "bkdbench_version": __version__, "git_sha": _git_sha(),
-        "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": _load()},
+        "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": load_average()},
         "config": {**asdict(config), "images": n},
         "pipelines": pipelines,
-        "ratio": ratio["median"], "ratio_range": ratio["range"], "ratio_detail": ratio,
+        "ratio": headline["median"], "ratio_range": headline["range"], "ratio_detail": headline,
         # the same per CPU-second (this process + loader workers); robust to other load with --threads 1
-        "ratio_cpu": _ratio(cps["bkdbench"], cps["reference"]),
+        "ratio_cpu": ratio(cps["bkdbench"], cps["reference"]),
         "eval_seconds_c100": eval_seconds,
         "peak_memory_kind": ("torch.cuda.max_memory_allocated during the pipeline's windows" if cuda else
                              "proportional set size of the whole bench process (all pipelines share it) plus the "
@@ -470,16 +205,16 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
         "notes": notes,
     }
     if "bkdbench_bf16" in pipelines:
-        out["bf16_speedup"] = _ratio(ips["bkdbench_bf16"], ips["bkdbench"])
-        out["bf16_speedup_cpu"] = _ratio(cps["bkdbench_bf16"], cps["bkdbench"])
+        out["bf16_speedup"] = ratio(ips["bkdbench_bf16"], ips["bkdbench"])
+        out["bf16_speedup_cpu"] = ratio(cps["bkdbench_bf16"], cps["bkdbench"])
     if "bkdbench_compile" in pipelines:
-        out["compile_speedup"] = _ratio(ips["bkdbench_compile"], ips["bkdbench"])
-        out["compile_speedup_cpu"] = _ratio(cps["bkdbench_compile"], cps["bkdbench"])
+        out["compile_speedup"] = ratio(ips["bkdbench_compile"], ips["bkdbench"])
+        out["compile_speedup_cpu"] = ratio(cps["bkdbench_compile"], cps["bkdbench"])
         out["compile_seconds"] = warmup["bkdbench_compile"]
     if second:
         for pipe in second[1:]:  # "packed_vs_separate", then any other strategy's
-            out[f"{pipe.name}_vs_separate"] = _ratio(ips[pipe.name], ips["bkd_teacher"])
-            out[f"{pipe.name}_vs_separate_cpu"] = _ratio(cps[pipe.name], cps["bkd_teacher"])
+            out[f"{pipe.name}_vs_separate"] = ratio(ips[pipe.name], ips["bkd_teacher"])
+            out[f"{pipe.name}_vs_separate_cpu"] = ratio(cps[pipe.name], cps["bkd_teacher"])
         bkd_ips = pipelines["bkd_teacher"]["images_per_second"]
         epoch = n / bkd_ips
         out["bkd_200_epochs_estimate"] = {
@@ -501,10 +236,10 @@ def _eval_seconds(pipe: "BkdbenchPipeline", config: BenchConfig, device: torch.d
     x = pipe.x[: min(config.eval_images, len(pipe.x))]
     prepare = lambda b: pipe._layout((b.float().div_(255.0) - pipe.loader.mean) / pipe.loader.std)  # noqa: E731
     predict(pipe.model, x[: min(256, len(x))], prepare, autocast=autocast)  # warm-up
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     predict(pipe.model, x, prepare, autocast=autocast)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) * EVAL_IMAGES_C100 / len(x)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bkdbench.bench import _ratio, config_for, synthetic_cifar
+from bkdbench.bench import config_for, synthetic_cifar
+from bkdbench.bench_measure import ratio as per_round_ratio
 from bkdbench.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def test_bench_refuses_bad_options(tmp_path):
 
 
 def test_ratio_is_the_median_of_per_round_ratios():
-    r = _ratio([2.0, 3.0, 10.0], [1.0, 2.0, 2.0])
+    r = per_round_ratio([2.0, 3.0, 10.0], [1.0, 2.0, 2.0])
     assert r["per_round"] == [2.0, 1.5, 5.0] and r["median"] == 2.0 and r["range"] == [1.5, 5.0]
     assert r["of_medians"] == 1.5
 
