@@ -21,15 +21,18 @@ def sweep(
     dataset: str = typer.Option("digits", "--dataset", "-d", help="Dataset name."),
     imbalance: float = typer.Option(10.0, "--imbalance", help="Imbalance factor."),
     trials: int = typer.Option(16, "--trials", min=1, help="Search trials in the study (more extends a finished sweep)."),
-    concurrency: int = typer.Option(2, "--concurrency", min=1, help="Trials at once."),
+    concurrency: int = typer.Option(2, "--concurrency", min=1, help="Ray trials at once (with --pack, packs at once)."),
     sampler: str = typer.Option("tpe", "--sampler", help="tpe | gp | cmaes | random."),
-    scheduler: str = typer.Option("asha", "--scheduler", help="asha | none (early stopping)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="asha | none (early stopping; default asha, none with --pack above 1)."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed and the search trials' training seed."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
     final_seeds: int = typer.Option(3, "--final-seeds", min=1, help="Seeds of the final test runs of the best config."),
     space: Optional[Path] = typer.Option(None, "--space", help="Your own search-space YAML file."),
     optuna_storage: Optional[str] = typer.Option(None, "--optuna-storage", help="Optuna RDB URL (default: a journal file in the sweep folder)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep (or extend a finished one)."),
+    pack: int = typer.Option(1, "--pack", help="Configurations per Ray trial, trained as one pack (shared batches and teacher "
+                             "forward), each its own Optuna trial. Packs run without early stopping: ASHA would stop "
+                             "or keep all K on one number."),
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
@@ -56,6 +59,12 @@ def sweep(
     from .search_spaces import SpaceError, load_space
     from .specs import SpecError, make_spec
 
+    if pack < 1:
+        fail(f"--pack must be at least 1 (got {pack}); 1 trains one configuration per trial")
+    if pack > 1 and scheduler == "asha":
+        fail("--scheduler asha cannot stop one configuration of a pack: use --pack 1 for early stopping, "
+             "or --scheduler none")
+    scheduler = scheduler or ("none" if pack > 1 else "asha")
     try:
         if sampler not in ("tpe", "gp", "cmaes", "random"):
             raise ValueError(f"unknown sampler {sampler!r}; choose one of: tpe, gp, cmaes, random")
@@ -87,7 +96,8 @@ def sweep(
         fail(f"sweep {cfg.sweep_id} already exists ({len(study.trials)} trials in {folder}); "
              f"pass --resume to continue or extend it (--trials N sets the total)")
     console.print(f"sweep [bold]{cfg.sweep_id}[/]: {method} on {dataset}-LT IF{imbalance:g}, {trials} trials, "
-                  f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1")
+                  f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1"
+                  + (f"; packs of {pack} configurations per Ray trial" if pack > 1 else ""))
     started = time.perf_counter()
     kwargs = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, data_dir=data_dir)
     try:
@@ -101,7 +111,7 @@ def sweep(
 
             with _LiveView(trials) as view:
                 study = run_search(cfg, space_def, base, root, trials=trials, concurrency=concurrency,
-                                   storage_url=optuna_storage, on_event=view.event, **kwargs)
+                                   storage_url=optuna_storage, on_event=view.event, pack=pack, **kwargs)
             best = best_trial(study)
             if best is None:
                 fail("no search trial completed; see the Ray log in " + str(folder), code=1)
@@ -121,7 +131,7 @@ def sweep(
     wall = time.perf_counter() - started
     save_sweep_record(root, cfg, {"trials": trials, "best_params": best_params, "best_trial": best.number,
                                   "best_val_top1": best.value, "final_runs": finals, "wall_seconds": wall,
-                                  "optuna_storage": optuna_storage})
+                                  "optuna_storage": optuna_storage, "pack": pack})
     console.print(f"sweep finished in {wall:.0f} s")
     _report(root, cfg.sweep_id, optuna_storage)
 

@@ -5,6 +5,10 @@ Honesty rules built in: search trials train with ``evaluate_test=False`` (the te
 never evaluated); a trial that ASHA stops early is told to Optuna as PRUNED, not COMPLETE with a
 truncated score (Ray's OptunaSearch would do the latter); ASHA's first rung comes after the epoch
 where class-balanced weighting switches on, so no trial is judged before its method is active.
+With ``--pack K`` one Ray trial asks Optuna for K configurations, trains them as one pack (shared
+batches and teacher forward), still with ``evaluate_test=False``, and tells each configuration its own
+validation score as its own Optuna trial; ASHA is off for packs, since it would stop or keep all K
+students on one number (``packed_sweep``).
 The study lives in the sweep folder (JournalStorage, file backend) or an RDB given by URL, so an
 interrupted sweep resumes and a finished one can be extended with more trials.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -157,41 +162,53 @@ def grace_period(spec: RunSpec) -> int:
 
 def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Path, *, trials: int,
                concurrency: int, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
-               storage_url: Optional[str] = None, data_dir: Optional[Path] = None, on_event=None) -> optuna.Study:
-    """Run search trials until the study holds ``trials`` completed or pruned ones."""
+               storage_url: Optional[str] = None, data_dir: Optional[Path] = None, on_event=None,
+               pack: int = 1) -> optuna.Study:
+    """Run search trials until the study holds ``trials`` completed or pruned ones; ``pack`` > 1
+    trains that many configurations per Ray trial (no scheduler then)."""
+    packed = pack > 1
+    if packed and cfg.scheduler != "none":
+        raise ValueError("packed search trials run without early stopping: use scheduler 'none' with pack > 1")
     folder = sweep_dir(results, cfg.sweep_id)
     study = open_study(cfg.sweep_id, folder, storage_url)
     _mark_interrupted_trials(study)
     remaining = trials - counted_trials(study)
     if remaining <= 0:
         return study
-    searcher = PrunedAwareOptunaSearch(
-        space=space.optuna_space(), metric=METRIC, mode="max", sampler=make_sampler(cfg.sampler, cfg.seed),
-        study_name=cfg.sweep_id, storage=study_storage(folder, storage_url),
-    )
+    searcher_args = dict(space=space.optuna_space(), metric=METRIC, mode="max", sampler=make_sampler(cfg.sampler, cfg.seed),
+                         study_name=cfg.sweep_id, storage=study_storage(folder, storage_url))
+    trial_fn, samples, events = search_trial, remaining, on_event
+    if packed:
+        from .packed_sweep import PackedOptunaSearch, per_config_events, search_pack_trial
+
+        searcher = PackedOptunaSearch(**searcher_args, pack=pack, budget=remaining)
+        trial_fn, samples, events = search_pack_trial, math.ceil(remaining / pack), per_config_events(on_event)
+    else:
+        searcher = PrunedAwareOptunaSearch(**searcher_args)
     scheduler = None
     if cfg.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
                                   grace_period=grace_period(base), reduction_factor=3)
     trainable = tune.with_resources(
-        tune.with_parameters(search_trial, base=base.canonical_json(), results=str(Path(results).resolve()),
+        tune.with_parameters(trial_fn, base=base.canonical_json(), results=str(Path(results).resolve()),
                              data_dir=str(data_dir) if data_dir else None),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
     )
-    set_listener(on_event)
+    set_listener(events)
     attempt = len(list(folder.glob("search-*"))) + 1
     tuner = tune.Tuner(
         trainable,
         param_space={"_cpus": cpus_per_trial},
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                                    scheduler=scheduler, num_samples=remaining, metric=METRIC, mode="max",
+                                    scheduler=scheduler, num_samples=samples, metric=METRIC, mode="max",
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=f"search-{attempt}", storage_path=str(folder.resolve()), verbose=0,
                                   callbacks=[_Events()]),
     )
     grid = tuner.fit()
     unfinished = [r for r in grid if not (r.metrics or {}).get(FINISHED) and r.error is None
-                  and not (r.metrics or {}).get("diverged") and not _stopped_by_scheduler(r, base.epochs)]
+                  and not (r.metrics or {}).get("diverged")
+                  and not (not packed and _stopped_by_scheduler(r, base.epochs))]  # no scheduler stops a pack
     study = open_study(cfg.sweep_id, folder, storage_url)
     if unfinished and counted_trials(study) < trials:
         raise Interrupted(f"{trials - counted_trials(study)} search trial(s) of {cfg.sweep_id} did not run")
