@@ -154,7 +154,7 @@ def test_finished_members_are_skipped_and_a_pack_resumes_only_its_own_checkpoint
     # Everything finished: nothing is trained or written again.
     again = FakeTune(monkeypatch, tmp_path, restore=checkpoint)
     run_unit(specs, results)
-    assert again.reports == [{"status": "finished", RUNS: {s.run_id: "skipped" for s in specs}, FINISHED: True}]
+    assert again.reports == [{"status": "skipped", RUNS: {s.run_id: "skipped" for s in specs}, FINISHED: True}]
     assert {p.name: p.stat().st_mtime_ns for p in (results / "leaderboard").glob("*.parquet")} == files
 
     # Restarted from the checkpoint (Tune's retry after a crash): only the last epoch is trained, and the

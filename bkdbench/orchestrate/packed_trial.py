@@ -85,7 +85,8 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
     except OSError as exc:  # storage full, read-only or gone: retrying cannot help; the driver stops all
         tune.report({"status": "storage-error", "error": f"{type(exc).__name__}: {exc}", RUNS: status, FINISHED: True})
         return
-    final = {"status": "failed" if "failed" in status.values() else "finished", RUNS: status, FINISHED: True}
+    overall = "failed" if "failed" in status.values() else "finished" if "finished" in status.values() else "skipped"
+    final = {"status": overall, RUNS: status, FINISHED: True}
     if errors:
         final["error"] = "; ".join(errors)
     tune.report(final)

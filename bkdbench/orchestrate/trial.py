@@ -2,7 +2,8 @@
 
 Reports once per epoch, checkpoints every few epochs (a restarted trial continues from its last
 checkpoint), writes its own leaderboard row, and turns a diverged run into a recorded failure so
-the rest of the experiment carries on.
+the rest of the experiment carries on. ``use_resources``, ``restored_state`` and
+``checkpointing_report`` are shared with the packed trials of ``packed_trial``.
 """
 from __future__ import annotations
 
