@@ -29,12 +29,13 @@ import json
 import numbers
 import os
 import re
-import uuid
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from ..storage import Location, LocationError
 
 SCHEMA_VERSION = 1
 
@@ -93,24 +94,26 @@ _SUFFIX = ".parquet"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class LeaderboardError(ValueError):
+class LeaderboardError(LocationError):
     """The leaderboard location is unusable (bad URI, folder not creatable or not writable)."""
 
 
-def resolve(root: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+Root = "str | os.PathLike | Location"  # a local folder, a URI, or a Location (see storage.py)
+
+
+def _location(root: Root) -> Location:
+    try:
+        return Location(root)
+    except LocationError as exc:
+        raise LeaderboardError(str(exc)) from None
+
+
+def resolve(root: Root) -> tuple[pafs.FileSystem, str]:
     """Map a local folder or a ``s3://``/``gs://``/``file://`` URI to (filesystem, path)."""
-    text = os.fspath(root)
-    if "://" in text:
-        try:
-            fs, path = pafs.FileSystem.from_uri(text)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise LeaderboardError(f"cannot open leaderboard location {text!r}: {exc}") from exc
-        return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
-
-
-def _is_local(fs: pafs.FileSystem) -> bool:
-    return isinstance(fs, pafs.LocalFileSystem)
+    try:
+        return _location(root).filesystem()
+    except LocationError as exc:
+        raise LeaderboardError(f"cannot open leaderboard location {root}: {exc}") from None
 
 
 def _canonical_json(value) -> str | None:
@@ -157,52 +160,19 @@ def _row_table(row: dict) -> pa.Table:
     return pa.Table.from_pylist([full], schema=SCHEMA)
 
 
-def write_row(root: str | os.PathLike, row: dict) -> str:
+def write_row(root: Root, row: dict) -> str:
     """Write one run's row to ``<root>/<run_id>.parquet`` atomically; return where it went.
 
     Missing columns are stored as null; unknown keys raise ValueError; ``params``/``recipe``
     dicts become canonical JSON. An existing file with the same run_id is replaced.
     """
     table = _row_table(row)
-    fs, folder = resolve(root)
-    name = row["run_id"] + _SUFFIX
-    if not _is_local(fs):
-        # An object-store PUT is atomic: readers see the old object or the new one, never half.
-        fs.create_dir(folder, recursive=True)
-        with fs.open_output_stream(f"{folder}/{name}") as out:
-            pq.write_table(table, out)
-        return f"{os.fspath(root).rstrip('/')}/{name}"
-    os.makedirs(folder, exist_ok=True)
-    final = os.path.join(folder, name)
-    # A unique hidden temp name per writer: parallel writers never share a temp file, and
-    # readers skip it because it neither ends in .parquet nor is visible.
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
-    return final
-
-
-def _fsync_dir(folder: str) -> None:
-    """Persist the rename itself; best effort (not every platform can open a directory)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    target = _location(root) / (row["run_id"] + _SUFFIX)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    # Readers skip the hidden temp file of a local write (it neither ends in .parquet nor shows).
+    target.write_bytes(sink.getvalue().to_pybytes())
+    return str(target)
 
 
 def _row_files(fs: pafs.FileSystem, folder: str) -> list[str]:
@@ -230,11 +200,7 @@ def _conform(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
-def _display(fs: pafs.FileSystem, root, path: str) -> str:
-    return path if _is_local(fs) else f"{os.fspath(root).rstrip('/')}/{os.path.basename(path)}"
-
-
-def read_rows(root: str | os.PathLike, **filters) -> tuple[pd.DataFrame, list[str]]:
+def read_rows(root: Root, **filters) -> tuple[pd.DataFrame, list[str]]:
     """Read every run file under ``root``; return (rows, paths of files that could not be read).
 
     ``filters`` select rows by column equality (``dataset="cifar10"``); a list/tuple/set
@@ -244,14 +210,15 @@ def read_rows(root: str | os.PathLike, **filters) -> tuple[pd.DataFrame, list[st
     unknown = sorted(set(filters) - set(FILTERABLE))
     if unknown:
         raise ValueError(f"cannot filter on {', '.join(unknown)}; filterable: {', '.join(FILTERABLE)}")
-    fs, folder = resolve(root)
+    where = _location(root)
+    fs, folder = resolve(where)
     tables, skipped = [], []
     for path in _row_files(fs, folder):
         try:
             tables.append(_conform(pq.read_table(path, filesystem=fs)))
         except (pa.ArrowException, OSError, ValueError):
             # Corrupt, truncated or incompatible: report it, keep reading the rest.
-            skipped.append(_display(fs, root, path))
+            skipped.append(str(where / os.path.basename(path)))
     if tables:
         frame = pa.concat_tables(tables).to_pandas()
     else:
@@ -266,13 +233,13 @@ def read_rows(root: str | os.PathLike, **filters) -> tuple[pd.DataFrame, list[st
     return frame.reset_index(drop=True), skipped
 
 
-def finished_run_ids(root: str | os.PathLike) -> set[str]:
+def finished_run_ids(root: Root) -> set[str]:
     """The run_ids of finished runs (failed runs are absent so they get re-run)."""
     frame, _ = read_rows(root, status="finished")
     return set(frame["run_id"])
 
 
-def is_finished(root: str | os.PathLike, run_id: str) -> bool:
+def is_finished(root: Root, run_id: str) -> bool:
     """Whether ``run_id`` has a finished row, reading only its own file (cheap inside a trial)."""
     fs, folder = resolve(root)
     try:
@@ -282,20 +249,12 @@ def is_finished(root: str | os.PathLike, run_id: str) -> bool:
     return len(status) > 0 and status[0].as_py() == "finished"
 
 
-def check_writable(root: str | os.PathLike) -> None:
+def check_writable(root: Root) -> None:
     """Create ``root`` if needed and prove a file can be written there; else LeaderboardError."""
-    fs, folder = resolve(root)
-    probe = f"{folder}/.bkdbench-write-check-{uuid.uuid4().hex}"
     try:
-        fs.create_dir(folder, recursive=True)
-        with fs.open_output_stream(probe) as out:
-            out.write(b"ok")
-        fs.delete_file(probe)
-    except (pa.ArrowException, OSError) as exc:
-        raise LeaderboardError(
-            f"cannot write to the folder {os.fspath(root)}: {exc}; "
-            "choose a writable location with --results"
-        ) from exc
+        _location(root).check_writable()
+    except LocationError as exc:
+        raise LeaderboardError(f"{exc}; choose a writable location with --results/--storage") from None
 
 
 __all__ = [
