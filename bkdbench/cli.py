@@ -18,7 +18,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Datasets: what is available here, and explicit downloads.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-ResultsOpt = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results).")
+ResultsOpt = typer.Option(None, "--results", "--storage", help="Results folder or s3://, gs:// URI (default $BKDBENCH_RESULTS or ./results).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder holding the dataset files.")
 
 
@@ -52,7 +52,7 @@ def train(
     force: bool = typer.Option(False, "--force", help="Train even if this run is already in the leaderboard."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="imagefolder: resize every image to N×N (needed when sizes differ)."),
     data_dir: Optional[Path] = DataDirOpt,
-    results: Optional[Path] = ResultsOpt,
+    results: Optional[str] = ResultsOpt,  # a str: Path would mangle a URI
 ):
     """Train one run (no Ray): its teacher first if it needs one, then the run; record both."""
     from .data import DataError, dataset_info
@@ -105,7 +105,7 @@ def train(
     _print_metrics(spec, result.to_row())
 
 
-def _run_with_progress(spec, root: Path, data_dir, device, bf16, compile=False):
+def _run_with_progress(spec, root, data_dir, device, bf16, compile=False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .orchestrate.execute import run_and_record

@@ -34,14 +34,15 @@ def ablate(
                              "(one batch stream and teacher forward for all); each keeps its own row. A packed trial "
                              "checkpoints the whole pack."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-    results: Optional[Path] = typer.Option(None, "--results", "--storage", help="Results/storage folder: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results); on a cluster, a path every node mounts."),
+    results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
 ):
     """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
     from .cli_run import _LiveView, _floats
     from .data import DataError, get_dataset
     from .leaderboard.store import LeaderboardError, check_writable
     from .orchestrate.ablate import AblationError, ablation_id, ablation_specs, parse_grid, variants
-    from .paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
+    from .paths import experiments_dir, leaderboard_dir, plots_dir, results_dir, teachers_dir
+    from .storage import mirror
     from .specs import SpecError
 
     if pack < 1:
@@ -79,7 +80,7 @@ def ablate(
     started = time.perf_counter()
     if plan.todo:
         try:
-            with ray_session(address, log_file=experiments_dir(root) / aid / "ray.log", storage=root), \
+            with ray_session(address, log_file=mirror(experiments_dir(root) / aid) / "ray.log", storage=root), \
                     _LiveView(plan.todo) as view:
                 run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
@@ -91,7 +92,7 @@ def ablate(
         except OSError as exc:
             fail(f"storage error during the ablation ({exc}); free space or fix {root}, then --resume", code=1)
         console.print(f"trained {plan.todo} run(s) in {time.perf_counter() - started:.0f} s")
-    _show(root, method, specs, settings, root / "plots" / f"{aid}-heatmap.png")
+    _show(root, method, specs, settings, plots_dir(root) / f"{aid}-heatmap.png")
 
 
 def _show(root: Path, method: str, specs, settings: list[dict], heatmap: Path) -> None:

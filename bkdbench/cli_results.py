@@ -15,7 +15,7 @@ from bkdbench.paths import leaderboard_dir, plots_dir, results_dir
 FORMATS = ("table", "markdown", "latex", "csv")
 
 ResultsOpt = Annotated[Optional[str], typer.Option(
-    "--results", help="Results folder (default: $BKDBENCH_RESULTS, else ./results).")]
+    "--results", "--storage", help="Results folder or s3://, gs:// URI (default: $BKDBENCH_RESULTS, else ./results).")]
 SuiteOpt = Annotated[Optional[str], typer.Option("--suite", help="Only runs of this suite.")]
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset.")]
 ImbalanceOpt = Annotated[Optional[float], typer.Option("--imbalance", help="Only this imbalance factor.")]
@@ -147,8 +147,9 @@ def plot_per_class(dataset: DatasetOpt = None, imbalance: ImbalanceOpt = None, s
     cells = rows[["dataset", "imbalance_factor"]].drop_duplicates().sort_values(
         ["dataset", "imbalance_factor"], ascending=[True, False])
     prefix = f"per-class-{suite}-" if suite else "per-class-"
+    folder = _plots_folder(results, out)
     for cell in cells.itertuples(index=False):
-        path = out or plots_dir(results_dir(results)) / f"{prefix}{cell.dataset}-if{cell.imbalance_factor:g}.png"
+        path = out or folder / f"{prefix}{cell.dataset}-if{cell.imbalance_factor:g}.png"
         try:
             written = draw(rows, cell.dataset, cell.imbalance_factor, path)
         except (ValueError, OSError) as exc:
@@ -168,12 +169,23 @@ def plot_summary(suite: SuiteOpt = None, metric: MetricOpt = "top1", results: Re
 
     from bkdbench.leaderboard.plots import plot_summary as draw
 
-    path = out or plots_dir(results_dir(results)) / f"summary-{suite or 'all'}-{metric}.png"
+    path = out or _plots_folder(results, out) / f"summary-{suite or 'all'}-{metric}.png"
     try:
         written = draw(rows, path, metric=metric)
     except (ValueError, OSError) as exc:
         _fail(str(exc))
     Console().print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _plots_folder(results: Optional[str], out: Optional[str]):
+    """``<results>/plots``; for a URI results root a local ``./plots``, said once (PNGs are for
+    a person at this machine, not for the object store)."""
+    root = results_dir(results)
+    if not root.is_local and not out:
+        Console(stderr=True).print(f"note: the results are in {root}; plots go to the local folder "
+                                   f"{plots_dir(root)} (--out names another file)", markup=False, highlight=False,
+                                   soft_wrap=True)
+    return plots_dir(root)
 
 
 def register(app: typer.Typer) -> None:

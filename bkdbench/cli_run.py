@@ -56,13 +56,14 @@ def run(
     max_failures: int = typer.Option(2, "--max-failures", min=0, help="Restarts of a failing trial from its checkpoint."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Checkpoint every N epochs (default: every ~30 s of training)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
-    results: Optional[Path] = typer.Option(None, "--results", "--storage", help="Results/storage folder: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results); on a cluster, a path every node mounts."),
+    results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
     from .data import DataError, get_dataset
     from .leaderboard.store import LeaderboardError, check_writable
     from .paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
     from .specs import SpecError
+    from .storage import mirror
     from .suites import SuiteError, load_suite
 
     if epochs is not None and epochs <= 0:
@@ -95,7 +96,7 @@ def run(
                   + (f" in {len(plan.stages)} stages (teachers first)" if len(plan.stages) > 1 else ""))
     started = time.perf_counter()
     if plan.todo:
-        log = experiments_dir(root) / s.name / "ray.log"
+        log = mirror(experiments_dir(root) / s.name) / "ray.log"  # a log stays on this machine
         try:
             with ray_session(address, log_file=log, storage=root), _LiveView(plan.todo) as view:
                 outcome = run_plan(plan, root, name=s.name, tags={"suite": s.name}, cpus_per_trial=cpus_per_trial,
@@ -126,7 +127,7 @@ def run(
              f"fix the cause and rerun with --resume", code=1)
 
 
-def _show_leaderboard(root: Path, suite: str) -> None:
+def _show_leaderboard(root, suite: str) -> None:
     from .leaderboard.aggregate import summarise
     from .leaderboard.render import leaderboard_tables
     from .leaderboard.store import read_rows

@@ -37,7 +37,7 @@ def sweep(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-    results: Optional[Path] = typer.Option(None, "--results", "--storage", help="Results/storage folder: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results); on a cluster, a path every node mounts."),
+    results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
 ):
     """Search a method's parameters with Optuna on Ray Tune (validation only), then test the best."""
     from .paths import results_dir
@@ -86,6 +86,7 @@ def sweep(
     from .orchestrate.sweep import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
                                     space_hash, sweep_dir)
     from .orchestrate.sweep_report import best_trial
+    from .storage import mirror
 
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
@@ -101,7 +102,7 @@ def sweep(
     started = time.perf_counter()
     kwargs = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, data_dir=data_dir)
     try:
-        with ray_session(address, log_file=folder / "ray.log", storage=root):
+        with ray_session(address, log_file=mirror(folder) / "ray.log", storage=root):
             if base.all_teachers:
                 plan = plan_runs(base.all_teachers, root)
                 if plan.todo:
@@ -114,7 +115,7 @@ def sweep(
                                    storage_url=optuna_storage, on_event=view.event, pack=pack, **kwargs)
             best = best_trial(study)
             if best is None:
-                fail("no search trial completed; see the Ray log in " + str(folder), code=1)
+                fail("no search trial completed; see the Ray log in " + str(mirror(folder)), code=1)
             best_params = {**space_def.fixed, **best.params}
             console.print(f"best trial #{best.number}: {', '.join(f'{k}={_fmt(v)}' for k, v in best_params.items())} "
                           f"(validation {best.value:.2f}%); "
@@ -180,7 +181,9 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in record["best_params"].items()) if key == "tuned" else "defaults"
         test.add_row(label, str(shown), _mean_std(sel.top1), _mean_std(sel.few), _mean_std(sel.val_top1), str(len(sel)))
     console.print(test)
-    for path in plot_sweep(study, sweep_dir(root, sweep_id)):
+    from .storage import mirror
+
+    for path in plot_sweep(study, mirror(sweep_dir(root, sweep_id))):  # PNGs stay on this machine
         console.print(f"wrote {path}")
 
 

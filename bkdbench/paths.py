@@ -1,54 +1,48 @@
-"""Where results live on disk. Torch-free: the CLI, the runner and the results layer share it.
+"""Where results live. Torch-free: the CLI, the runner and the results layer share it.
 
-The results root is ``--results DIR`` when given, else ``$BKDBENCH_RESULTS``, else ``./results``.
-The leaderboard is ``<results>/leaderboard/``, plots go to ``<results>/plots/``.
+The results root is ``--results``/``--storage`` when given, else ``$BKDBENCH_RESULTS``, else
+``./results``: a local (or mounted, e.g. NFS) folder or an object-store URI (``s3://``, ``gs://``;
+see ``storage.py``). The leaderboard is ``<results>/leaderboard/``, teachers ``<results>/teachers/``,
+Tune's experiment state ``<results>/experiments/``; plots stay on this machine (``plots_dir``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from .storage import Location
+
 RESULTS_ENV = "BKDBENCH_RESULTS"
 DEFAULT_RESULTS = "results"
+LOCAL_PLOTS = "plots"  # where plots of a URI results root go: PNGs are for a person on this machine
 
 
-def results_dir(option: str | os.PathLike | None = None) -> Path:
-    """The results root: the option, else ``$BKDBENCH_RESULTS``, else ``./results``.
-
-    Only local (or mounted, e.g. NFS) folders: a ``scheme://`` URI would be mangled by Path,
-    so it is refused with a ValueError instead of silently writing to a folder named ``s3:``.
-    """
+def results_dir(option: "str | os.PathLike | Location | None" = None) -> Location:
+    """The results root: the option, else ``$BKDBENCH_RESULTS``, else ``./results``. A malformed URI
+    raises LocationError (a ValueError); whether it can be reached is ``check_writable``'s job."""
+    if isinstance(option, Location):
+        return option
     chosen = os.fspath(option) if option else (os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS)
-    if "://" in chosen:
-        raise ValueError(f"the results folder must be a local path, got the URI {chosen!r}")
-    return Path(chosen).expanduser()
+    return Location(chosen)
 
 
-def leaderboard_dir(results: str | os.PathLike) -> Path:
+def leaderboard_dir(results: "str | os.PathLike | Location") -> Location:
     """The leaderboard folder inside a results root."""
-    return Path(results) / "leaderboard"
+    return Location(results) / "leaderboard"
 
 
-def plots_dir(results: str | os.PathLike) -> Path:
-    """The default folder for plots inside a results root."""
-    return Path(results) / "plots"
+def teachers_dir(results: "str | os.PathLike | Location") -> Location:
+    """Cached teacher (and stage-1) weights, keyed by the teacher run's run_id."""
+    return Location(results) / "teachers"
 
 
-def teachers_dir(results: str | os.PathLike) -> Path:
-    """Cached teacher (and stage-1) weights, by run id."""
-    return Path(results) / "teachers"
+def experiments_dir(results: "str | os.PathLike | Location") -> Location:
+    """Ray Tune experiment folders (state, checkpoints) of suites, sweeps and ablations: what
+    ``--resume`` picks up."""
+    return Location(results) / "experiments"
 
 
-def experiments_dir(results: str | os.PathLike) -> Path:
-    """Ray Tune experiment folders (state, checkpoints, logs) of suites, sweeps and ablations."""
-    return Path(results) / "experiments"
-
-
-def teachers_dir(results: str | os.PathLike) -> Path:
-    """Cached teacher weights, keyed by the teacher run's run_id."""
-    return Path(results) / "teachers"
-
-
-def experiments_dir(results: str | os.PathLike) -> Path:
-    """Ray Tune experiment state and logs (what ``--resume`` picks up)."""
-    return Path(results) / "experiments"
+def plots_dir(results: "str | os.PathLike | Location") -> Path:
+    """The default folder for plots: ``<results>/plots`` for a local root, ``./plots`` for a URI."""
+    root = Location(results)
+    return root.local / "plots" if root.is_local else Path(LOCAL_PLOTS)

@@ -1,15 +1,20 @@
 """Teachers are runs too: a KD/BKD student names its teacher's RunSpec (by default a plain CE run of
 the same model, long-tailed set, recipe and seed). Finished teachers are cached by run id as
-``<cache>/<run_id>.pt`` (weights + metadata) and loaded with ``torch.load(weights_only=True)``."""
+``<cache>/<run_id>.pt`` (weights + metadata) and loaded with ``torch.load(weights_only=True)``.
+The cache is a local folder or an object-store URI (``storage.Location``): files go as bytes."""
 from __future__ import annotations
 
+import io
 import json
-from pathlib import Path
+import os
 from typing import Callable, Optional
 
 import torch
 
 from .specs import RunSpec
+from .storage import Location
+
+Cache = "str | os.PathLike | Location"
 
 
 class TeacherError(ValueError):
@@ -27,17 +32,19 @@ def check_teacher_fits(student: RunSpec, teacher: RunSpec) -> None:
             )
 
 
-def teacher_path(cache: Path, spec: RunSpec) -> Path:
-    return Path(cache) / f"{spec.run_id}.pt"
+def teacher_path(cache: Cache, spec: RunSpec) -> Location:
+    return Location(cache) / f"{spec.run_id}.pt"
 
 
-def load_teacher(cache: Path, spec: RunSpec, num_classes: Optional[int] = None) -> Optional[dict]:
+def load_teacher(cache: Cache, spec: RunSpec, num_classes: Optional[int] = None) -> Optional[dict]:
     """The cached weights of ``spec``, or None when it has not been trained yet."""
     path = teacher_path(cache, spec)
-    if not path.exists():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         state, meta = blob["state_dict"], json.loads(blob["meta"])
     except Exception as exc:
         raise TeacherError(f"cached teacher {path} is unreadable ({type(exc).__name__}); delete it to retrain") from None
@@ -50,18 +57,17 @@ def load_teacher(cache: Path, spec: RunSpec, num_classes: Optional[int] = None) 
     return state
 
 
-def save_teacher(cache: Path, spec: RunSpec, state_dict: dict, metrics: dict) -> Path:
+def save_teacher(cache: Cache, spec: RunSpec, state_dict: dict, metrics: dict) -> Location:
     path = teacher_path(cache, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"run_id": spec.run_id, "spec": json.loads(spec.canonical_json()),
             "metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)}}
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"state_dict": state_dict, "meta": json.dumps(meta)}, tmp)
-    tmp.replace(path)  # atomic: concurrent trials that need the same teacher never see half a file
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state_dict, "meta": json.dumps(meta)}, buffer)
+    path.write_bytes(buffer.getvalue())  # atomic: concurrent trials that need the same teacher never see half a file
     return path
 
 
-def ensure_teacher(cache: Path, spec: RunSpec, train_fn: Callable[[RunSpec], "object"]) -> tuple[dict, bool]:
+def ensure_teacher(cache: Cache, spec: RunSpec, train_fn: Callable[[RunSpec], "object"]) -> tuple[dict, bool]:
     """(weights, trained_now): load the cached teacher, or train it with ``train_fn`` and cache it."""
     state = load_teacher(cache, spec)
     if state is not None:

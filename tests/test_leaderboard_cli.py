@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from bkdbench.cli_results import register
 from bkdbench.leaderboard import render
 from bkdbench.leaderboard.aggregate import summarise
 from bkdbench.leaderboard.store import write_row
-from bkdbench.paths import leaderboard_dir, results_dir
+from bkdbench.paths import leaderboard_dir, plots_dir, results_dir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -96,13 +97,16 @@ def test_rich_table_highlights_the_best_cell_per_column():
 
 def test_results_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("BKDBENCH_RESULTS", raising=False)
-    assert results_dir(None) == results_dir("") == results_dir(None).__class__("results")
+    assert results_dir(None) == results_dir("") and results_dir(None).local == Path("results").absolute()
     monkeypatch.setenv("BKDBENCH_RESULTS", str(tmp_path / "env"))
-    assert results_dir(None) == tmp_path / "env"
-    assert results_dir(tmp_path / "opt") == tmp_path / "opt"
-    assert leaderboard_dir(tmp_path) == tmp_path / "leaderboard"
-    with pytest.raises(ValueError, match="local path"):
-        results_dir("s3://bucket/results")
+    assert results_dir(None).local == tmp_path / "env"
+    assert results_dir(tmp_path / "opt").local == tmp_path / "opt"
+    assert leaderboard_dir(tmp_path).local == tmp_path / "leaderboard"
+    uri = results_dir("s3://bucket/results?endpoint_override=localhost:9000&scheme=http")
+    assert str(leaderboard_dir(uri)) == "s3://bucket/results/leaderboard?endpoint_override=localhost:9000&scheme=http"
+    assert plots_dir(uri) == Path("plots") and plots_dir(tmp_path) == tmp_path / "plots"  # PNGs stay local
+    with pytest.raises(ValueError, match="no bucket"):
+        results_dir("s3:///results")
 
 
 def test_cli_leaderboard_table(results):

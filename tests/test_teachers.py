@@ -37,8 +37,8 @@ METRICS = {"top1": 91.5, "ece": 3.2, "per_class_acc": [90.0] * 10, "best_epoch":
 def test_round_trip(tmp_path, spec, weights):
     assert load_teacher(tmp_path, spec) is None  # nothing cached yet
     path = save_teacher(tmp_path, spec, weights, METRICS)
-    assert path == teacher_path(tmp_path, spec) == tmp_path / f"{spec.run_id}.pt"
-    assert not list(tmp_path.glob("*.tmp"))
+    assert path == teacher_path(tmp_path, spec) and path.local == tmp_path / f"{spec.run_id}.pt"
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
     back = load_teacher(tmp_path, spec, num_classes=10)
     assert back.keys() == weights.keys()
     assert all(torch.equal(back[k], weights[k]) for k in weights)
@@ -102,7 +102,7 @@ def test_ensure_teacher_trains_once(tmp_path, spec, weights):
 
     first, trained_now = ensure_teacher(tmp_path, spec, train_fn)
     assert trained_now is True and calls == [spec.run_id]
-    assert teacher_path(tmp_path, spec).is_file()
+    assert teacher_path(tmp_path, spec).local.is_file()
     second, trained_now = ensure_teacher(tmp_path, spec, train_fn)
     assert trained_now is False and calls == [spec.run_id]  # not called again
     assert all(torch.equal(first[k], second[k]) for k in weights)

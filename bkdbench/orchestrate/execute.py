@@ -13,6 +13,7 @@ from ..leaderboard.store import write_row
 from ..paths import leaderboard_dir, teachers_dir
 from ..provenance import provenance
 from ..specs import RunSpec, spec_columns
+from ..storage import Location
 from ..teachers import TeacherError, check_teacher_fits, load_teacher, save_teacher
 from ..train import RunResult, Report, TrainingDiverged, train
 
@@ -22,7 +23,7 @@ def failed_row(spec: RunSpec, error: str, **tags) -> dict:
     return {**spec_columns(spec), "status": "failed", "error": error, "finished_at": now, **provenance(), **tags}
 
 
-def teacher_state_for(spec: RunSpec, results: Path):
+def teacher_state_for(spec: RunSpec, results: "Location | str"):
     """The cached weights of ``spec``'s teacher (None when it needs none; a list, in order, for a method
     with several teachers); refuses a misfit teacher or one not trained yet."""
     from ..data import get_dataset
@@ -42,7 +43,7 @@ def teacher_state_for(spec: RunSpec, results: Path):
 
 def run_and_record(
     spec: RunSpec,
-    results: Path,
+    results: "Location | str",
     *,
     report: Optional[Report] = None,
     tags: Optional[dict] = None,

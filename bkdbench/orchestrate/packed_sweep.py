@@ -92,7 +92,7 @@ def search_pack_trial(config: dict, *, base: str, results: str, data_dir: Option
     todo = list({c.run_id: c for c in configs if c is not None}.values())  # equal samples train once
     values: dict[str, Optional[float]] = {}
     trained_epochs: dict[str, int] = {}
-    teacher_state = teacher_state_for(spec, Path(results)) if todo else None
+    teacher_state = teacher_state_for(spec, results) if todo else None
     while todo:
         last_epoch = [-1]
 

@@ -17,6 +17,7 @@ from typing import Optional
 from ray import tune
 
 from ..specs import RunSpec
+from ..storage import Location
 from .packs import RUNS
 from .trial import FINISHED, checkpointing_report, restored_state, train_trial, use_resources
 
@@ -34,7 +35,7 @@ def train_unit(config: dict, *, units: dict, specs: dict, results: str, tags: di
         tune.report({FINISHED: True, "status": "skipped", "error": f"runs {missing} are not part of this invocation"})
         return
     use_resources(config)
-    train_pack([RunSpec.model_validate_json(specs[m]) for m in members], Path(results), tags=tags, tagged=tagged,
+    train_pack([RunSpec.model_validate_json(specs[m]) for m in members], Location(results), tags=tags, tagged=tagged,
                checkpoint_every=checkpoint_every, force=force, data_dir=Path(data_dir) if data_dir else None)
 
 

@@ -1,5 +1,6 @@
 """Starting and stopping Ray for a bkdbench command: dashboard off, token authentication on, Ray's
-own log output kept out of the terminal (in ``<experiment>/ray.log``), always shut down."""
+own log output kept out of the terminal (in ``ray.log`` of the experiment's driver-local folder),
+always shut down."""
 from __future__ import annotations
 
 import contextlib
@@ -10,15 +11,16 @@ from typing import Iterator, Optional
 
 import ray
 
+from ..storage import Location
 from . import prepare_ray_env
 
 
 @contextlib.contextmanager
 def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
-                num_cpus: Optional[int] = None, storage: Optional[Path] = None) -> Iterator[dict]:
+                num_cpus: Optional[int] = None, storage: "Location | str | None" = None) -> Iterator[dict]:
     """A Ray connection for the duration of a command. ``address`` (or ``RAY_ADDRESS``) joins an
-    existing cluster; otherwise a local one is started. On a multi-node cluster ``storage`` must be
-    visible to every node (StorageError otherwise). Yields the cluster's resources."""
+    existing cluster; otherwise a local one is started. On a multi-node cluster ``storage`` (a path or
+    a URI) must be reachable from every node (StorageError otherwise). Yields the cluster's resources."""
     # A local ray.init turns token authentication on and generates ~/.ray/auth_token itself; for a
     # joined cluster the CLI has already called prepare_ray_env (before Ray was imported).
     address = prepare_ray_env(address)
@@ -64,9 +66,10 @@ class StorageError(ValueError):
     """Storage that some node of the cluster cannot reach."""
 
 
-def check_shared_storage(root: Path) -> None:
-    """On a multi-node cluster, prove every node sees ``root``: write a probe file here and read it
-    from a task pinned to each node. A node-local path fails this (other nodes see another disk)."""
+def check_shared_storage(root: "Location | str") -> None:
+    """On a multi-node cluster, prove every node reaches ``root``: write a probe file here and read it
+    from a task pinned to each node. A node-local path fails this (other nodes see another disk); so
+    does a bucket that some node has no credentials or no route for."""
     import uuid
 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -74,26 +77,30 @@ def check_shared_storage(root: Path) -> None:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) < 2:
         return
-    root = Path(root).resolve()
+    root = Location(root)
     probe = root / f".bkdbench-shared-check-{uuid.uuid4().hex}"
     token = uuid.uuid4().hex
     probe.write_text(token)
     try:
         @ray.remote(num_cpus=0)
-        def sees(path: str, expected: str) -> bool:
+        def sees(where: str, expected: str) -> str:
             try:
-                return Path(path).read_text() == expected
-            except OSError:
-                return False
+                return "" if Location(where).read_text() == expected else "sees other content"
+            except FileNotFoundError:
+                return "sees no such file"
+            except (OSError, ValueError) as exc:
+                return f"{type(exc).__name__}: {exc}"
 
         refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: sees.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe), token)
             for n in nodes}
-        blind = [name for name, ok in zip(refs, ray.get(list(refs.values()), timeout=60)) if not ok]
+        blind = {name: why for name, why in zip(refs, ray.get(list(refs.values()), timeout=60)) if why}
     finally:
-        probe.unlink(missing_ok=True)
+        probe.delete()
     if blind:
+        where = ", ".join(blind) if root.is_local else "; ".join(f"{n} ({why})" for n, why in blind.items())
         raise StorageError(
-            f"the storage {root} is not shared: node(s) {', '.join(blind)} cannot see it. On a cluster, "
-            "--storage must be a path every node mounts (e.g. NFS) so trials, teachers and the leaderboard meet"
+            f"the storage {root} is not shared: node(s) {where} cannot see it. On a cluster, --storage must be "
+            "a path every node mounts (e.g. NFS) or an object-store URI every node can reach (s3://, gs://), "
+            "so trials, teachers and the leaderboard meet"
         )

@@ -8,7 +8,6 @@ leaderboard are skipped unless ``force``. Each stage is one Tune experiment unde
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,6 +17,7 @@ from ray import tune
 from ..leaderboard.store import finished_run_ids
 from ..paths import experiments_dir, leaderboard_dir, teachers_dir
 from ..specs import RunSpec
+from ..storage import Location
 from ..teachers import teacher_path
 from .packs import pack_units, per_run_events, per_run_outcome
 from .trial import FINISHED, train_trial
@@ -28,7 +28,7 @@ Event = Callable[[str, str, dict], None]  # (kind: start|result|complete|error, 
 RUN_IDS = "bkdbench-run-ids.json"  # the runs an experiment was created for
 
 
-def _restorable(path: Path, todo: list[str], known: dict) -> bool:
+def _restorable(path: Location, todo: list[str], known: dict) -> bool:
     """Restore an interrupted experiment only if it holds every run still to do and no run this
     invocation does not know (e.g. a resume with narrower filters): otherwise its restored trials
     would skip or leave out runs. A fresh experiment loses only unfinished trials' checkpoints."""
@@ -62,7 +62,7 @@ class Plan:
         return sum(len(s) for s in self.stages)
 
 
-def plan_runs(specs: list[RunSpec], results: Path, force: bool = False) -> Plan:
+def plan_runs(specs: list[RunSpec], results: "Location | str", force: bool = False) -> Plan:
     done = set() if force else finished_run_ids(leaderboard_dir(results))
     unique = list({s.run_id: s for s in specs}.values())
     todo = [s for s in unique if s.run_id not in done]
@@ -130,7 +130,7 @@ class _Events(tune.Callback):
 
 def run_plan(
     plan: Plan,
-    results: Path,
+    results: "Location | str",
     *,
     name: str,
     tags: dict,
@@ -152,7 +152,8 @@ def run_plan(
     set_listener(per_run_events(on_event, {k: v for units in stage_units for k, v in units.items()}))
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     outcome: dict[str, dict] = {}
-    root = experiments_dir(results).resolve() / name
+    results = Location(results)
+    root = experiments_dir(results) / name
     known = plan.all_specs()
     for stage_name, units in zip(plan.stage_names, stage_units):
         if pack > 1:
@@ -162,26 +163,29 @@ def run_plan(
         else:
             trial_fn, packs = train_trial, {}
         trainable = tune.with_resources(
-            tune.with_parameters(trial_fn, specs=known, results=str(results.resolve()), tags=tags,
+            tune.with_parameters(trial_fn, specs=known, results=str(results), tags=tags,
                                  tagged=[s.run_id for s in plan.specs],
                                  checkpoint_every=checkpoint_every, force=force,
                                  data_dir=str(data_dir) if data_dir else None, **packs),
             resources,
         )
         path = root / stage_name
+        # A URI goes to Tune prefix-stripped with its filesystem, so its endpoint options reach Tune.
+        tune_path, tune_fs = path.tune_storage()
         ids = sorted(units)  # trial keys: run ids, and pack keys with --pack
-        if resume and tune.Tuner.can_restore(str(path)) and _restorable(path, ids, {**known, **units}):
-            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        if (resume and tune.Tuner.can_restore(tune_path, storage_filesystem=tune_fs)
+                and _restorable(path, ids, {**known, **units})):
+            tuner = tune.Tuner.restore(tune_path, trainable, resume_errored=True, storage_filesystem=tune_fs)
         else:
-            shutil.rmtree(path, ignore_errors=True)  # Ray state of an earlier attempt; results live elsewhere
-            path.mkdir(parents=True, exist_ok=True)
+            path.delete()  # Ray state of an earlier attempt; results live elsewhere
             (path / RUN_IDS).write_text(json.dumps(ids))
             tuner = tune.Tuner(
                 trainable,
                 param_space={"run_id": tune.grid_search(list(units)), "resources": resources},
                 tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config["run_id"]),
                 run_config=tune.RunConfig(
-                    name=stage_name, storage_path=str(root), verbose=0, callbacks=[_Events()],
+                    name=stage_name, storage_path=root.tune_storage()[0], storage_filesystem=tune_fs,
+                    verbose=0, callbacks=[_Events()],
                     stop=_StopOnStorageError(),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -10,7 +10,8 @@ batches and teacher forward), still with ``evaluate_test=False``, and tells each
 validation score as its own Optuna trial; ASHA is off for packs, since it would stop or keep all K
 students on one number (``packed_sweep``).
 The study lives in the sweep folder (JournalStorage, file backend) or an RDB given by URL, so an
-interrupted sweep resumes and a finished one can be extended with more trials.
+interrupted sweep resumes and a finished one can be extended with more trials. With object storage
+the journal is a driver-local copy, fetched at the start and uploaded after the search.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ..methods import build as build_method
 from ..search_spaces import SearchSpace
 from ..specs import RunSpec, make_spec
+from ..storage import Location, pull, push
 from .runner import _Events, Interrupted, plan_runs, run_plan, set_listener
 from .trial import FINISHED
 
@@ -65,8 +67,8 @@ def space_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
-def sweep_dir(results: Path, sweep_id: str) -> Path:
-    return Path(results) / "sweeps" / sweep_id
+def sweep_dir(results: "Location | str", sweep_id: str) -> Location:
+    return Location(results) / "sweeps" / sweep_id
 
 
 def make_sampler(name: str, seed: int):
@@ -81,19 +83,26 @@ def make_sampler(name: str, seed: int):
     raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
 
 
-def open_study(sweep_id: str, folder: Path, storage_url: Optional[str] = None) -> optuna.Study:
+def open_study(sweep_id: str, folder: Location, storage_url: Optional[str] = None) -> optuna.Study:
     return optuna.create_study(study_name=sweep_id, storage=study_storage(folder, storage_url),
                                direction="maximize", load_if_exists=True)
 
 
-def study_storage(folder: Path, storage_url: Optional[str] = None):
+def study_storage(folder: Location, storage_url: Optional[str] = None):
     if storage_url:
         return storage_url  # e.g. postgresql://... for many nodes; never SQLite with parallel writers
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    folder.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(folder / "study.journal")))
+    # The journal is a local file: in the sweep folder, or for object storage a driver-local copy
+    # fetched from it (run_search uploads it back).
+    journal = pull(journal_location(folder))
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
+def journal_location(folder: Location) -> Location:
+    return Location(folder) / "study.journal"
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -133,7 +142,7 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
         tune.report(out)
 
     try:
-        train(spec, report=report, evaluate_test=False, teacher_state=teacher_state_for(spec, Path(results)),
+        train(spec, report=report, evaluate_test=False, teacher_state=teacher_state_for(spec, results),
               data_dir=Path(data_dir) if data_dir else None)
     except TrainingDiverged:
         raise  # the trial errors: Optuna records FAIL (a report without the metric would stop Tune)
@@ -190,22 +199,27 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
                                   grace_period=grace_period(base), reduction_factor=3)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, base=base.canonical_json(), results=str(Path(results).resolve()),
+        tune.with_parameters(trial_fn, base=base.canonical_json(), results=str(Location(results)),
                              data_dir=str(data_dir) if data_dir else None),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
     )
     set_listener(events)
-    attempt = len(list(folder.glob("search-*"))) + 1
+    attempt = sum(name.startswith("search-") for name in folder.list()) + 1
+    tune_path, tune_fs = folder.tune_storage()
     tuner = tune.Tuner(
         trainable,
         param_space={"_cpus": cpus_per_trial},
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
                                     scheduler=scheduler, num_samples=samples, metric=METRIC, mode="max",
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=f"search-{attempt}", storage_path=str(folder.resolve()), verbose=0,
-                                  callbacks=[_Events()]),
+        run_config=tune.RunConfig(name=f"search-{attempt}", storage_path=tune_path, storage_filesystem=tune_fs,
+                                  verbose=0, callbacks=[_Events()]),
     )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if not storage_url:
+            push(journal_location(folder))  # object storage: the driver-local journal goes back
     unfinished = [r for r in grid if not (r.metrics or {}).get(FINISHED) and r.error is None
                   and not (r.metrics or {}).get("diverged")
                   and not (not packed and _stopped_by_scheduler(r, base.epochs))]  # no scheduler stops a pack
@@ -240,20 +254,17 @@ def run_finals(base: RunSpec, best_params: dict, results: Path, sweep_id: str, s
     return {"tuned": [s.run_id for s in tuned], "default": [s.run_id for s in defaults]}
 
 
-def save_sweep_record(results: Path, cfg: SweepConfig, record: dict) -> Path:
-    folder = sweep_dir(results, cfg.sweep_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "sweep.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"config": asdict(cfg), "sweep_id": cfg.sweep_id, **record}, indent=2, sort_keys=True))
-    tmp.replace(path)
+def save_sweep_record(results: "Location | str", cfg: SweepConfig, record: dict) -> Location:
+    path = sweep_dir(results, cfg.sweep_id) / "sweep.json"
+    path.write_text(json.dumps({"config": asdict(cfg), "sweep_id": cfg.sweep_id, **record}, indent=2, sort_keys=True))
     return path
 
 
-def load_sweep_record(results: Path, sweep_id: str) -> dict:
-    path = sweep_dir(results, sweep_id) / "sweep.json"
-    if not path.is_file():
-        known = sorted(p.name for p in (Path(results) / "sweeps").glob("*") if (p / "sweep.json").is_file())
-        raise ValueError(f"no finished sweep {sweep_id!r} in {Path(results) / 'sweeps'}"
-                         + (f"; known: {', '.join(known)}" if known else ""))
-    return json.loads(path.read_text())
+def load_sweep_record(results: "Location | str", sweep_id: str) -> dict:
+    try:
+        return json.loads((sweep_dir(results, sweep_id) / "sweep.json").read_text())
+    except FileNotFoundError:
+        sweeps = Location(results) / "sweeps"
+        known = [name for name in sweeps.list() if (sweeps / name / "sweep.json").exists()]
+        raise ValueError(f"no finished sweep {sweep_id!r} in {sweeps}"
+                         + (f"; known: {', '.join(known)}" if known else "")) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 from ray import tune
 
 from ..specs import RunSpec
+from ..storage import Location
 
 CHECKPOINT_FILE = "state.pt"
 # Our own "ran to the end" flag: Tune sets its "done" on the last result of a trial that a
@@ -92,7 +93,7 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
     if tagged is not None and run_id not in tagged:
         tags = {}
     use_resources(config)
-    root = Path(results)
+    root = Location(results)  # a local path or an object-store URI
     if not force and is_finished(leaderboard_dir(root), run_id):
         tune.report({FINISHED: True, "status": "skipped"})  # finished meanwhile (e.g. by a restored run)
         return
