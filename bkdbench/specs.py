@@ -197,7 +197,7 @@ def _imbalance(imbalance_factor: Union[float, str], profile: str) -> tuple[Optio
 def _resolve_names(info, method, model, recipe, epochs, params):
     """(model, recipe, resolved method parameters, needs_teacher) for a dataset's defaults."""
     from .data import DataError
-    from .methods import MethodError, build, validate_params
+    from .methods import MethodError, method_class, validate_params
     from .models import ModelError, model_names
     from .recipes import RecipeError, get_recipe
 
@@ -208,8 +208,7 @@ def _resolve_names(info, method, model, recipe, epochs, params):
         rec = get_recipe(recipe or info.default_recipe)
         merged = {**info.method_defaults.get(method, {}), **(params or {})}
         resolved = validate_params(method, **merged)
-        classes = info.num_classes or 2  # a folder's class count is known once it is read
-        needs_teacher = build(method, [1] * classes, epochs=epochs or rec.epochs, **resolved).needs_teacher
+        needs_teacher = method_class(method).needs_teacher  # no build: a folder's class count is not known yet
     except (DataError, MethodError, ModelError, RecipeError) as exc:
         raise SpecError(str(exc)) from None
     return model, rec, resolved, needs_teacher

@@ -8,7 +8,7 @@ import torch
 from bkdbench.methods import Method, MethodError, build, names, register, validate_params
 
 COUNTS = [500, 200, 80, 20, 5]
-ALL = ["balanced-softmax", "bkd", "cbd", "ce", "crt", "drw", "focal", "kd", "ldam", "ldam-drw", "logit-adjust",
+ALL = ["balanced-softmax", "bkd", "breadcrumb", "cbd", "ce", "crt", "drw", "focal", "kd", "ldam", "ldam-drw", "logit-adjust",
        "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "subset-kd", "tau-norm"]
 
 
@@ -77,8 +77,9 @@ def test_method_attributes():
         assert isinstance(m, Method) and m.name == name
         assert m.head == ("cosine" if name.startswith("ldam") else "linear")
         decoupled = name in ("crt", "lws", "tau-norm")  # stage-2 methods: class-balanced, stage 1 as "teacher"
-        assert m.sampler == ("class-balanced" if decoupled else "instance")
-        assert m.needs_teacher == (name in ("kd", "bkd", "subset-kd") or decoupled)
+        assert m.sampler == ("class-balanced" if decoupled or name == "cbd" else "instance")
+        assert m.needs_teacher == (name in ("kd", "bkd", "subset-kd", "cbd") or decoupled)
+        assert m.uses_features == (name in ("cbd", "breadcrumb"))
         assert torch.equal(m.class_counts, torch.tensor(COUNTS))
     assert build("drw", COUNTS, epochs=50).cb_epoch == 40
     assert build("ldam-drw", COUNTS, epochs=50, cb_start=10).cb_epoch == 10

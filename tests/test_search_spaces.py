@@ -19,7 +19,7 @@ from bkdbench.orchestrate.sweep import grace_period
 from bkdbench.search_spaces import HERE, SpaceError, load_space, space_names
 from bkdbench.specs import make_spec
 
-SHIPPED = ["bkd", "cbd", "focal", "kd", "ldam-drw", "logit-adjust", "reweight-cb", "subset-kd"]
+SHIPPED = ["bkd", "breadcrumb", "cbd", "focal", "kd", "ldam-drw", "logit-adjust", "reweight-cb", "subset-kd"]
 
 
 # ------------------------------------------------------------------------------------------------
