@@ -46,6 +46,7 @@ def train(
     s: Optional[float] = typer.Option(None, "--s", help="LDAM's logit scale."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Logit-adjustment τ."),
     cb_start: Optional[float] = typer.Option(None, "--cb-start", help="When class weights switch on (<1: fraction of the budget, else epoch)."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Any method parameter as NAME=VALUE (repeatable), e.g. teachers=3, groups=0,1|2,3,4, queue=200."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast on CPU (always on with CUDA)."),
     compile: bool = typer.Option(False, "--compile", help="Train through torch.compile (pays off on long runs)."),
@@ -60,8 +61,17 @@ def train(
     from .paths import leaderboard_dir, results_dir, teachers_dir
     from .specs import SpecError, make_spec
 
+    from .methods.params import parse_assignments
+
     params = method_params(alpha=alpha, temperature=temperature, beta=beta, gamma=gamma, max_m=max_m, s=s,
                            tau=tau, cb_start=cb_start)
+    try:
+        extra = parse_assignments(param)
+    except ValueError as exc:
+        fail(str(exc))
+    if set(extra) & set(params):
+        fail(f"--param sets {', '.join(sorted(set(extra) & set(params)))}, which has its own option too: use one")
+    params.update(extra)
     if profile == "natural":  # the data's own imbalance, whatever --imbalance says (its default is 10)
         imbalance = "natural"
     try:

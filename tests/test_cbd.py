@@ -231,3 +231,20 @@ def test_cbd_through_bkdbench_train_trains_both_teachers_first(tmp_path):
                                  "--epochs", "3", "--results", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert f"reusing the cached teacher {spec.teachers[0].run_id}" in result.output
+
+    # Any method parameter reaches `bkdbench train` through --param: three teachers, the two cached reused.
+    result = runner.invoke(app, ["train", "--dataset", "digits", "--imbalance", "10", "--method", "cbd",
+                                 "--epochs", "3", "-p", "teachers=3", "--param", "alpha=0.5", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("training the teacher first") == 1 and result.output.count("reusing") == 2
+    three = make_spec("digits", 10, "cbd", epochs=3, params={"teachers": 3, "alpha": 0.5})
+    rows, _ = read_rows(Path(tmp_path) / "leaderboard")
+    assert three.run_id in set(rows.run_id) and len(three.teachers) == 3
+
+
+def test_param_option_is_checked_before_any_work(tmp_path):
+    for args, message in ((["-p", "teachers"], "NAME=VALUE"), (["-p", "alpha=1", "--alpha", "2"], "its own option"),
+                          (["-p", "teachers=two"], "teachers")):
+        result = CliRunner().invoke(app, ["train", "--method", "cbd", *args, "--results", str(tmp_path)])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (Path(tmp_path) / "leaderboard").exists() or not any((Path(tmp_path) / "leaderboard").iterdir())

@@ -12,6 +12,33 @@ import annotated_types
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 
+def parse_value(text: str) -> bool | int | float | str:
+    """A parameter value typed on a command line: true/false, a number, else the text itself
+    (pydantic then checks it against the parameter's own type, e.g. a whole number of teachers)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for number in (int, float):  # "3" stays whole (a count of teachers); float fields accept it as 3.0
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_assignments(items: list[str]) -> dict[str, bool | int | float | str]:
+    """``["queue=0", "groups=0,1|2,3"]`` → {"queue": 0, "groups": "0,1|2,3"}; ValueError on a bad item."""
+    out: dict[str, bool | int | float | str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"--param takes NAME=VALUE (got {item!r})")
+        if name.strip() in out:
+            raise ValueError(f"--param sets {name.strip()!r} twice")
+        out[name.strip()] = parse_value(value)
+    return out
+
+
 def _whole_epoch_if_absolute(value: float) -> float:
     if value >= 1 and value != int(value):
         raise ValueError("must be a fraction in [0, 1) or a whole epoch index >= 1")

@@ -7,6 +7,7 @@ import itertools
 import json
 from typing import Any, Optional
 
+from ..methods.params import parse_value
 from ..specs import RunSpec, make_spec
 
 # Component ablations of BKD (each variant is a parameter setting of the one method, not a copy).
@@ -36,18 +37,8 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             raise AblationError(f"--grid takes PARAM=v1,v2,... (got {item!r})")
         if name.strip() in grid:
             raise AblationError(f"--grid names {name.strip()!r} twice")
-        grid[name.strip()] = [_value(v.strip()) for v in values.split(",")]
+        grid[name.strip()] = [parse_value(v.strip()) for v in values.split(",")]
     return grid
-
-
-def _value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 
 def variants(method: str, grid: dict[str, list[Any]], preset: Optional[str]) -> list[dict[str, Any]]:
