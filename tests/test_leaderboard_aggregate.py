@@ -135,3 +135,18 @@ def test_labels_for_plain_tuned_and_ablation_rows():
     assert list(with_labels(frame)["label"]) == ["bkd (alpha=0.5)", "bkd (alpha=1)", "bkd (tuned)", "ce"]
     summary = summarise(frame)
     assert sorted(summary["label"]) == ["bkd (alpha=0.5)", "bkd (alpha=1)", "bkd (tuned)", "ce"]
+
+
+def test_groups_made_from_each_sets_counts_label_rows_only_within_a_cell():
+    frame = pd.DataFrame([
+        row("subset-kd", 0, 80.0, imbalance=50.0, params='{"groups":"0,1|2,3,4|5,6,7,8,9"}'),
+        row("subset-kd", 0, 95.0, imbalance=10.0, params='{"groups":"0,1,2|3,4,5,6,7|8,9"}'),
+        row("bkd", 0, 90.0, imbalance=50.0, params='{"alpha":0.5}'),
+        row("bkd", 0, 96.0, imbalance=10.0, params='{"alpha":1.0}'),
+    ])
+    # One rule per imbalance factor is one configuration; an ordinary parameter still shows.
+    assert list(with_labels(frame)["label"]) == ["subset-kd", "subset-kd", "bkd (alpha=0.5)", "bkd (alpha=1)"]
+    two_in_one_cell = pd.concat([frame, pd.DataFrame([
+        row("subset-kd", 0, 70.0, imbalance=50.0, params='{"groups":"0,1,2,3,4|5,6,7,8,9"}')])], ignore_index=True)
+    labels = list(with_labels(two_in_one_cell)["label"])
+    assert labels[0] == "subset-kd (groups=0,1|2,3,4|5,6,7,8,9)" and labels[4] == "subset-kd (groups=0,1,2,3,4|5,6,7,8,9)"

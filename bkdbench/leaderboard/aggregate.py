@@ -52,6 +52,9 @@ def _params(row: Mapping) -> dict:
     return json.loads(raw)
 
 
+# Parameters a method makes explicit from each long-tailed set's counts (class-subset KD's shot
+# groups): different per imbalance factor by construction, so they tell rows apart only within a cell.
+DATA_DERIVED = frozenset({"groups"})
 SETUP = ("model", "epochs")  # not method parameters, but a different value is a different configuration
 
 
@@ -101,7 +104,9 @@ def with_labels(df: pd.DataFrame) -> pd.DataFrame:
     labels = pd.Series(index=out.index, dtype=object)
     tuned = out["sweep_id"].map(_present) if "sweep_id" in out else pd.Series(False, index=out.index)
     for _, rows in out[~tuned].groupby("method", dropna=False):
-        varying = _varying_params(rows)
+        varying = _varying_params(rows) - DATA_DERIVED
+        for _, cell in rows.groupby(CELL, dropna=False):  # ... unless they differ inside one cell
+            varying |= _varying_params(cell) & DATA_DERIVED
         for index, row in rows.iterrows():
             labels[index] = method_label(row, varying)
     for index, row in out[tuned].iterrows():
