@@ -52,3 +52,14 @@ def reference_longtail():
 @pytest.fixture(scope="session")
 def reference_counts():
     return _reference_counts
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: two threads on a shared 2-core machine are far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,12 +26,7 @@ from bkdbench.specs import make_spec
 from bkdbench.train import build_model, load_checkpoint, load_run_data, save_checkpoint, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: CPU tests stay fast on a busy machine
 
 
 def rows(*values) -> torch.Tensor:

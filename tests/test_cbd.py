@@ -18,12 +18,7 @@ from bkdbench.specs import SpecError, make_spec
 from bkdbench.train import frozen_teachers, train, train_step
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: CPU tests stay fast on a busy machine
 
 
 class _Features(torch.nn.Module):

@@ -19,12 +19,7 @@ from bkdbench.methods import MethodError, build, validate_params
 from bkdbench.specs import SpecError, make_spec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: CPU tests stay fast on a busy machine
 
 
 # ------------------------------------------------------------------------------------------------
