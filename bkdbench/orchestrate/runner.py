@@ -39,6 +39,10 @@ def _restorable(path: Location, todo: list[str], known: dict) -> bool:
     return set(todo) <= stored and stored <= set(known)
 
 
+def _checkpoint_lost(result) -> bool:
+    return result.error is not None and "does not exist on storage anymore" in str(result.error)
+
+
 class Interrupted(RuntimeError):
     """The experiment stopped before every trial finished (Ctrl-C, or the driver was stopped)."""
 
@@ -173,8 +177,9 @@ def run_plan(
         # A URI goes to Tune prefix-stripped with its filesystem, so its endpoint options reach Tune.
         tune_path, tune_fs = path.tune_storage()
         ids = sorted(units)  # trial keys: run ids, and pack keys with --pack
-        if (resume and tune.Tuner.can_restore(tune_path, storage_filesystem=tune_fs)
-                and _restorable(path, ids, {**known, **units})):
+        restored = (resume and tune.Tuner.can_restore(tune_path, storage_filesystem=tune_fs)
+                    and _restorable(path, ids, {**known, **units}))
+        if restored:
             tuner = tune.Tuner.restore(tune_path, trainable, resume_errored=True, storage_filesystem=tune_fs)
         else:
             path.delete()  # Ray state of an earlier attempt; results live elsewhere
@@ -192,6 +197,12 @@ def run_plan(
                 ),
             )
         grid = tuner.fit()
+        if restored and any(_checkpoint_lost(result) for result in grid):
+            # The saved state named a checkpoint Tune had already replaced: the driver died between
+            # Tune deleting the old checkpoint and uploading its state (a window as long as an upload
+            # to object storage). Those trials train again from the start.
+            tuner = tune.Tuner.restore(tune_path, trainable, restart_errored=True, storage_filesystem=tune_fs)
+            grid = tuner.fit()
         unfinished = []
         for result in grid:
             metrics = result.metrics or {}
