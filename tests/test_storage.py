@@ -355,3 +355,32 @@ def test_sweep_on_s3_keeps_its_journal_in_the_bucket(s3, tmp_path):
     report = cli(["sweep", "report", sweep_id, "--storage", uri], tmp_path, timeout=120)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert "trials: 2 complete" in " ".join(report.stdout.split()), report.stdout
+
+
+@pytest.mark.slow
+def test_two_node_cluster_shares_s3_storage(s3, tmp_path):
+    """A real two-node cluster (`ray start` head + worker) with --storage s3://...: the shared-storage
+    probe reads the bucket from each node, and the trials, wherever they run, write into it."""
+    import yaml
+
+    from cluster_helpers import Cluster
+
+    suite = tmp_path / "s3nodes.yaml"
+    suite.write_text(yaml.safe_dump({"name": "s3nodes", "datasets": ["digits"], "imbalance": [10],
+                                     "methods": ["ce", "reweight-cb"], "seeds": 2, "epochs": 2}))
+    uri = s3(f"nodes-{uuid.uuid4().hex[:6]}")
+    cluster = Cluster()  # its nodes inherit this process's environment: the same S3 credentials
+    try:
+        cluster.start_head(cpus=1)
+        cluster.add_worker(cpus=1)
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BKDBENCH_RESULTS", "RAY_AUTH_MODE")}
+        env.update(BKDBENCH_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+        out = subprocess.run([str(BKDBENCH), "run", "--suite", str(suite), "--address", cluster.address,
+                              "--storage", uri], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    finally:
+        cluster.stop()
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    from bkdbench.leaderboard.store import read_rows
+
+    rows, bad = read_rows(Location(uri) / "leaderboard")
+    assert bad == [] and len(rows) == 4 and set(rows.status) == {"finished"}
