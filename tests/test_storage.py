@@ -243,6 +243,9 @@ def test_suite_on_s3_end_to_end(s3, tmp_path):
     board = cli(["leaderboard", "--storage", uri, "--suite", "s3mini", "--format", "csv"], tmp_path, timeout=120)
     assert board.returncode == 0, board.stderr
     assert all(m in board.stdout for m in ("ce", "kd", "bkd")), board.stdout
+    plot = cli(["plot", "summary", "--storage", uri, "--suite", "s3mini"], tmp_path, timeout=120)
+    assert plot.returncode == 0 and "plots go to the local folder plots" in " ".join(plot.stderr.split()), plot.stderr
+    assert (tmp_path / "plots" / "summary-s3mini-top1.png").is_file()  # PNGs for a person, on this machine
 
     second = cli(["run", "--suite", str(suite), "--storage", uri], tmp_path, timeout=200)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
