@@ -261,16 +261,17 @@ def _git_sha() -> Optional[str]:
         return None
 
 
-def write_bench(result: dict, folder: Path, prefix: str = "bench") -> Path:
-    """Write ``result`` as ``<folder>/<prefix>-<device>-<time>.json`` (atomically); return the path."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def write_bench(result: dict, folder, prefix: str = "bench"):
+    """Write ``result`` as ``<folder>/<prefix>-<device>-<time>.json`` (atomically, a local folder or a
+    storage URI); return where it went."""
+    from .storage import Location
+
+    folder = Location(folder)
+    folder.make_dir()
     stamp = result.get("started_at", datetime.now(timezone.utc).isoformat()).replace(":", "").replace("+0000", "Z")
     device = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
     path = folder / f"{prefix}-{device}-{stamp}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+    path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
 

@@ -26,7 +26,7 @@ def bench(
     bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="CPU: also measure bkdbench under bf16 autocast (reported apart)."),
     compile: bool = typer.Option(False, "--compile", help="Also measure bkdbench with torch.compile (compilation time excluded, reported)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: torch's choice)."),
-    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default $BKDBENCH_RESULTS or ./results); the JSON goes to <results>/bench/."),
+    results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results folder or s3://, gs:// URI (default $BKDBENCH_RESULTS or ./results); the JSON goes to <results>/bench/."),
 ):
     """Training images/s, seconds per CIFAR-100-LT IF100 epoch and peak memory: a reference-style
     DataLoader pipeline against bkdbench's, alternated in one process; also BKD with a teacher and K
