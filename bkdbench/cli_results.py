@@ -31,6 +31,7 @@ def _fail(message: str) -> None:
 
 def _load(results: Optional[str], **filters):
     """Validated leaderboard folder and its rows; warns once about unreadable files."""
+    from bkdbench.leaderboard.aggregate import keyed_datasets, select_dataset
     from bkdbench.leaderboard.store import LeaderboardError, read_rows
 
     from bkdbench.leaderboard.manifest import suite_run_ids
@@ -42,7 +43,12 @@ def _load(results: Optional[str], **filters):
         members = suite_run_ids(root, suite) if suite else None
         if members is not None:  # the suite's own runs, shared ones included (see leaderboard/manifest.py)
             filters = {k: v for k, v in filters.items() if k != "suite"}
+        dataset = filters.get("dataset")
+        if dataset:  # `imagefolder@1a2b3c4d` is one folder's runs: the store knows only `imagefolder`
+            filters = {**filters, "dataset": dataset.split("@")[0]}
         rows, skipped = read_rows(folder, **filters)
+        if dataset:
+            rows = rows.loc[select_dataset(keyed_datasets(rows), dataset).index].reset_index(drop=True)
         if members is not None:
             rows = rows[rows["run_id"].isin(members) | (rows["suite"] == suite)].reset_index(drop=True)
     except (LeaderboardError, ValueError) as exc:
@@ -142,10 +148,13 @@ def plot_per_class(dataset: DatasetOpt = None, imbalance: ImbalanceOpt = None, s
         _say_empty(folder, suite=suite, dataset=dataset, imbalance_factor=imbalance)
         return
 
+    from bkdbench.leaderboard.aggregate import keyed_datasets
     from bkdbench.leaderboard.plots import plot_per_class as draw
 
-    cells = rows[["dataset", "imbalance_factor"]].drop_duplicates().sort_values(
+    cells = keyed_datasets(rows)[["dataset", "imbalance_factor"]].drop_duplicates().sort_values(
         ["dataset", "imbalance_factor"], ascending=[True, False])
+    if out and len(cells) > 1:  # one folder name, several image folders
+        _fail(f"{dataset} names {len(cells)} datasets ({', '.join(cells['dataset'])}): pass one of them with --out")
     prefix = f"per-class-{suite}-" if suite else "per-class-"
     folder = _plots_folder(results, out)
     for cell in cells.itertuples(index=False):

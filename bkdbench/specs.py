@@ -240,7 +240,7 @@ def spec_columns(spec: RunSpec) -> dict:
     info = get_dataset(spec.dataset)
     return {
         "many_threshold": info.many_threshold, "few_threshold": info.few_threshold,
-        "run_id": spec.run_id, "dataset": spec.dataset, "imbalance_factor": spec.imbalance_factor,
+        "run_id": spec.run_id, "dataset": spec.dataset, "data_key": spec.data_key, "imbalance_factor": spec.imbalance_factor,
         "profile": spec.profile, "data_seed": spec.data_seed, "model": spec.model, "method": spec.method,
         "params": _params_column(spec), "recipe": {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs},
         "epochs": spec.epochs, "seed": spec.seed,

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from bkdbench.cli import app
 from bkdbench.data import DataError, dataset_info, imagefolder, load_longtail, longtail_counts
-from bkdbench.specs import SpecError, make_spec
+from bkdbench.specs import SpecError, make_spec, spec_columns
 from bkdbench.suites import load_suite
 from bkdbench.train import train
 
@@ -357,6 +357,8 @@ def test_different_folders_never_share_a_run_id(tmp_path):
     assert spec["one"].teacher.run_id != spec["two"].teacher.run_id
     assert spec["one"].teacher.data_key == spec["one"].data_key
     assert spec["one"].run_id == spec["copy"].run_id  # the same bytes are the same data
+    assert spec_columns(spec["two"])["data_key"] == spec["two"].data_key  # the leaderboard tells folders apart
+    assert spec_columns(make_spec("digits", 10))["data_key"] is None
     resized = make_spec("imagefolder", 2, "bkd", data_dir=tmp_path / "one", image_size=4)
     assert resized.run_id != spec["one"].run_id and resized.image_size == 4
 

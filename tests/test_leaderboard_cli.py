@@ -194,3 +194,27 @@ def test_results_layer_never_imports_torch(tmp_path):
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_two_image_folders_are_two_datasets_never_one_cell(tmp_path):
+    """Rows of two different folders (both `imagefolder`) must not average as if they were seeds."""
+    board = leaderboard_dir(tmp_path)
+    for i, (key, top1) in enumerate([("aaaa1111ffff", 40.0), ("aaaa1111ffff", 42.0),
+                                     ("bbbb2222eeee", 90.0), ("bbbb2222eeee", 92.0)]):
+        write_row(board, {"run_id": f"f{i}", "dataset": "imagefolder", "data_key": key, "imbalance_factor": 10.0,
+                          "data_seed": 0, "method": "ce", "seed": i % 2, "status": "finished", "top1": top1,
+                          "per_class_acc": [top1, top1], "class_counts": [50, 5]})
+    out = invoke("leaderboard", "--results", tmp_path, "--format", "csv")
+    assert out.exit_code == 0, out.output
+    lines = sorted(out.stdout.splitlines()[1:])
+    assert lines == ["imagefolder@aaaa1111,10.0,ce,41.0,1.4142135623730951,2,top1",
+                     "imagefolder@bbbb2222,10.0,ce,91.0,1.4142135623730951,2,top1"]
+    out = invoke("leaderboard", "--results", tmp_path, "--format", "csv", "--dataset", "imagefolder@bbbb")
+    assert [line.split(",")[3] for line in out.stdout.splitlines()[1:]] == ["91.0"]
+    out = invoke("plot", "per-class", "--results", tmp_path)
+    assert out.exit_code == 0, out.output
+    assert sorted(p.name for p in plots_dir(tmp_path).iterdir()) == [
+        "per-class-imagefolder@aaaa1111-if10.png", "per-class-imagefolder@bbbb2222-if10.png"]
+    out = invoke("plot", "per-class", "--results", tmp_path, "--dataset", "imagefolder", "--imbalance", 10,
+                 "--out", tmp_path / "one.png")
+    assert out.exit_code == 2 and "imagefolder names 2 datasets" in out.stderr

@@ -37,7 +37,7 @@ def make_row(run_id, **overrides):
 
 def test_schema_has_exactly_the_documented_columns():
     assert store.SCHEMA_VERSION == 1
-    assert len(store.COLUMNS) == 41  # the 38 of DESIGN.md plus the shot thresholds and `extra`
+    assert len(store.COLUMNS) == 42  # the 38 of DESIGN.md plus the shot thresholds, `extra` and `data_key`
     assert store.SCHEMA.field("many_threshold").type == pa.int64()
     assert store.SCHEMA.field("per_class_acc").type == pa.list_(pa.float64())
     assert store.SCHEMA.field("class_counts").type == pa.list_(pa.int64())

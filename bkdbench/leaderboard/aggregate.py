@@ -58,6 +58,30 @@ DATA_DERIVED = frozenset({"groups"})
 SETUP = ("model", "epochs")  # not method parameters, but a different value is a different configuration
 
 
+def keyed_datasets(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows from two different image folders are two datasets, never one cell: where a row has a
+    ``data_key``, its dataset reads ``imagefolder@<first 8 hex digits of the key>``."""
+    if "data_key" not in df or df.empty:
+        return df
+    keyed = df["data_key"].map(_present) & ~df["dataset"].astype(str).str.contains("@", regex=False)
+    if not keyed.any():
+        return df
+    out = df.copy()
+    out.loc[keyed, "dataset"] = (out.loc[keyed, "dataset"].astype(str) + "@"
+                                 + out.loc[keyed, "data_key"].astype(str).str[:8])
+    return out
+
+
+def select_dataset(df: pd.DataFrame, name: str | None) -> pd.DataFrame:
+    """Rows of dataset ``name`` (after ``keyed_datasets``): ``imagefolder`` selects every folder,
+    ``imagefolder@1a2b3c4d`` one of them (any unambiguous prefix of its key)."""
+    if name is None or df.empty:
+        return df
+    column = df["dataset"].astype(str)
+    return df[(column == name) | column.str.startswith(f"{name}@")
+              | (column.str.startswith(name) if "@" in name else False)]
+
+
 def _config(row: Mapping) -> dict:
     """The row's method parameters plus the setup keys, so that (say) a 5-epoch smoke run is
     never averaged with 200-epoch runs as if it were another seed."""
@@ -120,7 +144,7 @@ def _finished(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     check_metric(metric)
     rows = df[df["status"] == "finished"] if "status" in df else df
     rows = rows[rows[metric].notna()] if metric in rows else rows.iloc[0:0]
-    rows = with_labels(rows)
+    rows = with_labels(keyed_datasets(rows))
     if "finished_at" in rows:
         rows = rows.sort_values("finished_at", kind="stable", na_position="first")
     key = CELL + ["label"] + [c for c in REPLICATE if c in rows]
@@ -167,9 +191,7 @@ def paired_difference(df: pd.DataFrame, a: str, b: str, metric: str = "top1",
     mean_a, mean_b, mean_diff, sd_diff, ci_low, ci_high, diffs (per-pair list). The CI is
     NaN with fewer than two pairs. ``attrs`` holds a, b and metric.
     """
-    rows = _finished(df, metric)
-    if dataset is not None:
-        rows = rows[rows["dataset"] == dataset]
+    rows = select_dataset(_finished(df, metric), dataset)
     if imbalance is not None:
         rows = rows[np.isclose(rows["imbalance_factor"].astype(float), float(imbalance))]
     left, right = _select(rows, a), _select(rows, b)

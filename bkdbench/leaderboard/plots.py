@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bkdbench.leaderboard.aggregate import (  # noqa: E402
-    CELL, LOWER_IS_BETTER, REPLICATE, check_metric, summarise, with_labels)
+    CELL, LOWER_IS_BETTER, REPLICATE, check_metric, keyed_datasets, select_dataset, summarise, with_labels)
 from bkdbench.leaderboard.render import DESCRIPTIONS  # noqa: E402
 
 # Shot-split boundaries (training images per class) from the evaluation protocol.
@@ -43,7 +43,10 @@ def _save(fig, out_path) -> Path:
 
 
 def _per_class_rows(df: pd.DataFrame, dataset: str, imbalance: float) -> pd.DataFrame:
-    rows = df[(df["status"] == "finished") & (df["dataset"] == dataset)]
+    rows = select_dataset(keyed_datasets(df[df["status"] == "finished"]), dataset)
+    folders = sorted(rows["dataset"].unique())
+    if len(folders) > 1:
+        raise ValueError(f"{dataset} names {len(folders)} datasets ({', '.join(folders)}): pass one of them")
     rows = rows[np.isclose(rows["imbalance_factor"].astype(float), float(imbalance))]
     has_lists = rows["per_class_acc"].map(lambda v: v is not None and len(v) > 0) \
         & rows["class_counts"].map(lambda v: v is not None and len(v) > 0)

@@ -19,6 +19,8 @@ Units:
 - ``nll``: mean test negative log-likelihood, in nats.
 - ``train_seconds``: wall-clock training time; ``images_per_second``: training throughput.
 - ``started_at``/``finished_at``: UTC timestamps (microseconds).
+- ``data_key``: for ``imagefolder`` runs, the folder's content hash (two folders are two datasets:
+  tables show them as ``imagefolder@<first 8 hex digits>``); null for built-in datasets.
 - ``params`` and ``recipe``: canonical JSON (sorted keys, no spaces) of the method parameters
   and of the training recipe.
 """
@@ -47,6 +49,7 @@ SCHEMA = pa.schema([
     pa.field("sweep_id", pa.string()),
     pa.field("ablation_id", pa.string()),
     pa.field("dataset", pa.string()),
+    pa.field("data_key", pa.string()),  # content hash of an image folder; null for a built-in dataset
     pa.field("imbalance_factor", pa.float64()),
     pa.field("profile", pa.string()),
     pa.field("data_seed", pa.int64()),
