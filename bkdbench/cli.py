@@ -50,6 +50,7 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast on CPU (always on with CUDA)."),
     compile: bool = typer.Option(False, "--compile", help="Train through torch.compile (pays off on long runs)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)."),
     force: bool = typer.Option(False, "--force", help="Train even if this run is already in the leaderboard."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="imagefolder: resize every image to N×N (needed when sizes differ)."),
     data_dir: Optional[Path] = DataDirOpt,
@@ -86,6 +87,10 @@ def train(
     except (SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from .orchestrate.execute import run_and_record
     from .teachers import TeacherError, load_teacher
     from .train import TrainingDiverged

@@ -116,7 +116,7 @@ def test_tau_norm_formula_and_choice_on_validation(stage1):
     assert torch.allclose(model.fc.weight, w / norms ** 0.6, atol=1e-6)
 
 
-def test_tau_norm_through_bkdbench_train_records_its_tau(tmp_path):
+def test_tau_norm_through_bkdbench_train_records_its_tau(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["train", "--dataset", "digits", "--imbalance", "50", "--method", "tau-norm",
                                       "--epochs", "6", "--results", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -125,3 +125,8 @@ def test_tau_norm_through_bkdbench_train_records_its_tau(tmp_path):
     assert bad == [] and sorted(rows.method) == ["ce", "tau-norm"]
     extra = json.loads(rows[rows.method == "tau-norm"].extra.iloc[0])
     assert extra["tau"] in TAU_GRID and 0 <= extra["tau_val_top1"] <= 100
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    again = CliRunner().invoke(app, ["train", "--dataset", "digits", "--imbalance", "50", "--method", "tau-norm",
+                                     "--epochs", "6", "--results", str(tmp_path), "--threads", "3"])
+    assert again.exit_code == 0 and "already in the leaderboard" in again.output and threads == [3]
