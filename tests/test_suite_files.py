@@ -103,7 +103,10 @@ BAD_FILES = {
     # id: (file text or fields, words the message must contain besides the file's path)
     "malformed-yaml": ("name: x\ndatasets: [digits\nimbalance: [10]\n", ["YAML"]),
     "unknown-key": ({**GOOD, "epoch": 3}, ["epoch"]),
-    "wrong-type": ({**GOOD, "seeds": "many"}, ["seeds"]),
+    "wrong-type": ({**GOOD, "seeds": "many"}, ["key 'seeds': 'many' is not an integer or a list"]),
+    "bad-seed-in-list": ({**GOOD, "seeds": [0, "x"]}, ["key 'seeds.1': Input should be a valid integer"]),
+    "imbalance-word": ({**GOOD, "imbalance": ["ten"]}, ["key 'imbalance.0': 'ten' is not a number or 'natural'"]),
+    "method-entry-typo": ({**GOOD, "methods": [{"name": "bkd"}]}, ["key 'methods.0.method': Field required"]),
     "unknown-method": ({**GOOD, "methods": ["ce", "cee"]}, ["cee", "bkd", "ldam-drw", "focal"]),
     "unknown-dataset": ({**GOOD, "datasets": ["nosuchdata"]}, ["nosuchdata", "digits", "cifar10"]),
     "imbalance-below-1": ({**GOOD, "imbalance": [0.5]}, ["imbalance"]),
