@@ -43,7 +43,7 @@ from . import __version__
 from .bench_measure import Windows, load_average, machine_info, ratio, summary, window
 from .bench_pipelines import EPOCHS_REFERENCE, BkdbenchPipeline, ReferencePipeline, synthetic_cifar, sync
 from .data import longtail_counts
-from .packed import resolve_strategy
+from .models.packing import resolve_strategy
 from .train import _device_name
 
 SCHEMA_VERSION = 1

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from .data import DeviceLoader
 from .methods import build as build_method
 from .models import create_model
-from .packed import pack_models, packed_step
+from .models.packing import pack_models
+from .packed import packed_step
 from .train import channels_last_for, train_step
 
 if TYPE_CHECKING:

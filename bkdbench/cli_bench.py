@@ -41,7 +41,7 @@ def bench(
         check_writable(folder)
         check_device(device)
         from .bench import config_for
-        from .packed import STRATEGIES
+        from .models.packing import STRATEGIES
 
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown packing strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")

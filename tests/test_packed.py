@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bkdbench.models import create_model
-from bkdbench.packed import GroupedPack, PackedTrainingDiverged, check_packable, pack_models, train_packed
+from bkdbench.models.packing import GroupedPack, pack_models
+from bkdbench.packed import PackedTrainingDiverged, check_packable, train_packed
 from bkdbench.specs import make_spec
 from bkdbench.train import TrainingDiverged, train
 

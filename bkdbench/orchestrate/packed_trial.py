@@ -42,7 +42,8 @@ def train_unit(config: dict, *, units: dict, specs: dict, results: str, tags: di
 def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional[list] = None,
                checkpoint_every: Optional[int] = None, force: bool = False, data_dir: Optional[Path] = None) -> None:
     from ..leaderboard.store import is_finished, write_row
-    from ..packed import PackedTrainingDiverged, resolve_strategy, train_packed
+    from ..models.packing import resolve_strategy
+    from ..packed import PackedTrainingDiverged, train_packed
     from ..paths import leaderboard_dir, teachers_dir
     from ..teachers import TeacherError, save_teacher
     from ..train import default_device
