@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bkdbench.cli import app
-from bkdbench.data import DataError, dataset_info, imagefolder, load_longtail, longtail_counts
+from bkdbench.data import DataError, dataset_info, decode, imagefolder, load_longtail, longtail_counts
 from bkdbench.specs import SpecError, make_spec, spec_columns
 from bkdbench.suites import load_suite
 from bkdbench.train import train
@@ -110,8 +110,8 @@ def test_cache_is_reused_then_invalidated_by_touch_and_by_new_file(tmp_path, own
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache is valid")
 
-    real_decode = imagefolder._decode
-    monkeypatch.setattr(imagefolder, "_decode", no_decoding)
+    real_decode = decode.decode_bytes
+    monkeypatch.setattr(decode, "decode_bytes", no_decoding)
     second = imagefolder.load_folder(tmp_path / "data")
     assert not second.decoded and second.cache_file == first.cache_file and second.data_key == first.data_key
     np.testing.assert_array_equal(second.arrays.train_x, first.arrays.train_x)
@@ -122,7 +122,7 @@ def test_cache_is_reused_then_invalidated_by_touch_and_by_new_file(tmp_path, own
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))  # touched: content unchanged
     with pytest.raises(AssertionError, match="decoded although"):
         imagefolder.load_folder(tmp_path / "data")
-    monkeypatch.setattr(imagefolder, "_decode", real_decode)
+    monkeypatch.setattr(decode, "decode_bytes", real_decode)
     touched = imagefolder.load_folder(tmp_path / "data")
     assert touched.decoded and touched.cache_file != first.cache_file
     assert touched.data_key == first.data_key  # same bytes: same data, same run ids

@@ -7,7 +7,7 @@ are skipped; any other file must be an image (see ``IMAGE_SUFFIXES``). The CIFAR
 (``shared/data/cifar10-jpeg.tar.gz``) sorts into CIFAR-10's own label order -- airplane, automobile,
 bird, cat, deer, dog, frog, horse, ship, truck -- so class 0 is the head class, as in the reference.
 
-Decoding. Each image is decoded once, by ``torchvision.io.decode_image`` (libjpeg-turbo, libpng; the
+Decoding (decode.py). Each image is decoded once, by ``torchvision.io.decode_image`` (libjpeg-turbo, libpng; the
 first load of CIFAR-10's 60,000 JPEGs took 6 s on 2 shared cores, cache write included) or by Pillow
 for the formats it does not read (or once torchvision drops its decoders), converted to RGB
 uint8 and, with ``image_size`` N, resized to N×N (bilinear, antialiased). Without ``image_size`` every
@@ -38,7 +38,6 @@ max(1, side // 8) pixels of padding (4 for 32×32) and horizontal flip.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import uuid
 import warnings
@@ -50,6 +49,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from . import decode
 from .registry import DataError, DatasetInfo, ImageArrays, register_dataset
 
 SPLITS = ("train", "val", "test")
@@ -193,53 +193,6 @@ def _images_below(root: Path, rel_dir: str) -> list[tuple[str, int, int]]:
 
 # --------------------------------------------------------------------------------------------- decoding
 
-def _decode(path: Path, data: bytes, image_size: Optional[int]) -> np.ndarray:
-    """One image file's bytes → RGB uint8 3×H×W (N×N with ``image_size``)."""
-    import torch
-
-    if not data:
-        raise DataError(f"{path} is an empty file, not an image")
-    try:
-        from torchvision.io import ImageReadMode, decode_image
-
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except (ImportError, RuntimeError):  # no torchvision decoders, a format they do not read (bmp, tiff), or a broken file
-        image = _decode_pillow(path, data)
-    if image.ndim == 4:  # an animated GIF: its first frame
-        image = image[0]
-    if image.dtype != torch.uint8:  # 16-bit PNG
-        image = ((image.to(torch.int64) * 255 + 32767) // 65535).to(torch.uint8)
-    if image_size is not None and tuple(image.shape[1:]) != (image_size, image_size):
-        from torchvision.transforms.v2 import functional as TF
-
-        image = TF.resize(image, [image_size, image_size], antialias=True)
-    return np.ascontiguousarray(image.numpy())
-
-
-def _decode_pillow(path: Path, data: bytes):
-    import torch
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except Exception as exc:  # Pillow raises many types for truncated or foreign files
-        raise DataError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-
-
-def _decode_chunk(root: Path, rels: list[str], image_size: Optional[int]) -> list[tuple[np.ndarray, bytes]]:
-    out = []
-    for rel in rels:
-        path = root / rel
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise DataError(f"{path} is unreadable ({exc.strerror or exc})") from None
-        out.append((_decode(path, data, image_size), hashlib.sha256(data).digest()))
-    return out
-
-
 def _build(listing: Listing, image_size: Optional[int]) -> dict:
     """Decode every image of the listing into the cache's dict (see ``_to_folder_data``)."""
     import torch
@@ -257,7 +210,7 @@ def _build(listing: Listing, image_size: Optional[int]) -> dict:
             # the fastest here (3x Pillow on small JPEGs, same pixels), and Pillow takes over once they go.
             warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision",
                                     category=DeprecationWarning)
-            parts = pool.map(lambda c: _decode_chunk(root, [rel for _, rel in c], image_size), chunks)
+            parts = pool.map(lambda c: decode.decode_files(root, [rel for _, rel in c], image_size), chunks)
             for chunk, part in zip(chunks, parts):
                 for (split, rel), (image, file_hash) in zip(chunk, part):
                     if not images:
@@ -278,22 +231,8 @@ def _build(listing: Listing, image_size: Optional[int]) -> dict:
     for split, items in listing.files.items():
         blob[f"{split}_x"] = torch.from_numpy(images[split])
         blob[f"{split}_y"] = torch.tensor([label for _, label in items], dtype=torch.int64)
-    blob["mean"], blob["std"] = channel_stats(images["train"])
+    blob["mean"], blob["std"] = decode.channel_stats(images["train"])
     return blob
-
-
-def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of uint8 N×C×H×W images, on the 0..1 scale; exact,
-    from each channel's histogram of the 256 pixel values."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    means, stds = [], []
-    for channel in range(images.shape[1]):
-        counts = np.bincount(images[:, channel].ravel(), minlength=256).astype(np.float64)
-        total = counts.sum()
-        mean = float(counts @ values / total)
-        means.append(mean)
-        stds.append(float(np.sqrt(max(counts @ (values - mean) ** 2 / total, 0.0))))
-    return means, stds
 
 
 # ------------------------------------------------------------------------------------------------ cache
