@@ -1,7 +1,8 @@
 """Where results live: a local folder (or a mount every node shares) or an object-store URI such as
 ``s3://bucket/prefix`` or ``gs://bucket/prefix``, reached through pyarrow.fs. S3 URIs take pyarrow's
 query options, e.g. ``?endpoint_override=host:9000&scheme=http`` for MinIO; credentials come from
-the usual environment variables (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...).
+the usual environment variables (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...). A GCS URI
+may add ``anonymous=true`` (no credentials: a GCS emulator, or a bucket open to everyone).
 
 Torch-free and Ray-free: the CLI, the core (teachers), the results layer and every trial share it.
 A ``Location`` names a file or folder below such a root and reads, writes (atomically), lists and
@@ -204,7 +205,10 @@ class Location:
         fs, path = self.filesystem()
         kind = fs.get_file_info(path).type
         if kind == pafs.FileType.Directory:
-            fs.delete_dir(path)
+            try:
+                fs.delete_dir(path)
+            except FileNotFoundError:  # GCS: the objects are gone; the folder had no marker object
+                pass
         elif kind == pafs.FileType.File:
             fs.delete_file(path)
 
@@ -244,12 +248,38 @@ def _open(root: str) -> tuple["pafs.FileSystem", str]:
     import pyarrow.fs as pafs
 
     try:
+        if root.startswith("gs://") and "anonymous=" in root:
+            return _gcs_anonymous(root)
         return pafs.FileSystem.from_uri(root)
     except (pa.ArrowInvalid, ValueError) as exc:
         hint = "; use a local path, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX" if "Unrecognized" in str(exc) else ""
         raise LocationError(f"cannot use the storage {root}: {exc}{hint}") from None
     except OSError as exc:  # e.g. the bucket's region cannot be resolved (no network, no such bucket)
         raise LocationError(f"cannot reach the storage {root}: {exc}") from None
+
+
+def _gcs_anonymous(root: str) -> tuple["pafs.FileSystem", str]:
+    """``gs://BUCKET?anonymous=true&endpoint_override=HOST:PORT&scheme=http``: GCS without
+    credentials, for a GCS emulator or a bucket open to all. pyarrow's URI parser has no such option
+    (it always asks for Google credentials), so the filesystem is built from the query here."""
+    from datetime import timedelta
+    from urllib.parse import parse_qsl
+
+    import pyarrow.fs as pafs
+
+    parts = urlsplit(root)
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if options.pop("anonymous").lower() not in ("true", "1", "yes"):
+        raise ValueError("anonymous= takes true (credentials are otherwise found as usual: leave it out)")
+    kwargs = {"anonymous": True}
+    for name in ("endpoint_override", "scheme", "default_bucket_location", "project_id"):
+        if name in options:
+            kwargs[name] = options.pop(name)
+    if "retry_limit_seconds" in options:
+        kwargs["retry_time_limit"] = timedelta(seconds=float(options.pop("retry_limit_seconds")))
+    if options:
+        raise ValueError(f"unexpected query parameter in GCS URI: {', '.join(sorted(options))}")
+    return pafs.GcsFileSystem(**kwargs), parts.netloc
 
 
 def _fsync_dir(folder: str) -> None:

@@ -53,6 +53,14 @@ def cli_env() -> dict:
     return env
 
 
+def cli_in(args: list[str], folder: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    """Run ``bkdbench ARGS`` to the end in ``folder`` with its own cache (``folder/cache``) and a wide
+    terminal; stdout and stderr captured."""
+    env = cli_env()
+    env.update(BKDBENCH_CACHE=str(folder / "cache"), COLUMNS="200")
+    return subprocess.run([str(BKDBENCH), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=folder)
+
+
 def start_cli(args: list[str], log: Path) -> subprocess.Popen:
     """Start ``bkdbench ARGS`` in its own session (so one signal reaches the driver only), with
     stdout and stderr going to ``log`` (a file never fills up and blocks the driver like a pipe)."""

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,19 +16,14 @@ from pathlib import Path
 import pytest
 
 from bkdbench.storage import Location, LocationError, mirror, pull, push
-from suite_helpers import ray_tmpdir
+from cluster_helpers import free_port
+from suite_helpers import cli_in as cli
 
 BKDBENCH = Path(sys.executable).parent / "bkdbench"
 BUCKET = "bkd-results"
 # Dummy credentials, no instance-metadata lookups, no region lookups: nothing leaves this machine.
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
           "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +194,6 @@ def test_journal_pull_and_push(s3, cache):
 
 
 # --- the CLI, end to end ---------------------------------------------------------------------
-
-def cli(args: list[str], tmp_path: Path, timeout: float = 400) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BKDBENCH_RESULTS")}
-    env.update(BKDBENCH_CACHE=str(tmp_path / "cache"), COLUMNS="200", PYTHONUNBUFFERED="1", RAY_TMPDIR=ray_tmpdir())
-    return subprocess.run([str(BKDBENCH), *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=tmp_path)
-
 
 @pytest.mark.slow
 def test_suite_on_s3_end_to_end(s3, tmp_path):
