@@ -17,6 +17,7 @@ import pytest
 
 from bkdbench.storage import Location, LocationError, mirror, pull, push
 from cluster_helpers import free_port
+from storage_helpers import check_suite_on_store
 from suite_helpers import cli_in as cli
 
 BKDBENCH = Path(sys.executable).parent / "bkdbench"
@@ -197,47 +198,7 @@ def test_journal_pull_and_push(s3, cache):
 
 @pytest.mark.slow
 def test_suite_on_s3_end_to_end(s3, tmp_path):
-    """A digits suite (CE teacher, then KD and BKD students) with --storage s3://...: rows, teacher
-    and Tune's experiment state land in the bucket, the leaderboard reads them back, and a second
-    invocation trains nothing."""
-    import pyarrow.fs as pafs
-    import yaml
-
-    from bkdbench.suites import load_suite
-
-    suite = tmp_path / "s3mini.yaml"
-    suite.write_text(yaml.safe_dump({"name": "s3mini", "datasets": ["digits"], "imbalance": [10],
-                                     "methods": ["ce", "kd", "bkd"], "seeds": 1, "epochs": 2}))
-    uri = s3(f"suite-{uuid.uuid4().hex[:6]}")
-    first = cli(["run", "--suite", str(suite), "--storage", uri, "--checkpoint-every", "1"], tmp_path)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert not (tmp_path / "results").exists() and not list(tmp_path.glob("s3:*")), "nothing local named after it"
-
-    root = Location(uri)
-    fs, base = root.filesystem()
-    files = [i.path[len(base) + 1:] for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-             if i.type == pafs.FileType.File]
-    expected = {s.run_id: s for s in load_suite(str(suite)).expand()}
-    ce = next(r for r, s in expected.items() if s.method == "ce")
-    assert sorted(f for f in files if f.startswith("leaderboard/")) == sorted(f"leaderboard/{r}.parquet" for r in expected)
-    assert f"teachers/{ce}.pt" in files
-    assert "suites/s3mini.json" in files
-    for stage in ("teachers", "runs"):  # Tune's experiment state, per stage
-        assert f"experiments/s3mini/{stage}/bkdbench-run-ids.json" in files
-        assert any(f.startswith(f"experiments/s3mini/{stage}/") and "experiment_state" in f for f in files), files
-    assert any(f.startswith("experiments/s3mini/runs/") and "/checkpoint_" in f for f in files), files  # by Tune
-
-    board = cli(["leaderboard", "--storage", uri, "--suite", "s3mini", "--format", "csv"], tmp_path, timeout=120)
-    assert board.returncode == 0, board.stderr
-    assert all(m in board.stdout for m in ("ce", "kd", "bkd")), board.stdout
-    plot = cli(["plot", "summary", "--storage", uri, "--suite", "s3mini"], tmp_path, timeout=120)
-    assert plot.returncode == 0 and "plots go to the local folder plots" in " ".join(plot.stderr.split()), plot.stderr
-    assert (tmp_path / "plots" / "summary-s3mini-top1.png").is_file()  # PNGs for a person, on this machine
-
-    second = cli(["run", "--suite", str(suite), "--storage", uri], tmp_path, timeout=200)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    flat = " ".join(second.stdout.split())
-    assert "3 already in the leaderboard" in flat and "0 to train" in flat, second.stdout
+    check_suite_on_store(s3, tmp_path, "s3mini")
 
 
 @pytest.mark.parametrize("command", [["run", "--suite", "digits-lt"], ["leaderboard"], ["train", "--epochs", "1"]])

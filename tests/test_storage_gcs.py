@@ -15,7 +15,7 @@ import pytest
 
 from bkdbench.storage import Location, LocationError, pull, push
 from cluster_helpers import free_port
-from suite_helpers import cli_in as cli
+from storage_helpers import check_suite_on_store
 
 
 @pytest.fixture(scope="module")
@@ -76,36 +76,4 @@ def cache_dir_env(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_suite_on_gcs_end_to_end(gcs, tmp_path):
-    """CE teacher, then KD and BKD students with --storage gs://...: rows, teacher and Tune's
-    experiment state land in the bucket, the leaderboard reads them back, a second invocation trains
-    nothing."""
-    import pyarrow.fs as pafs
-    import yaml
-
-    from bkdbench.suites import load_suite
-
-    suite = tmp_path / "gsmini.yaml"
-    suite.write_text(yaml.safe_dump({"name": "gsmini", "datasets": ["digits"], "imbalance": [10],
-                                     "methods": ["ce", "kd", "bkd"], "seeds": 1, "epochs": 2}))
-    uri = gcs(f"suite-{uuid.uuid4().hex[:6]}")
-    first = cli(["run", "--suite", str(suite), "--storage", uri, "--checkpoint-every", "1"], tmp_path)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert not (tmp_path / "results").exists() and not list(tmp_path.glob("gs:*")), "nothing local named after it"
-
-    fs, base = Location(uri).filesystem()
-    files = [i.path[len(base) + 1:] for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-             if i.type == pafs.FileType.File]
-    expected = {s.run_id: s for s in load_suite(str(suite)).expand()}
-    ce = next(r for r, s in expected.items() if s.method == "ce")
-    assert sorted(f for f in files if f.startswith("leaderboard/")) == sorted(f"leaderboard/{r}.parquet" for r in expected)
-    assert f"teachers/{ce}.pt" in files
-    assert any(f.startswith("experiments/gsmini/runs/") and "experiment_state" in f for f in files), files
-    assert any(f.startswith("experiments/gsmini/runs/") and "/checkpoint_" in f for f in files), files
-
-    board = cli(["leaderboard", "--storage", uri, "--suite", "gsmini", "--format", "csv"], tmp_path, timeout=120)
-    assert board.returncode == 0, board.stderr
-    assert all(m in board.stdout for m in ("ce", "kd", "bkd")), board.stdout
-
-    second = cli(["run", "--suite", str(suite), "--storage", uri], tmp_path, timeout=200)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "3 already in the leaderboard" in " ".join(second.stdout.split()), second.stdout
+    check_suite_on_store(gcs, tmp_path, "gsmini")
