@@ -19,7 +19,7 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 if TYPE_CHECKING:  # pyarrow is imported when a location is used: `bkdbench --help` stays instant
     import pyarrow.fs as pafs
@@ -248,8 +248,10 @@ def _open(root: str) -> tuple["pafs.FileSystem", str]:
     import pyarrow.fs as pafs
 
     try:
-        if root.startswith("gs://") and "anonymous=" in root:
-            return _gcs_anonymous(root)
+        parts = urlsplit(root)
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        if parts.scheme == "gs" and "anonymous" in options:
+            return _gcs_anonymous(parts.netloc, options)
         return pafs.FileSystem.from_uri(root)
     except (pa.ArrowInvalid, ValueError) as exc:
         hint = "; use a local path, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX" if "Unrecognized" in str(exc) else ""
@@ -258,17 +260,14 @@ def _open(root: str) -> tuple["pafs.FileSystem", str]:
         raise LocationError(f"cannot reach the storage {root}: {exc}") from None
 
 
-def _gcs_anonymous(root: str) -> tuple["pafs.FileSystem", str]:
+def _gcs_anonymous(bucket: str, options: dict) -> tuple["pafs.FileSystem", str]:
     """``gs://BUCKET?anonymous=true&endpoint_override=HOST:PORT&scheme=http``: GCS without
     credentials, for a GCS emulator or a bucket open to all. pyarrow's URI parser has no such option
     (it always asks for Google credentials), so the filesystem is built from the query here."""
     from datetime import timedelta
-    from urllib.parse import parse_qsl
 
     import pyarrow.fs as pafs
 
-    parts = urlsplit(root)
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
     if options.pop("anonymous").lower() not in ("true", "1", "yes"):
         raise ValueError("anonymous= takes true (credentials are otherwise found as usual: leave it out)")
     kwargs = {"anonymous": True}
@@ -279,7 +278,7 @@ def _gcs_anonymous(root: str) -> tuple["pafs.FileSystem", str]:
         kwargs["retry_time_limit"] = timedelta(seconds=float(options.pop("retry_limit_seconds")))
     if options:
         raise ValueError(f"unexpected query parameter in GCS URI: {', '.join(sorted(options))}")
-    return pafs.GcsFileSystem(**kwargs), parts.netloc
+    return pafs.GcsFileSystem(**kwargs), bucket
 
 
 def _fsync_dir(folder: str) -> None:

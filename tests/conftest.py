@@ -63,3 +63,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """bkdbench's cache (``BKDBENCH_CACHE``) in this test's own folder."""
+    monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -103,3 +104,61 @@ def cleanup_ray_tmp(ray_tmp: str, session: int | None = None) -> set[int]:
 
 def is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def cli_app():
+    """A Typer app holding only `bkdbench sweep`, for in-process CLI tests."""
+    import typer
+
+    from bkdbench import cli_sweep
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # keep `sweep` a subcommand
+    cli_sweep.register(app)
+    return app
+
+
+POISON_N = 7  # a test-split size no other split has, so a spy can tell it apart
+
+
+def poison_test_split(monkeypatch):
+    """load_longtail as train.py sees it, with a test split that records every access and whose
+    labels (-1) make any evaluation on it crash."""
+    import bkdbench.train as train_mod
+
+    real = train_mod.load_longtail
+    touched = []
+
+    class Poisoned:
+        def __init__(self, data):
+            self._data = data
+
+        def __getattr__(self, name):
+            if name == "test_x":
+                touched.append(name)
+                return np.full((POISON_N, *self._data.test_x.shape[1:]), 255, dtype=self._data.test_x.dtype)
+            if name == "test_y":
+                touched.append(name)
+                return np.full(POISON_N, -1, dtype=np.int64)
+            return getattr(self._data, name)
+
+    monkeypatch.setattr(train_mod, "load_longtail", lambda *a, **k: Poisoned(real(*a, **k)))
+    return touched
+
+
+def spy_on(monkeypatch, module, name, log, size):
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        log.append(size(*args))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+
+
+def assert_numbering(trials) -> None:
+    """Optuna trial numbers run 0, 1, 2, ... with no gap or repeat, each its own stored trial."""
+    trials = trials.trials if isinstance(trials, optuna.Study) else trials
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(numbers))), numbers
+    assert len({t._trial_id for t in trials}) == len(numbers)

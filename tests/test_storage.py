@@ -53,12 +53,6 @@ def s3():
                 os.environ[key] = value
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 # --- Location --------------------------------------------------------------------------------
 
 def test_local_location_names_and_atomic_writes(tmp_path):

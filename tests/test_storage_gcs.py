@@ -38,7 +38,7 @@ def gcs():
         server.stop()
 
 
-def test_gcs_location_round_trip(gcs, cache_dir_env):
+def test_gcs_location_round_trip(gcs, cache):
     root = Location(gcs(f"loc-{uuid.uuid4().hex[:6]}"))
     root.check_writable()
     f = root / "a" / "b.txt"
@@ -67,11 +67,6 @@ def test_gcs_options_are_checked():
         Location("gs://bucket/x?anonymous=false&endpoint_override=127.0.0.1:1").exists()
     with pytest.raises(LocationError, match="foo"):
         Location("gs://bucket/x?anonymous=true&foo=1").exists()
-
-
-@pytest.fixture
-def cache_dir_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """`bkdbench sweep`: Optuna on Ray Tune, end to end on digits (real Ray, real Optuna, the console
-script in a subprocess), resume/extend, ASHA-stopped trials told to Optuna as PRUNED, and proof
-that a search trial never reads the test split.
+script in a subprocess), resume/extend, proof that a search trial never reads the test split, and
+the sweep id. ASHA pruning is in test_sweep_pruning.py, packed search trials in test_sweep_packed.py.
 
 Every Ray started here gets a private RAY_TMPDIR (see sweep_helpers.ray_tmpdir): its processes name
 that folder on their command line, so the tests find (and, if left behind, kill) exactly their own
@@ -12,10 +12,8 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import replace
 from types import SimpleNamespace
 
-import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -23,14 +21,14 @@ from optuna.trial import TrialState
 from bkdbench.leaderboard.store import read_rows
 from bkdbench.orchestrate import sweep as sweep_mod
 from bkdbench.orchestrate.trial import FINISHED
-from bkdbench.orchestrate.sweep import (METRIC, PrunedAwareOptunaSearch, SweepConfig, _mark_interrupted_trials,
-                                        counted_trials, grace_period, space_hash, study_storage)
+from bkdbench.orchestrate.sweep import METRIC, _mark_interrupted_trials, counted_trials, study_storage
 from bkdbench.paths import leaderboard_dir
 from bkdbench.search_spaces import load_space
 from bkdbench.specs import make_spec
 
-from sweep_helpers import (BKDBENCH, cleanup_ray_tmp, cli_env, is_png, load_study, pgrep, ray_processes,
-                           ray_tmpdir, run_cli, sweep_ids, wait_gone)
+from sweep_helpers import (BKDBENCH, POISON_N, assert_numbering, cleanup_ray_tmp, cli_app, cli_env, is_png,
+                           load_study, pgrep, poison_test_split, ray_processes, ray_tmpdir, run_cli, spy_on, sweep_ids,
+                           wait_gone)
 
 # --------------------------------------------------------------------------------------------
 # 1. A tiny sweep, end to end through the console script
@@ -111,17 +109,6 @@ def test_tiny_sweep_end_to_end(tiny_sweep):
         assert is_png(folder / name), name
 
 
-def _cli_app():
-    import typer
-
-    from bkdbench import cli_sweep
-
-    app = typer.Typer()
-    app.callback()(lambda: None)  # keep `sweep` a subcommand
-    cli_sweep.register(app)
-    return app
-
-
 def test_sweep_report_reprints_the_sweep(tiny_sweep, monkeypatch):
     """`bkdbench sweep report ID` (in-process: the console script itself ran in the fixture)."""
     from typer.testing import CliRunner
@@ -129,7 +116,7 @@ def test_sweep_report_reprints_the_sweep(tiny_sweep, monkeypatch):
     for name in ("val-accuracy.png", "history.png", "importances.png"):
         (tiny_sweep.folder / name).unlink()
     monkeypatch.setenv("COLUMNS", "220")
-    result = CliRunner().invoke(_cli_app(), ["sweep", "report", tiny_sweep.sweep_id, "--results", str(tiny_sweep.results)])
+    result = CliRunner().invoke(cli_app(), ["sweep", "report", tiny_sweep.sweep_id, "--results", str(tiny_sweep.results)])
     assert result.exit_code == 0, result.output
     out = " ".join(result.stdout.split())  # rich wraps titles to the table's width
     assert f"sweep {tiny_sweep.sweep_id}: top trials by balanced validation top-1" in out
@@ -154,13 +141,6 @@ TARGET = 4  # trials; the interrupt comes once 2 are running, so at most 2 finis
 def _sweep_args(results, trials):
     return ["sweep", "focal", "--dataset", "digits", "--imbalance", "10", "--trials", str(trials), "--concurrency", "2",
             "--epochs", "4", "--final-seeds", "1", "--scheduler", "none", "--results", str(results)]
-
-
-def _assert_numbering(trials):
-    trials = trials.trials if isinstance(trials, optuna.Study) else trials
-    numbers = [t.number for t in trials]
-    assert numbers == list(range(len(numbers))), numbers
-    assert len({t._trial_id for t in trials}) == len(numbers)
 
 
 def test_resume_continues_numbering(tmp_path):
@@ -193,7 +173,7 @@ def test_resume_continues_numbering(tmp_path):
         assert not left, f"Ray processes outlived the interrupted driver: {left}"
 
         interrupted = load_study(results, sweep_id).trials  # a snapshot (the Study object reads live)
-        _assert_numbering(interrupted)
+        assert_numbering(interrupted)
         running = [t.number for t in interrupted if t.state == TrialState.RUNNING]
         assert running, "no trial was running at the interrupt"
         assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in interrupted) < TARGET
@@ -203,7 +183,7 @@ def test_resume_continues_numbering(tmp_path):
         # console script's exit paths are exercised above and below).
         from typer.testing import CliRunner
 
-        again = CliRunner().invoke(_cli_app(), _sweep_args(results, TARGET))
+        again = CliRunner().invoke(cli_app(), _sweep_args(results, TARGET))
         assert again.exit_code == 2, again.output
         again_out = " ".join(again.output.split())
         assert "--resume" in again_out and sweep_id in again_out and "already exists" in again_out
@@ -214,7 +194,7 @@ def test_resume_continues_numbering(tmp_path):
         study = load_study(results, sweep_id)
         assert counted_trials(study) == TARGET
         study = study.trials
-        _assert_numbering(study)
+        assert_numbering(study)
         assert not any(t.state == TrialState.RUNNING for t in study)
         for number in running:  # not lost, not counted: FAIL, with the parameters they were given
             assert study[number].state == TrialState.FAIL, (number, study[number].state)
@@ -229,7 +209,7 @@ def test_resume_continues_numbering(tmp_path):
         extended = run_cli([*_sweep_args(results, TARGET + 1), "--resume"], env, timeout=400)
         assert extended.returncode == 0, (extended.stdout[-3000:], extended.stderr[-3000:])
         grown = load_study(results, sweep_id)
-        _assert_numbering(grown)
+        assert_numbering(grown)
         assert counted_trials(grown) == TARGET + 1
         assert len(grown.trials) == len(study) + 1
         for t in study:
@@ -265,184 +245,8 @@ def test_mark_interrupted_trials_fails_running_ones_and_numbering_goes_on(tmp_pa
 
 
 # --------------------------------------------------------------------------------------------
-# 3. ASHA-stopped trials are PRUNED in the study
-# --------------------------------------------------------------------------------------------
-
-def _searcher(cls, storage, name="t"):
-    return cls(space=load_space("bkd")[0].optuna_space(), metric=METRIC, mode="max",
-               sampler=optuna.samplers.RandomSampler(seed=0), study_name=name, storage=storage)
-
-
-def test_asha_stopped_trials_are_pruned_in_study(tmp_path):
-    from ray.tune.search.optuna import OptunaSearch
-
-    storage = study_storage(tmp_path / "pruned-aware")
-    searcher = _searcher(PrunedAwareOptunaSearch, storage)
-    for trial_id in ("trial_a", "trial_b", "trial_c"):
-        config = searcher.suggest(trial_id)
-        assert set(config) == {"alpha", "temperature"}
-    searcher.on_trial_complete("trial_a", {METRIC: 50.0, "epoch": 2})  # stopped by the scheduler
-    searcher.on_trial_complete("trial_b", {METRIC: 60.0, "epoch": 9, FINISHED: True})  # ran to the end
-    searcher.on_trial_complete("trial_c", {"diverged": True})
-    study = optuna.load_study(study_name="t", storage=storage)
-    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
-    assert study.trials[0].value is None and study.trials[2].value is None
-    assert study.trials[1].value == 60.0
-    assert study.best_trial.number == 1
-    searcher.on_trial_complete("trial_a", {METRIC: 99.0, "epoch": 9, FINISHED: True})  # a second call changes nothing
-    assert optuna.load_study(study_name="t", storage=storage).trials[0].state == TrialState.PRUNED
-
-    # An errored trial is FAIL too.
-    searcher.suggest("trial_d")
-    searcher.on_trial_complete("trial_d", {METRIC: 40.0, "epoch": 1}, error=True)
-    assert optuna.load_study(study_name="t", storage=storage).trials[3].state == TrialState.FAIL
-
-    # The trap this subclass exists for: Ray's own OptunaSearch tells the truncated score as COMPLETE.
-    plain_storage = study_storage(tmp_path / "plain")
-    plain = _searcher(OptunaSearch, plain_storage)
-    plain.suggest("trial_a")
-    plain.on_trial_complete("trial_a", {METRIC: 50.0, "epoch": 2})
-    trial = optuna.load_study(study_name="t", storage=plain_storage).trials[0]
-    assert trial.state == TrialState.COMPLETE and trial.value == 50.0
-
-
-ASHA_EPOCHS = 6
-
-
-@pytest.fixture(scope="module")
-def ray_searches(tmp_path_factory):
-    """Two searches in one in-process Ray session: focal with ASHA (grace period 1, rungs at 1 and
-    3 of 6 epochs: ASHA stops trials here), and an ldam-drw space whose every trial diverges."""
-    from bkdbench.orchestrate.ray_session import ray_session
-    from bkdbench.orchestrate.sweep import run_search
-
-    results = tmp_path_factory.mktemp("ray-searches") / "results"
-    results.mkdir(parents=True)
-    diverge_file = results.parent / "diverge.yaml"
-    diverge_file.write_text("method: ldam-drw\ndescription: a cosine scale so large that training diverges\n"
-                            "params:\n  s: {type: float, low: 1.0e+29, high: 1.0e+30, log: true}\n")
-    ray_tmp = ray_tmpdir()
-    out = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        mp.setenv("RAY_TMPDIR", ray_tmp)
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # ray_session sets these two for good:
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")  # set here, they are restored after the module
-        try:
-            with ray_session(None, log_file=results / "ray.log"):
-                for key, method, space_file, scheduler, epochs, trials in (
-                        ("asha", "focal", None, "asha", ASHA_EPOCHS, 8),
-                        ("diverge", "ldam-drw", str(diverge_file), "none", 2, 2)):
-                    space, file = load_space(method, space_file)
-                    base = make_spec("digits", 10, method, epochs=epochs, params=space.fixed)
-                    cfg = SweepConfig(method=method, dataset="digits", imbalance=10.0, space_file=str(file),
-                                      space_hash=space_hash(file), sampler="random", scheduler=scheduler,
-                                      epochs=epochs)
-                    events = []
-                    error = None
-                    try:
-                        run_search(cfg, space, base, results, trials=trials, concurrency=2,
-                                   on_event=lambda kind, key, metrics, ev=events: ev.append((kind, key, dict(metrics))))
-                    except Exception as exc:  # noqa: BLE001 (the test decides what is acceptable)
-                        error = exc
-                    study = optuna.load_study(study_name=cfg.sweep_id,
-                                              storage=study_storage(results / "sweeps" / cfg.sweep_id))
-                    out[key] = SimpleNamespace(study=study, events=events, error=error, base=base, cfg=cfg)
-        finally:
-            sweep_mod.set_listener(None)
-            cleanup_ray_tmp(ray_tmp)
-    return out
-
-
-def _ray_trials(events):
-    """Ray trial id → (last epoch reported, sampled params) from the 'complete' events."""
-    done = {}
-    for kind, trial_id, metrics in events:
-        if kind == "complete":
-            config = {k: v for k, v in metrics.get("config", {}).items() if not k.startswith("_")}
-            done[trial_id] = (metrics.get("epoch"), config)
-    return done
-
-
-def _optuna_trial_for(study, params):
-    matches = [t for t in study.trials if t.params == params]
-    assert len(matches) == 1, (params, [t.params for t in study.trials])
-    return matches[0]
-
-
-def test_asha_stops_trials_in_this_setting(ray_searches):
-    asha = ray_searches["asha"]
-    assert asha.error is None, asha.error
-    assert grace_period(asha.base) == 1
-    ray_trials = _ray_trials(asha.events)
-    assert len(ray_trials) == 8
-    stopped = [t for t, (epoch, _) in ray_trials.items() if epoch < ASHA_EPOCHS - 1]
-    assert stopped, "ASHA stopped no trial: the PRUNED check below would prove nothing"
-    assert len(asha.study.trials) == 8
-    assert not any(t.state == TrialState.RUNNING for t in asha.study.trials)
-
-
-def test_asha_stopped_trials_are_pruned_in_study_through_ray(ray_searches):
-    asha = ray_searches["asha"]
-    ray_trials = _ray_trials(asha.events)
-    if not any(epoch < ASHA_EPOCHS - 1 for epoch, _ in ray_trials.values()):
-        pytest.skip("ASHA stopped nothing this time")
-    for trial_id, (epoch, params) in ray_trials.items():
-        trial = _optuna_trial_for(asha.study, params)
-        if epoch < ASHA_EPOCHS - 1:
-            assert trial.state == TrialState.PRUNED, (trial_id, epoch, trial.state, trial.value)
-        else:
-            assert trial.state == TrialState.COMPLETE, (trial_id, epoch, trial.state)
-    assert counted_trials(asha.study) == 8
-
-
-def test_diverged_search_trial_is_fail_and_the_sweep_goes_on(ray_searches):
-    diverge = ray_searches["diverge"]
-    assert diverge.error is None, repr(diverge.error)[:500]
-    assert [t.state for t in diverge.study.trials] == [TrialState.FAIL, TrialState.FAIL]
-
-
-# --------------------------------------------------------------------------------------------
 # 4. The objective never reads the test split
 # --------------------------------------------------------------------------------------------
-
-POISON_N = 7  # a test-split size no other split has, so a spy can tell it apart
-
-
-def _poison_test_split(monkeypatch):
-    """load_longtail as train.py sees it, with a test split that records every access and whose
-    labels (-1) make any evaluation on it crash."""
-    import bkdbench.train as train_mod
-
-    real = train_mod.load_longtail
-    touched = []
-
-    class Poisoned:
-        def __init__(self, data):
-            self._data = data
-
-        def __getattr__(self, name):
-            if name == "test_x":
-                touched.append(name)
-                return np.full((POISON_N, *self._data.test_x.shape[1:]), 255, dtype=self._data.test_x.dtype)
-            if name == "test_y":
-                touched.append(name)
-                return np.full(POISON_N, -1, dtype=np.int64)
-            return getattr(self._data, name)
-
-    monkeypatch.setattr(train_mod, "load_longtail", lambda *a, **k: Poisoned(real(*a, **k)))
-    return touched
-
-
-def _spy(monkeypatch, module, name, log, size):
-    real = getattr(module, name)
-
-    def spy(*args, **kwargs):
-        log.append(size(*args))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, spy)
-
 
 def test_objective_never_reads_test_split(monkeypatch, tmp_path):
     import torch
@@ -456,10 +260,10 @@ def test_objective_never_reads_test_split(monkeypatch, tmp_path):
     base = make_spec("digits", 10, "bkd", epochs=epochs)
     teacher_state = train_mod.build_model(base.teacher, 10, 1, "linear", torch.device("cpu")).state_dict()
     monkeypatch.setattr(execute, "teacher_state_for", lambda spec, results: teacher_state)
-    touched = _poison_test_split(monkeypatch)
+    touched = poison_test_split(monkeypatch)
     predicted, scored = [], []
-    _spy(monkeypatch, train_mod, "predict", predicted, lambda model, images, *a: len(images))
-    _spy(monkeypatch, train_mod, "classification_metrics", scored, lambda logits, targets, *a: len(targets))
+    spy_on(monkeypatch, train_mod, "predict", predicted, lambda model, images, *a: len(images))
+    spy_on(monkeypatch, train_mod, "classification_metrics", scored, lambda logits, targets, *a: len(targets))
     reports = []
     monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
@@ -526,7 +330,7 @@ def _sweep_id_of(monkeypatch, tmp_path, *args) -> str:
         raise Caught(sweep_id)
 
     monkeypatch.setattr(sweep_mod, "open_study", open_study)
-    result = CliRunner().invoke(_cli_app(), ["sweep", *map(str, args), "--results", str(tmp_path / "results")])
+    result = CliRunner().invoke(cli_app(), ["sweep", *map(str, args), "--results", str(tmp_path / "results")])
     assert isinstance(result.exception, Caught), result.output
     return str(result.exception)
 
@@ -549,125 +353,3 @@ def test_sweep_id_does_not_depend_on_how_the_space_path_is_spelled(monkeypatch, 
     assert absolute == relative
 
 
-# --------------------------------------------------------------------------------------------
-# 5. Packed search trials (--pack K): K configurations per Ray trial, each its own Optuna trial
-# --------------------------------------------------------------------------------------------
-
-def test_packed_searcher_asks_k_configurations_and_tells_each_its_own_score(tmp_path):
-    from bkdbench.orchestrate.packed_sweep import EPOCHS, PACK, VALUES, PackedOptunaSearch
-    from ray.tune.search import Searcher
-
-    storage = study_storage(tmp_path)
-    searcher = PackedOptunaSearch(space=load_space("bkd")[0].optuna_space(), metric=METRIC, mode="max",
-                                  sampler=optuna.samplers.RandomSampler(seed=0), study_name="p", storage=storage,
-                                  pack=2, budget=5)
-    packs = [searcher.suggest(t) for t in ("a", "b", "c")]
-    assert [len(p[PACK]) for p in packs] == [2, 2, 1]  # exactly the budget: the last pack is smaller
-    assert searcher.suggest("d") == Searcher.FINISHED
-    assert searcher.suggest("a") == packs[0]  # asked once per Ray trial
-    assert all(set(c) == {"alpha", "temperature"} for p in packs for c in p[PACK])
-    searcher.on_trial_result("a", {VALUES: [40.0, None], "training_iteration": 1})
-    searcher.on_trial_complete("a", {VALUES: [61.0, None], EPOCHS: [4, 2], FINISHED: True, "epoch": 3})
-    searcher.on_trial_complete("b", {VALUES: [50.0, 55.0], "epoch": 1}, error=True)  # the whole trial crashed
-    searcher.on_trial_complete("c", {VALUES: [70.0], EPOCHS: [4], FINISHED: True})
-    searcher.on_trial_complete("c", {VALUES: [1.0], FINISHED: True})  # a second call changes nothing
-    study = optuna.load_study(study_name="p", storage=storage)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
-                                               TrialState.FAIL, TrialState.COMPLETE]
-    assert study.trials[0].value == 61.0 and study.trials[4].value == 70.0
-    assert study.trials[0].intermediate_values == {1: 40.0} and study.trials[1].intermediate_values == {}
-    assert [t.user_attrs["epochs_trained"] for t in study.trials] == [4, 2, 2, 2, 4]
-    assert [t.params for t in study.trials] == [c for p in packs for c in p[PACK]]
-
-
-def test_packed_objective_never_reads_test_split(monkeypatch, tmp_path):
-    """A pack of search configurations: validation only, each configuration's score reported apart."""
-    import torch
-
-    import bkdbench.orchestrate.execute as execute
-    import bkdbench.packed as packed_mod
-    import bkdbench.train as train_mod
-    from bkdbench.data import load_longtail
-    from bkdbench.orchestrate.packed_sweep import EPOCHS, PACK, VALUES, search_pack_trial
-    from ray import tune
-
-    epochs = 2
-    base = make_spec("digits", 10, "bkd", epochs=epochs)
-    teacher_state = train_mod.build_model(base.teacher, 10, 1, "linear", torch.device("cpu")).state_dict()
-    monkeypatch.setattr(execute, "teacher_state_for", lambda spec, results: teacher_state)
-    touched = _poison_test_split(monkeypatch)
-    predicted, scored = [], []
-    _spy(monkeypatch, packed_mod, "predict", predicted, lambda model, images, *a: len(images))
-    _spy(monkeypatch, packed_mod, "classification_metrics", scored, lambda logits, targets, *a: len(targets))
-    reports = []
-    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
-    pack = [{"alpha": 0.5, "temperature": 2.0}, {"alpha": 4.0, "temperature": 6.0}, {"alpha": 0.5, "temperature": 2.0}]
-    threads = torch.get_num_threads()
-    try:
-        search_pack_trial({"_cpus": 1, PACK: pack}, base=base.canonical_json(), results=str(tmp_path))
-    finally:
-        torch.set_num_threads(threads)
-
-    val_size = len(load_longtail("digits", 10).val_y)
-    assert touched == [] and not any(k.startswith("test") for r in reports for k in r)
-    assert predicted == [val_size] * epochs  # one forward of the pack per evaluation, on validation
-    assert scored == [val_size] * 2 * epochs  # scored per distinct configuration (the repeat trains once)
-    *per_epoch, final = reports
-    assert [r["epoch"] for r in per_epoch] == list(range(epochs))
-    for r in per_epoch + [final]:
-        values = r[VALUES]
-        assert len(values) == 3 and values[0] == values[2] and all(0 <= v <= 100 for v in values)
-        assert r[METRIC] == max(values)
-    assert final[FINISHED] and final[EPOCHS] == [epochs] * 3 and final[VALUES] == per_epoch[-1][VALUES]
-
-
-@pytest.mark.slow
-def test_packed_sweep_through_ray(tmp_path):
-    """3 configurations in packs of 2: 2 Ray trials, 3 COMPLETE Optuna trials, one per configuration."""
-    from bkdbench.orchestrate.ray_session import ray_session
-    from bkdbench.orchestrate.sweep import run_search
-
-    results = tmp_path / "results"
-    results.mkdir()
-    ray_tmp = ray_tmpdir()
-    space, file = load_space("focal")
-    base = make_spec("digits", 10, "focal", epochs=2, params=space.fixed)
-    cfg = SweepConfig(method="focal", dataset="digits", imbalance=10.0, space_file=str(file),
-                      space_hash=space_hash(file), sampler="random", scheduler="none", epochs=2)
-    events = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        mp.setenv("RAY_TMPDIR", ray_tmp)
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
-        try:
-            with ray_session(None, log_file=results / "ray.log"):
-                study = run_search(cfg, space, base, results, trials=3, concurrency=2, pack=2,
-                                   on_event=lambda kind, key, metrics: events.append((kind, key, metrics.get("status"))))
-        finally:
-            sweep_mod.set_listener(None)
-            left = cleanup_ray_tmp(ray_tmp)
-    study = load_study(results, cfg.sweep_id)
-    _assert_numbering(study)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-    assert all(0 <= t.value <= 100 and t.user_attrs["epochs_trained"] == 2 for t in study.trials)
-    assert len({t.params["gamma"] for t in study.trials}) == 3
-    assert len([e for e in events if e[0] == "start"]) == 2  # two Ray trials ...
-    assert sorted(e[2] for e in events if e[0] == "complete") == ["finished"] * 3  # ... three configurations
-    assert not (results / "leaderboard").exists() or not list((results / "leaderboard").glob("*.parquet"))
-    assert not left, f"Ray processes left behind: {left}"
-    with pytest.raises(ValueError, match="early stopping"):  # ASHA cannot stop one student of a pack
-        run_search(replace(cfg, scheduler="asha"), space, base, results, trials=4, concurrency=1, pack=2)
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--pack", "0"], "--pack must be at least 1"),
-    (["--pack", "2", "--scheduler", "asha"], "--scheduler asha"),
-])
-def test_bad_pack_options_exit_2_before_work(tmp_path, args, message):
-    from typer.testing import CliRunner
-
-    result = CliRunner().invoke(_cli_app(), ["sweep", "bkd", *args, "--results", str(tmp_path / "r")])
-    assert result.exit_code == 2, result.output
-    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
-    assert not (tmp_path / "r" / "sweeps").exists()

@@ -66,7 +66,6 @@ def decode_files(root: Path, rels: list[str], image_size: Optional[int]) -> list
     return out
 
 
-
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std of uint8 N×C×H×W images, on the 0..1 scale; exact,
     from each channel's histogram of the 256 pixel values."""

@@ -7,12 +7,11 @@ are skipped; any other file must be an image (see ``IMAGE_SUFFIXES``). The CIFAR
 (``shared/data/cifar10-jpeg.tar.gz``) sorts into CIFAR-10's own label order -- airplane, automobile,
 bird, cat, deer, dog, frog, horse, ship, truck -- so class 0 is the head class, as in the reference.
 
-Decoding (decode.py). Each image is decoded once, by ``torchvision.io.decode_image`` (libjpeg-turbo, libpng; the
-first load of CIFAR-10's 60,000 JPEGs took 6 s on 2 shared cores, cache write included) or by Pillow
-for the formats it does not read (or once torchvision drops its decoders), converted to RGB
-uint8 and, with ``image_size`` N, resized to N×N (bilinear, antialiased). Without ``image_size`` every
-image must have the same size; the error names two that differ and says to pass it. The per-channel
-mean/std used for normalisation come from the decoded training images.
+Decoding (decode.py). Each image is decoded once (torchvision's decoders, Pillow as the fallback) to
+RGB uint8, resized to N×N with ``image_size`` N; the first load of CIFAR-10's 60,000 JPEGs took 6 s
+on 2 shared cores, cache write included. Without ``image_size`` every image must have the same size;
+the error names two that differ and says to pass it. The per-channel mean/std used for normalisation
+come from the decoded training images.
 
 Cache. The decoded splits, labels, class names, mean/std and the data key are one torch file,
 ``<cache>/<listing key>.pt`` under ``$BKDBENCH_CACHE/imagefolder`` (default

@@ -22,7 +22,6 @@ from .heads import CosineLinear
 from .resnet_cifar import BasicBlock
 
 
-
 class GroupedLinear(nn.Module):
     """K linear heads: (N, K·in) features → (N, K, out) logits, one weight matrix per student."""
 

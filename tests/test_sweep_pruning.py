@@ -1,0 +1,158 @@
+"""ASHA-stopped search trials are told to Optuna as PRUNED (not COMPLETE with a truncated score),
+directly and through real Ray Tune; a diverged trial is FAIL and the sweep goes on."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bkdbench.orchestrate import sweep as sweep_mod
+from bkdbench.orchestrate.trial import FINISHED
+from bkdbench.orchestrate.sweep import (METRIC, PrunedAwareOptunaSearch, SweepConfig, counted_trials, grace_period,
+                                        space_hash, study_storage)
+from bkdbench.search_spaces import load_space
+from bkdbench.specs import make_spec
+
+from sweep_helpers import cleanup_ray_tmp, ray_tmpdir
+
+
+# --------------------------------------------------------------------------------------------
+# 3. ASHA-stopped trials are PRUNED in the study
+# --------------------------------------------------------------------------------------------
+
+def _searcher(cls, storage, name="t"):
+    return cls(space=load_space("bkd")[0].optuna_space(), metric=METRIC, mode="max",
+               sampler=optuna.samplers.RandomSampler(seed=0), study_name=name, storage=storage)
+
+
+def test_asha_stopped_trials_are_pruned_in_study(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = study_storage(tmp_path / "pruned-aware")
+    searcher = _searcher(PrunedAwareOptunaSearch, storage)
+    for trial_id in ("trial_a", "trial_b", "trial_c"):
+        config = searcher.suggest(trial_id)
+        assert set(config) == {"alpha", "temperature"}
+    searcher.on_trial_complete("trial_a", {METRIC: 50.0, "epoch": 2})  # stopped by the scheduler
+    searcher.on_trial_complete("trial_b", {METRIC: 60.0, "epoch": 9, FINISHED: True})  # ran to the end
+    searcher.on_trial_complete("trial_c", {"diverged": True})
+    study = optuna.load_study(study_name="t", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
+    assert study.trials[0].value is None and study.trials[2].value is None
+    assert study.trials[1].value == 60.0
+    assert study.best_trial.number == 1
+    searcher.on_trial_complete("trial_a", {METRIC: 99.0, "epoch": 9, FINISHED: True})  # a second call changes nothing
+    assert optuna.load_study(study_name="t", storage=storage).trials[0].state == TrialState.PRUNED
+
+    # An errored trial is FAIL too.
+    searcher.suggest("trial_d")
+    searcher.on_trial_complete("trial_d", {METRIC: 40.0, "epoch": 1}, error=True)
+    assert optuna.load_study(study_name="t", storage=storage).trials[3].state == TrialState.FAIL
+
+    # The trap this subclass exists for: Ray's own OptunaSearch tells the truncated score as COMPLETE.
+    plain_storage = study_storage(tmp_path / "plain")
+    plain = _searcher(OptunaSearch, plain_storage)
+    plain.suggest("trial_a")
+    plain.on_trial_complete("trial_a", {METRIC: 50.0, "epoch": 2})
+    trial = optuna.load_study(study_name="t", storage=plain_storage).trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.value == 50.0
+
+
+ASHA_EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def ray_searches(tmp_path_factory):
+    """Two searches in one in-process Ray session: focal with ASHA (grace period 1, rungs at 1 and
+    3 of 6 epochs: ASHA stops trials here), and an ldam-drw space whose every trial diverges."""
+    from bkdbench.orchestrate.ray_session import ray_session
+    from bkdbench.orchestrate.sweep import run_search
+
+    results = tmp_path_factory.mktemp("ray-searches") / "results"
+    results.mkdir(parents=True)
+    diverge_file = results.parent / "diverge.yaml"
+    diverge_file.write_text("method: ldam-drw\ndescription: a cosine scale so large that training diverges\n"
+                            "params:\n  s: {type: float, low: 1.0e+29, high: 1.0e+30, log: true}\n")
+    ray_tmp = ray_tmpdir()
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        mp.setenv("RAY_TMPDIR", ray_tmp)
+        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # ray_session sets these two for good:
+        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")  # set here, they are restored after the module
+        try:
+            with ray_session(None, log_file=results / "ray.log"):
+                for key, method, space_file, scheduler, epochs, trials in (
+                        ("asha", "focal", None, "asha", ASHA_EPOCHS, 8),
+                        ("diverge", "ldam-drw", str(diverge_file), "none", 2, 2)):
+                    space, file = load_space(method, space_file)
+                    base = make_spec("digits", 10, method, epochs=epochs, params=space.fixed)
+                    cfg = SweepConfig(method=method, dataset="digits", imbalance=10.0, space_file=str(file),
+                                      space_hash=space_hash(file), sampler="random", scheduler=scheduler,
+                                      epochs=epochs)
+                    events = []
+                    error = None
+                    try:
+                        run_search(cfg, space, base, results, trials=trials, concurrency=2,
+                                   on_event=lambda kind, key, metrics, ev=events: ev.append((kind, key, dict(metrics))))
+                    except Exception as exc:  # noqa: BLE001 (the test decides what is acceptable)
+                        error = exc
+                    study = optuna.load_study(study_name=cfg.sweep_id,
+                                              storage=study_storage(results / "sweeps" / cfg.sweep_id))
+                    out[key] = SimpleNamespace(study=study, events=events, error=error, base=base, cfg=cfg)
+        finally:
+            sweep_mod.set_listener(None)
+            cleanup_ray_tmp(ray_tmp)
+    return out
+
+
+def _ray_trials(events):
+    """Ray trial id → (last epoch reported, sampled params) from the 'complete' events."""
+    done = {}
+    for kind, trial_id, metrics in events:
+        if kind == "complete":
+            config = {k: v for k, v in metrics.get("config", {}).items() if not k.startswith("_")}
+            done[trial_id] = (metrics.get("epoch"), config)
+    return done
+
+
+def _optuna_trial_for(study, params):
+    matches = [t for t in study.trials if t.params == params]
+    assert len(matches) == 1, (params, [t.params for t in study.trials])
+    return matches[0]
+
+
+def test_asha_stops_trials_in_this_setting(ray_searches):
+    asha = ray_searches["asha"]
+    assert asha.error is None, asha.error
+    assert grace_period(asha.base) == 1
+    ray_trials = _ray_trials(asha.events)
+    assert len(ray_trials) == 8
+    stopped = [t for t, (epoch, _) in ray_trials.items() if epoch < ASHA_EPOCHS - 1]
+    assert stopped, "ASHA stopped no trial: the PRUNED check below would prove nothing"
+    assert len(asha.study.trials) == 8
+    assert not any(t.state == TrialState.RUNNING for t in asha.study.trials)
+
+
+def test_asha_stopped_trials_are_pruned_in_study_through_ray(ray_searches):
+    asha = ray_searches["asha"]
+    ray_trials = _ray_trials(asha.events)
+    if not any(epoch < ASHA_EPOCHS - 1 for epoch, _ in ray_trials.values()):
+        pytest.skip("ASHA stopped nothing this time")
+    for trial_id, (epoch, params) in ray_trials.items():
+        trial = _optuna_trial_for(asha.study, params)
+        if epoch < ASHA_EPOCHS - 1:
+            assert trial.state == TrialState.PRUNED, (trial_id, epoch, trial.state, trial.value)
+        else:
+            assert trial.state == TrialState.COMPLETE, (trial_id, epoch, trial.state)
+    assert counted_trials(asha.study) == 8
+
+
+def test_diverged_search_trial_is_fail_and_the_sweep_goes_on(ray_searches):
+    diverge = ray_searches["diverge"]
+    assert diverge.error is None, repr(diverge.error)[:500]
+    assert [t.state for t in diverge.study.trials] == [TrialState.FAIL, TrialState.FAIL]
+
+
