@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -162,3 +163,25 @@ def assert_numbering(trials) -> None:
     numbers = [t.number for t in trials]
     assert numbers == list(range(len(numbers))), numbers
     assert len({t._trial_id for t in trials}) == len(numbers)
+
+
+def watched_search(monkeypatch, module, epochs: int):
+    """Set-up of the "a search trial never reads the test split" tests: a BKD digits spec whose teacher
+    is a fresh linear model (no teacher training), a poisoned test split, spies on ``module``'s
+    ``predict`` and ``classification_metrics`` (the sizes they saw) and ``tune.report`` captured."""
+    import torch
+    from ray import tune
+
+    import bkdbench.orchestrate.execute as execute
+    import bkdbench.train as train_mod
+    from bkdbench.specs import make_spec
+
+    base = make_spec("digits", 10, "bkd", epochs=epochs)
+    teacher_state = train_mod.build_model(base.teacher, 10, 1, "linear", torch.device("cpu")).state_dict()
+    monkeypatch.setattr(execute, "teacher_state_for", lambda spec, results: teacher_state)
+    watch = SimpleNamespace(base=base, teacher_state=teacher_state, touched=poison_test_split(monkeypatch),
+                            predicted=[], scored=[], reports=[])
+    spy_on(monkeypatch, module, "predict", watch.predicted, lambda model, images, *a: len(images))
+    spy_on(monkeypatch, module, "classification_metrics", watch.scored, lambda logits, targets, *a: len(targets))
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: watch.reports.append(dict(metrics)))
+    return watch

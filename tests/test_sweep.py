@@ -27,8 +27,7 @@ from bkdbench.search_spaces import load_space
 from bkdbench.specs import make_spec
 
 from sweep_helpers import (BKDBENCH, POISON_N, assert_numbering, cleanup_ray_tmp, cli_app, cli_env, is_png,
-                           load_study, pgrep, poison_test_split, ray_processes, ray_tmpdir, run_cli, spy_on, sweep_ids,
-                           wait_gone)
+                           load_study, pgrep, ray_processes, ray_tmpdir, run_cli, sweep_ids, wait_gone, watched_search)
 
 # --------------------------------------------------------------------------------------------
 # 1. A tiny sweep, end to end through the console script
@@ -251,21 +250,13 @@ def test_mark_interrupted_trials_fails_running_ones_and_numbering_goes_on(tmp_pa
 def test_objective_never_reads_test_split(monkeypatch, tmp_path):
     import torch
 
-    import bkdbench.orchestrate.execute as execute
     import bkdbench.train as train_mod
     from bkdbench.data import load_longtail
     from ray import tune
 
     epochs = 3
-    base = make_spec("digits", 10, "bkd", epochs=epochs)
-    teacher_state = train_mod.build_model(base.teacher, 10, 1, "linear", torch.device("cpu")).state_dict()
-    monkeypatch.setattr(execute, "teacher_state_for", lambda spec, results: teacher_state)
-    touched = poison_test_split(monkeypatch)
-    predicted, scored = [], []
-    spy_on(monkeypatch, train_mod, "predict", predicted, lambda model, images, *a: len(images))
-    spy_on(monkeypatch, train_mod, "classification_metrics", scored, lambda logits, targets, *a: len(targets))
-    reports = []
-    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
+    w = watched_search(monkeypatch, train_mod, epochs)
+    base, touched, predicted, scored, reports = w.base, w.touched, w.predicted, w.scored, w.reports
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
     threads = torch.get_num_threads()
     try:
@@ -285,7 +276,7 @@ def test_objective_never_reads_test_split(monkeypatch, tmp_path):
 
     # The poison works: a run that does evaluate the test split touches it and crashes.
     with pytest.raises((RuntimeError, IndexError, ValueError)):
-        train_mod.train(base.model_copy(update={"epochs": 1}), teacher_state=teacher_state, evaluate_test=True)
+        train_mod.train(base.model_copy(update={"epochs": 1}), teacher_state=w.teacher_state, evaluate_test=True)
     assert "test_x" in touched and "test_y" in touched
     assert POISON_N in predicted
 

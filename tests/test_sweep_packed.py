@@ -14,8 +14,7 @@ from bkdbench.orchestrate.sweep import METRIC, SweepConfig, space_hash, study_st
 from bkdbench.search_spaces import load_space
 from bkdbench.specs import make_spec
 
-from sweep_helpers import (assert_numbering, cleanup_ray_tmp, cli_app, load_study, poison_test_split, ray_tmpdir,
-                           spy_on)
+from sweep_helpers import assert_numbering, cleanup_ray_tmp, cli_app, load_study, ray_tmpdir, watched_search
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,23 +52,13 @@ def test_packed_objective_never_reads_test_split(monkeypatch, tmp_path):
     """A pack of search configurations: validation only, each configuration's score reported apart."""
     import torch
 
-    import bkdbench.orchestrate.execute as execute
     import bkdbench.packed as packed_mod
-    import bkdbench.train as train_mod
     from bkdbench.data import load_longtail
     from bkdbench.orchestrate.packed_sweep import EPOCHS, PACK, VALUES, search_pack_trial
-    from ray import tune
 
     epochs = 2
-    base = make_spec("digits", 10, "bkd", epochs=epochs)
-    teacher_state = train_mod.build_model(base.teacher, 10, 1, "linear", torch.device("cpu")).state_dict()
-    monkeypatch.setattr(execute, "teacher_state_for", lambda spec, results: teacher_state)
-    touched = poison_test_split(monkeypatch)
-    predicted, scored = [], []
-    spy_on(monkeypatch, packed_mod, "predict", predicted, lambda model, images, *a: len(images))
-    spy_on(monkeypatch, packed_mod, "classification_metrics", scored, lambda logits, targets, *a: len(targets))
-    reports = []
-    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
+    w = watched_search(monkeypatch, packed_mod, epochs)
+    base, touched, predicted, scored, reports = w.base, w.touched, w.predicted, w.scored, w.reports
     pack = [{"alpha": 0.5, "temperature": 2.0}, {"alpha": 4.0, "temperature": 6.0}, {"alpha": 0.5, "temperature": 2.0}]
     threads = torch.get_num_threads()
     try:
