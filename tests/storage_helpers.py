@@ -17,7 +17,7 @@ def check_suite_on_store(store: Callable[[str], str], tmp_path: Path, name: str)
     import pyarrow.fs as pafs
     import yaml
 
-    from bkdbench.suites import load_suite
+    from bkdbench.specs.suites import load_suite
 
     suite = tmp_path / f"{name}.yaml"
     suite.write_text(yaml.safe_dump({"name": name, "datasets": ["digits"], "imbalance": [10],

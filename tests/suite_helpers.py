@@ -118,7 +118,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def suite_run_ids(suite_file: Path, **filters) -> list[str]:
-    from bkdbench.suites import load_suite
+    from bkdbench.specs.suites import load_suite
 
     return [spec.run_id for spec in load_suite(str(suite_file)).expand(**filters)]
 

@@ -111,7 +111,7 @@ def cli_app():
     """A Typer app holding only `bkdbench sweep`, for in-process CLI tests."""
     import typer
 
-    from bkdbench import cli_sweep
+    from bkdbench.cli import sweep as cli_sweep
 
     app = typer.Typer()
     app.callback()(lambda: None)  # keep `sweep` a subcommand
@@ -125,7 +125,7 @@ POISON_N = 7  # a test-split size no other split has, so a spy can tell it apart
 def poison_test_split(monkeypatch):
     """load_longtail as train.py sees it, with a test split that records every access and whose
     labels (-1) make any evaluation on it crash."""
-    import bkdbench.train as train_mod
+    import bkdbench.training.train as train_mod
 
     real = train_mod.load_longtail
     touched = []
@@ -173,7 +173,7 @@ def watched_search(monkeypatch, module, epochs: int):
     from ray import tune
 
     import bkdbench.orchestrate.execute as execute
-    import bkdbench.train as train_mod
+    import bkdbench.training.train as train_mod
     from bkdbench.specs import make_spec
 
     base = make_spec("digits", 10, "bkd", epochs=epochs)

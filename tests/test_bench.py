@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bkdbench.bench import config_for, synthetic_cifar
-from bkdbench.bench_measure import ratio as per_round_ratio
+from bkdbench.bench.measure import ratio as per_round_ratio
 from bkdbench.cli import app
 
 REPO = Path(__file__).resolve().parents[1]

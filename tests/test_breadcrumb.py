@@ -16,14 +16,14 @@ from typer.testing import CliRunner
 
 from bkdbench.cli import app
 from bkdbench.data import normalize
-from bkdbench.evaluate import classification_metrics, predict
+from bkdbench.training.evaluate import classification_metrics, predict
 from bkdbench.leaderboard.store import read_rows
 from bkdbench.methods import MethodError, build, validate_params
 from bkdbench.methods.breadcrumb import MAX_MEMORY_BYTES, BalancedHeadView, FeatureMemory
 from bkdbench.models import create_model
-from bkdbench.search_spaces import load_space
+from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
-from bkdbench.train import build_model, load_checkpoint, load_run_data, save_checkpoint, train
+from bkdbench.training.train import build_model, load_checkpoint, load_run_data, save_checkpoint, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: CPU tests stay fast on a busy machine

@@ -15,7 +15,7 @@ from bkdbench.leaderboard.store import read_rows
 from bkdbench.methods import MethodError, build, validate_params
 from bkdbench.models import create_model
 from bkdbench.specs import SpecError, make_spec
-from bkdbench.train import frozen_teachers, train, train_step
+from bkdbench.training.train import frozen_teachers, train, train_step
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: CPU tests stay fast on a busy machine

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bkdbench.leaderboard.store import read_rows
-from bkdbench.suites import load_suite
+from bkdbench.specs.suites import load_suite
 
 from cluster_helpers import BKDBENCH, RAY, Cluster, cluster_env, cmdline, descendants, kill, wait_for
 

@@ -15,7 +15,7 @@ from bkdbench.methods import MethodError, build, validate_params
 from bkdbench.methods.decoupled import TAU_GRID
 from bkdbench.models import create_model
 from bkdbench.specs import make_spec
-from bkdbench.train import train
+from bkdbench.training.train import train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: CPU tests stay fast on a busy machine

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bkdbench.data import shot_split
-from bkdbench.evaluate import classification_metrics, expected_calibration_error, per_class_accuracy, predict
+from bkdbench.training.evaluate import classification_metrics, expected_calibration_error, per_class_accuracy, predict
 
 
 def logits_for(preds, num_classes):

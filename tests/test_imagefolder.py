@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from bkdbench.cli import app
 from bkdbench.data import DataError, dataset_info, decode, imagefolder, load_longtail, longtail_counts
 from bkdbench.specs import SpecError, make_spec, spec_columns
-from bkdbench.suites import load_suite
-from bkdbench.train import train
+from bkdbench.specs.suites import load_suite
+from bkdbench.training.train import train
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bkdbench.cli_results import register
+from bkdbench.cli.results import register
 from bkdbench.leaderboard import render
 from bkdbench.leaderboard.aggregate import summarise
 from bkdbench.leaderboard.store import write_row
@@ -182,11 +182,11 @@ def test_results_layer_never_imports_torch(tmp_path):
     script = textwrap.dedent(f"""
         import sys, typer
         from typer.testing import CliRunner
-        import bkdbench.paths, bkdbench.cli_results
+        import bkdbench.paths, bkdbench.cli.results
         import bkdbench.leaderboard.store, bkdbench.leaderboard.aggregate
         import bkdbench.leaderboard.render, bkdbench.leaderboard.plots
         app = typer.Typer()
-        bkdbench.cli_results.register(app)
+        bkdbench.cli.results.register(app)
         result = CliRunner().invoke(app, ["leaderboard", "--results", {str(tmp_path)!r}])
         assert result.exit_code == 0, result.output
         assert "torch" not in sys.modules, "the results layer imported torch"

@@ -12,9 +12,9 @@ import torch
 
 from bkdbench.models import create_model
 from bkdbench.models.packing import GroupedPack, pack_models
-from bkdbench.packed import PackedTrainingDiverged, check_packable, train_packed
+from bkdbench.training.packed import PackedTrainingDiverged, check_packable, train_packed
 from bkdbench.specs import make_spec
-from bkdbench.train import TrainingDiverged, train
+from bkdbench.training.train import TrainingDiverged, train
 
 EPOCHS = 2
 
@@ -224,7 +224,7 @@ def test_evaluation_every_k_epochs_and_always_at_the_end(monkeypatch):
     epoch is always evaluated (5 epochs, every 3: epochs 2 and 4)."""
     from dataclasses import replace
 
-    from bkdbench import recipes
+    from bkdbench.specs import recipes
 
     monkeypatch.setitem(recipes.RECIPES, "small", replace(recipes.get_recipe("small"), eval_every=3))
     specs = [make_spec("digits", 10, "focal", epochs=5, params={"gamma": g}) for g in (1.0, 2.0)]

@@ -13,10 +13,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bkdbench import cli_sweep
+from bkdbench.cli import sweep as cli_sweep
 from bkdbench.methods import validate_params
 from bkdbench.orchestrate.sweep import grace_period
-from bkdbench.search_spaces import HERE, SpaceError, load_space, space_names
+from bkdbench.specs.search_spaces import HERE, SpaceError, load_space, space_names
 from bkdbench.specs import make_spec
 
 SHIPPED = ["bkd", "breadcrumb", "cbd", "focal", "kd", "ldam-drw", "logit-adjust", "reweight-cb", "subset-kd"]

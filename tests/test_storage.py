@@ -134,7 +134,7 @@ def test_teachers_manifests_and_rows_on_s3(s3):
     from bkdbench.leaderboard.manifest import record_suite_runs, suite_run_ids
     from bkdbench.paths import leaderboard_dir, teachers_dir
     from bkdbench.specs import make_spec
-    from bkdbench.teachers import load_teacher, save_teacher
+    from bkdbench.training.teachers import load_teacher, save_teacher
 
     root = Location(s3(f"parts-{uuid.uuid4().hex[:6]}"))
     spec = make_spec("digits", 10, "ce", epochs=2)
@@ -230,7 +230,7 @@ def test_killed_driver_resumes_from_s3(s3, tmp_path, cache, lose_checkpoints):
     from ray import tune
 
     from bkdbench.leaderboard.store import read_rows
-    from bkdbench.suites import load_suite
+    from bkdbench.specs.suites import load_suite
     from suite_helpers import kill_group, kill_pids, processes_of_driver, ray_daemon_pids, start_cli, wait_for
 
     suite = tmp_path / "s3kill.yaml"

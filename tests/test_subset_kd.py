@@ -252,7 +252,7 @@ def test_a_bad_user_grouping_is_a_clear_spec_error(groups, message):
 
 
 def test_a_suite_file_gives_its_own_grouping_and_weighting(tmp_path):
-    from bkdbench.suites import SuiteError, load_suite
+    from bkdbench.specs.suites import SuiteError, load_suite
 
     suite = tmp_path / "skd.yaml"
     suite.write_text("name: skd\ndatasets: [digits]\nimbalance: [10]\nseeds: 1\nmethods:\n"

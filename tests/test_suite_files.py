@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from bkdbench.cli import app
 from bkdbench.leaderboard.store import read_rows, write_row
-from bkdbench.suites import load_suite, suite_names
+from bkdbench.specs.suites import load_suite, suite_names
 from suite_helpers import BKDBENCH, cli_env, snapshot, write_suite
 
 SHIPPED = {"digits-lt": 36, "cifar-lt": 90, "fashion-lt": 30}
@@ -70,7 +70,7 @@ def run_bad(args, results, code=2):
 # --- the shipped suites ----------------------------------------------------------------------
 
 def test_suites_command_lists_the_shipped_suites(monkeypatch):
-    from bkdbench import console
+    from bkdbench.cli import console
 
     monkeypatch.setattr(console.console, "_width", 250)  # one table row per line
     result = CliRunner().invoke(app, ["suites"])

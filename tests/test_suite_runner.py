@@ -183,7 +183,7 @@ def test_sigint_in_student_stage_then_resume(tmp_path):
     trial whose run had finished meanwhile was missing from the new plan's specs, raised KeyError
     in trial.py, and --resume exited 1 with a Ray traceback."""
     from bkdbench.orchestrate.execute import run_and_record
-    from bkdbench.suites import load_suite
+    from bkdbench.specs.suites import load_suite
 
     suite = write_suite(tmp_path / "students.yaml", datasets=["digits"], imbalance=[10],
                         methods=["ce", "kd", "bkd"], seeds=1, epochs=6)

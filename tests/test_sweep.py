@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 from bkdbench.leaderboard.store import read_rows
 from bkdbench.orchestrate import sweep as sweep_mod
 from bkdbench.orchestrate.trial import FINISHED
-from bkdbench.orchestrate.sweep import METRIC, _mark_interrupted_trials, counted_trials, study_storage
+from bkdbench.orchestrate.study import METRIC, counted_trials, mark_interrupted_trials, study_storage
 from bkdbench.paths import leaderboard_dir
-from bkdbench.search_spaces import load_space
+from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
 from sweep_helpers import (BKDBENCH, POISON_N, assert_numbering, cleanup_ray_tmp, cli_app, cli_env, is_png,
@@ -235,11 +235,11 @@ def test_mark_interrupted_trials_fails_running_ones_and_numbering_goes_on(tmp_pa
     study.tell(done, 70.0)
     pruned = study.ask()
     study.tell(pruned, state=TrialState.PRUNED)
-    assert _mark_interrupted_trials(study) == 1
+    assert mark_interrupted_trials(study) == 1
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED]
     assert counted_trials(study) == 2
     assert study.ask().number == 3
-    assert _mark_interrupted_trials(study) == 1  # the one just asked; nothing else changes
+    assert mark_interrupted_trials(study) == 1  # the one just asked; nothing else changes
     assert [t.state for t in study.trials][:3] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED]
 
 
@@ -250,7 +250,7 @@ def test_mark_interrupted_trials_fails_running_ones_and_numbering_goes_on(tmp_pa
 def test_objective_never_reads_test_split(monkeypatch, tmp_path):
     import torch
 
-    import bkdbench.train as train_mod
+    import bkdbench.training.train as train_mod
     from bkdbench.data import load_longtail
     from ray import tune
 
@@ -283,7 +283,7 @@ def test_objective_never_reads_test_split(monkeypatch, tmp_path):
 
 def test_search_trial_applies_the_sampled_parameters(monkeypatch, tmp_path):
     """The sampled values reach the method (validated, on top of the base spec's fixed ones)."""
-    import bkdbench.train as train_mod
+    import bkdbench.training.train as train_mod
     from ray import tune
 
     seen = []

@@ -10,8 +10,9 @@ from optuna.trial import TrialState
 
 from bkdbench.orchestrate import sweep as sweep_mod
 from bkdbench.orchestrate.trial import FINISHED
-from bkdbench.orchestrate.sweep import METRIC, SweepConfig, space_hash, study_storage
-from bkdbench.search_spaces import load_space
+from bkdbench.orchestrate.study import METRIC, study_storage
+from bkdbench.orchestrate.sweep import SweepConfig, space_hash
+from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
 from sweep_helpers import assert_numbering, cleanup_ray_tmp, cli_app, load_study, ray_tmpdir, watched_search
@@ -52,7 +53,7 @@ def test_packed_objective_never_reads_test_split(monkeypatch, tmp_path):
     """A pack of search configurations: validation only, each configuration's score reported apart."""
     import torch
 
-    import bkdbench.packed as packed_mod
+    import bkdbench.training.packed as packed_mod
     from bkdbench.data import load_longtail
     from bkdbench.orchestrate.packed_sweep import EPOCHS, PACK, VALUES, search_pack_trial
 

@@ -10,9 +10,9 @@ from optuna.trial import TrialState
 
 from bkdbench.orchestrate import sweep as sweep_mod
 from bkdbench.orchestrate.trial import FINISHED
-from bkdbench.orchestrate.sweep import (METRIC, PrunedAwareOptunaSearch, SweepConfig, counted_trials, grace_period,
-                                        space_hash, study_storage)
-from bkdbench.search_spaces import load_space
+from bkdbench.orchestrate.study import METRIC, PrunedAwareOptunaSearch, counted_trials, study_storage
+from bkdbench.orchestrate.sweep import SweepConfig, grace_period, space_hash
+from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
 from sweep_helpers import cleanup_ray_tmp, ray_tmpdir

@@ -10,7 +10,7 @@ import torch
 
 from bkdbench.models import create_model
 from bkdbench.specs import make_spec
-from bkdbench.teachers import (
+from bkdbench.training.teachers import (
     TeacherError,
     check_teacher_fits,
     ensure_teacher,
@@ -109,7 +109,7 @@ def test_ensure_teacher_trains_once(tmp_path, spec, weights):
 
 
 def test_distilled_student_trains_from_an_ensured_teacher(tmp_path):
-    from bkdbench.train import train
+    from bkdbench.training.train import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny CPU runs (see test_train.py)

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import bkdbench.train as train_module
+import bkdbench.training.train as train_module
 from bkdbench.data import load_longtail
 from bkdbench.methods import validate_params
 from bkdbench.methods.ce import CrossEntropy
 from bkdbench.models import create_model
-from bkdbench.recipes import RecipeError, get_recipe, recipe_names
+from bkdbench.specs.recipes import RecipeError, get_recipe, recipe_names
 from bkdbench.specs import RunSpec, SpecError, make_spec
-from bkdbench.train import TrainingDiverged, load_checkpoint, save_checkpoint, train
+from bkdbench.training.train import TrainingDiverged, load_checkpoint, save_checkpoint, train
 
 
 # ---------------------------------------------------------------- recipes

@@ -7,7 +7,7 @@
   BatchNorm over K·C channels is exactly K per-student BatchNorms, option-A shortcuts pad channels
   inside each group, and the head is a batched matmul with one weight matrix per student.
 Both give (N, K, classes) logits and ``unpack()`` back to the K plain models. The training loop that
-uses them is ``bkdbench/packed.py``.
+uses them is ``bkdbench/training/packed.py``.
 """
 from __future__ import annotations
 

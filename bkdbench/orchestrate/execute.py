@@ -14,8 +14,8 @@ from ..paths import leaderboard_dir, teachers_dir
 from ..provenance import provenance
 from ..specs import RunSpec, spec_columns
 from ..storage import Location
-from ..teachers import TeacherError, check_teacher_fits, load_teacher, save_teacher
-from ..train import RunResult, Report, TrainingDiverged, train
+from ..training.teachers import TeacherError, check_teacher_fits, load_teacher, save_teacher
+from ..training.train import RunResult, Report, TrainingDiverged, train
 
 
 def failed_row(spec: RunSpec, error: str, **tags) -> dict:

@@ -20,7 +20,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..specs import RunSpec
-from .sweep import METRIC  # sweep imports this module only inside run_search: no import cycle
+from .study import METRIC
 from .trial import FINISHED
 
 PACK = "_pack"  # a packed trial's config: the K sampled parameter sets, in the order Optuna gave them
@@ -77,7 +77,7 @@ def search_pack_trial(config: dict, *, base: str, results: str, data_dir: Option
     import torch
 
     from ..methods import validate_params
-    from ..packed import PackedTrainingDiverged, train_packed
+    from ..training.packed import PackedTrainingDiverged, train_packed
     from .execute import teacher_state_for
 
     torch.set_num_threads(max(1, int(config.get("_cpus", 1))))

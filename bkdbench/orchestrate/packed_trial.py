@@ -43,10 +43,10 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
                checkpoint_every: Optional[int] = None, force: bool = False, data_dir: Optional[Path] = None) -> None:
     from ..leaderboard.store import is_finished, write_row
     from ..models.packing import resolve_strategy
-    from ..packed import PackedTrainingDiverged, train_packed
+    from ..training.packed import PackedTrainingDiverged, train_packed
     from ..paths import leaderboard_dir, teachers_dir
-    from ..teachers import TeacherError, save_teacher
-    from ..train import default_device
+    from ..training.teachers import TeacherError, save_teacher
+    from ..training.train import default_device
     from .execute import failed_row, teacher_state_for
 
     board = leaderboard_dir(root)

@@ -19,7 +19,7 @@ RUNS = "runs"  # a packed trial's final result: {run_id: status} of its members
 
 
 def packable(spec: RunSpec) -> bool:
-    from ..packed import check_packable
+    from ..training.packed import check_packable
 
     try:
         check_packable([spec])  # refuses methods train_packed cannot train (features, stage-1 models, ...)
@@ -50,7 +50,7 @@ def pack_groups(specs: list[RunSpec], pack: int) -> list[list[RunSpec]]:
             groups.append(members[start:end])
             start = end
     if pack > 1:
-        from ..packed import check_packable
+        from ..training.packed import check_packable
 
         for group in groups:
             if len(group) > 1:

@@ -18,7 +18,7 @@ from ..leaderboard.store import finished_run_ids
 from ..paths import experiments_dir, leaderboard_dir, teachers_dir
 from ..specs import RunSpec
 from ..storage import Location
-from ..teachers import teacher_path
+from ..training.teachers import teacher_path
 from .packs import pack_units, per_run_events, per_run_outcome
 from .trial import FINISHED, train_trial
 

@@ -26,20 +26,20 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from ..methods import build as build_method
-from ..search_spaces import SearchSpace
+from ..specs.search_spaces import SearchSpace
 from ..specs import RunSpec, make_spec
-from ..storage import Location, pull, push
+from ..storage import Location, push
+from .packed_sweep import PackedOptunaSearch, per_config_events, search_pack_trial
 from .runner import _Events, Interrupted, plan_runs, run_plan, set_listener
+from .study import (METRIC, PrunedAwareOptunaSearch, counted_trials, journal_location, make_sampler,
+                    mark_interrupted_trials, open_study, study_storage)
 from .trial import FINISHED
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI reports progress itself
 
-SAMPLERS = ("tpe", "gp", "cmaes", "random")
 SCHEDULERS = ("asha", "none")
-METRIC = "val_top1"
 
 
 @dataclass(frozen=True)
@@ -71,63 +71,12 @@ def sweep_dir(results: "Location | str", sweep_id: str) -> Location:
     return Location(results) / "sweeps" / sweep_id
 
 
-def make_sampler(name: str, seed: int):
-    if name == "tpe":  # constant liar: parallel trials do not all pile onto the same point
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-
-
-def open_study(sweep_id: str, folder: Location, storage_url: Optional[str] = None) -> optuna.Study:
-    return optuna.create_study(study_name=sweep_id, storage=study_storage(folder, storage_url),
-                               direction="maximize", load_if_exists=True)
-
-
-def study_storage(folder: Location, storage_url: Optional[str] = None):
-    if storage_url:
-        return storage_url  # e.g. postgresql://... for many nodes; never SQLite with parallel writers
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    # The journal is a local file: in the sweep folder, or for object storage a driver-local copy
-    # fetched from it (run_search uploads it back).
-    journal = pull(journal_location(folder))
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(journal)))
-
-
-def journal_location(folder: Location) -> Location:
-    return Location(folder) / "study.journal"
-
-
-class PrunedAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna the truth about trials that did not run to the end: stopped
-    by the scheduler → PRUNED; diverged or errored → FAIL; only finished trials are COMPLETE."""
-
-    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
-        if result and "epoch" in result:  # how much training the trial cost (what ASHA saved)
-            self._ot_trials[trial_id].set_user_attr("epochs_trained", int(result["epoch"]) + 1)
-        if not error and result and result.get(FINISHED) and result.get(METRIC) is not None:
-            return super().on_trial_complete(trial_id, result, error)
-        failed = error or bool(result and result.get("diverged"))
-        state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED
-        self._ot_study.tell(self._ot_trials[trial_id], state=state)
-        self._completed_trials.add(trial_id)
-
-
 def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[str] = None) -> None:
     """One search trial: the base spec with the sampled parameters, validation only."""
     import torch
 
     from ..methods import validate_params
-    from ..train import TrainingDiverged, train  # noqa: F401  (TrainingDiverged propagates: FAIL)
+    from ..training.train import TrainingDiverged, train  # noqa: F401  (TrainingDiverged propagates: FAIL)
     from .execute import teacher_state_for
 
     torch.set_num_threads(max(1, int(config.get("_cpus", 1))))
@@ -148,20 +97,6 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
         raise  # the trial errors: Optuna records FAIL (a report without the metric would stop Tune)
 
 
-def _mark_interrupted_trials(study: optuna.Study) -> int:
-    """Trials left RUNNING by an interrupted driver become FAIL, so their numbers stay in the
-    record and new trials get new numbers."""
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
-    for t in stale:
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-    return len(stale)
-
-
-def counted_trials(study: optuna.Study) -> int:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
 def grace_period(spec: RunSpec) -> int:
     """ASHA's first rung: one epoch after class-balanced weighting switches on (if it ever does)."""
     method = build_method(spec.method, [1, 1], epochs=spec.epochs, **spec.params)
@@ -180,7 +115,7 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
         raise ValueError("packed search trials run without early stopping: use scheduler 'none' with pack > 1")
     folder = sweep_dir(results, cfg.sweep_id)
     study = open_study(cfg.sweep_id, folder, storage_url)
-    _mark_interrupted_trials(study)
+    mark_interrupted_trials(study)
     remaining = trials - counted_trials(study)
     if remaining <= 0:
         return study
@@ -188,8 +123,6 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
                          study_name=cfg.sweep_id, storage=study_storage(folder, storage_url))
     trial_fn, samples, events = search_trial, remaining, on_event
     if packed:
-        from .packed_sweep import PackedOptunaSearch, per_config_events, search_pack_trial
-
         searcher = PackedOptunaSearch(**searcher_args, pack=pack, budget=remaining)
         trial_fn, samples, events = search_pack_trial, math.ceil(remaining / pack), per_config_events(on_event)
     else:

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
-from .sweep import METRIC  # noqa: E402
+from .study import METRIC  # noqa: E402
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:

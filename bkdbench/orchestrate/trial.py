@@ -37,7 +37,7 @@ def use_resources(config: dict) -> None:
 
 def restored_state() -> dict | None:
     """The state of this trial's last checkpoint, when Tune restarted it after a failure."""
-    from ..train import load_checkpoint
+    from ..training.train import load_checkpoint
 
     previous = tune.get_checkpoint()
     if previous is None:
@@ -51,7 +51,7 @@ def checkpointing_report(epochs: int, checkpoint_every: int | None):
     is due (every ``checkpoint_every`` epochs, or by time when None; never after the last epoch)."""
     import time
 
-    from ..train import save_checkpoint
+    from ..training.train import save_checkpoint
 
     last_save = [time.monotonic()]
 
@@ -81,8 +81,8 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
     checkpoints by time (short runs then never pay for checkpoints, long ones lose at most ~30 s)."""
     from ..leaderboard.store import is_finished, write_row
     from ..paths import leaderboard_dir
-    from ..teachers import TeacherError
-    from ..train import TrainingDiverged
+    from ..training.teachers import TeacherError
+    from ..training.train import TrainingDiverged
     from .execute import failed_row, run_and_record
 
     run_id = config["run_id"]

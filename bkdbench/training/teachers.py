@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from typing import Callable, Optional
 
 import torch
 
-from .specs import RunSpec
-from .storage import Location
+from bkdbench.specs import RunSpec
+from bkdbench.storage import Location
 
 Cache = "str | os.PathLike | Location"
 

@@ -18,13 +18,13 @@ from typing import Callable, Optional
 
 import torch
 
-from .data import DataError, DeviceLoader, load_longtail, normalize, restrict_classes
-from .evaluate import classification_metrics, predict
-from .methods import build as build_method
-from .models import create_model
-from .provenance import provenance
-from .recipes import get_recipe
-from .specs import RunSpec, spec_columns
+from bkdbench.data import DataError, DeviceLoader, load_longtail, normalize, restrict_classes
+from bkdbench.training.evaluate import classification_metrics, predict
+from bkdbench.methods import build as build_method
+from bkdbench.models import create_model
+from bkdbench.provenance import provenance
+from bkdbench.specs.recipes import get_recipe
+from bkdbench.specs import RunSpec, spec_columns
 
 Report = Callable[[dict, Callable[[], dict]], None]
 
@@ -177,7 +177,7 @@ def train(
     stage2 = getattr(method, "stage1", False)  # decoupled classifiers start from a stage-1 model
     if method.needs_teacher:
         if teacher_state is None:
-            raise ValueError(f"{spec.method} needs a teacher: pass teacher_state (see bkdbench.teachers)")
+            raise ValueError(f"{spec.method} needs a teacher: pass teacher_state (see bkdbench.training.teachers)")
         if stage2:
             trainable = method.prepare(model, teacher_state)
         else:
@@ -255,7 +255,7 @@ def train(
         spec=spec, metrics=final, history=history, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         class_counts=list(data.class_counts), train_seconds=train_seconds,
         images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
-        device=_device_name(device), started_at=started, finished_at=datetime.now(timezone.utc), extra=extra,
+        device=device_name(device), started_at=started, finished_at=datetime.now(timezone.utc), extra=extra,
     )
 
 
@@ -275,7 +275,7 @@ def _checkpoint(model, optimizer, loader, state: dict, method=None) -> dict:
     }
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"

@@ -24,13 +24,13 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .data import DeviceLoader, normalize
-from .evaluate import classification_metrics, predict
-from .methods import build as build_method
-from .models.packing import pack_models, resolve_strategy
-from .recipes import get_recipe
-from .specs import RunSpec
-from .train import (RunResult, TrainingDiverged, _device_name, _layout, build_model, channels_last_for, default_device,
+from bkdbench.data import DeviceLoader, normalize
+from bkdbench.training.evaluate import classification_metrics, predict
+from bkdbench.methods import build as build_method
+from bkdbench.models.packing import pack_models, resolve_strategy
+from bkdbench.specs.recipes import get_recipe
+from bkdbench.specs import RunSpec
+from bkdbench.training.train import (RunResult, TrainingDiverged, device_name, _layout, build_model, channels_last_for, default_device,
                     device_splits, frozen_teacher, load_run_data)
 
 # report(per-student metrics, make_checkpoint): called once per epoch, like train()'s report.
@@ -69,7 +69,7 @@ def check_packable(specs: Sequence[RunSpec]) -> None:
     """Students of one pack must be the same run except for the method's parameters."""
     if len(specs) == 0:
         raise ValueError("train_packed needs at least one spec")
-    from .methods import method_class
+    from bkdbench.methods import method_class
 
     cls = method_class(specs[0].method)
     if cls.uses_features or getattr(cls, "stage1", False) or specs[0].teachers or specs[0].train_classes:
@@ -126,7 +126,7 @@ def train_packed(
     teacher = None
     if method0.needs_teacher:
         if teacher_state is None:
-            raise ValueError(f"{spec0.method} needs a teacher: pass teacher_state (see bkdbench.teachers)")
+            raise ValueError(f"{spec0.method} needs a teacher: pass teacher_state (see bkdbench.training.teachers)")
         teacher = frozen_teacher(spec0.teacher, teacher_state, num_classes, info.channels, device)
 
     train_x, train_y, splits = device_splits(data, device, evaluate_test)
@@ -217,7 +217,7 @@ def train_packed(
             state_dict={name: v.detach().cpu() for name, v in student.state_dict().items()},
             class_counts=list(data.class_counts), train_seconds=train_seconds,
             images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
-            device=_device_name(device), started_at=started, finished_at=finished,
+            device=device_name(device), started_at=started, finished_at=finished,
         ))
     return results
 

@@ -13,7 +13,10 @@ from typing import Optional
 
 import torch
 
-from .bench_pipelines import sync
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _resident_mb(pid: int) -> float:

@@ -4,12 +4,11 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .console import check_device, console, fail, note
+from bkdbench.cli.console import check_device, console, fail, note
 
 
 def register(app: typer.Typer) -> None:
@@ -31,8 +30,8 @@ def bench(
     """Training images/s, seconds per CIFAR-100-LT IF100 epoch and peak memory: a reference-style
     DataLoader pipeline against bkdbench's, alternated in one process; also BKD with a teacher and K
     packed students. Writes one JSON file under <results>/bench/."""
-    from .leaderboard.store import LeaderboardError, check_writable
-    from .paths import results_dir
+    from bkdbench.leaderboard.store import LeaderboardError, check_writable
+    from bkdbench.paths import results_dir
 
     if quick and full:
         fail("--quick and --full exclude each other")
@@ -40,8 +39,8 @@ def bench(
         folder = results_dir(results) / "bench"
         check_writable(folder)
         check_device(device)
-        from .bench import config_for
-        from .models.packing import STRATEGIES
+        from bkdbench.bench import config_for
+        from bkdbench.models.packing import STRATEGIES
 
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown packing strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
@@ -52,7 +51,7 @@ def bench(
 
     import torch
 
-    from .bench import run_bench, write_bench
+    from bkdbench.bench import run_bench, write_bench
 
     if threads:
         torch.set_num_threads(threads)

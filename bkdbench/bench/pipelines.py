@@ -8,25 +8,24 @@
     runs them, optionally with a frozen teacher (BKD), or K packed students sharing each batch and one
     teacher forward (``packed.packed_step``).
 
-Each has ``run(steps) -> images seen`` and ``worker_pids()``; ``bench.run_bench`` alternates them.
+Each has ``run(steps) -> images seen`` and ``worker_pids()``; ``bench.run.run_bench`` alternates them.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import DeviceLoader
-from .methods import build as build_method
-from .models import create_model
-from .models.packing import pack_models
-from .packed import packed_step
-from .train import channels_last_for, train_step
+from bkdbench.bench.config import BenchConfig
+from bkdbench.data import DeviceLoader
+from bkdbench.methods import build as build_method
+from bkdbench.models import create_model
+from bkdbench.models.packing import pack_models
+from bkdbench.training.packed import packed_step
+from bkdbench.training.train import channels_last_for, train_step
 
-if TYPE_CHECKING:
-    from .bench import BenchConfig
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -56,11 +55,6 @@ class _PILImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(self.to_pil(self.images[i])), int(self.labels[i])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _endless(loader):

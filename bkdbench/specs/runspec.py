@@ -104,7 +104,7 @@ def make_spec(
     ``imagefolder`` needs ``data_dir`` (its folder is decoded, or read from the cache, to learn its
     classes and content key); ``image_size`` resizes it. ``imbalance_factor="natural"`` (or
     ``profile="natural"``) keeps the training set as it is and records its own imbalance factor."""
-    from .data import NATURAL, DataError, dataset_info, natural_imbalance
+    from bkdbench.data import NATURAL, DataError, dataset_info, natural_imbalance
 
     try:
         info = dataset_info(dataset, data_dir, image_size)
@@ -124,7 +124,7 @@ def make_spec(
         model=model, recipe=rec.name, epochs=epochs or rec.epochs, seed=seed, data_key=info.data_key,
         image_size=image_size,
     )
-    from .methods import MethodError, method_class
+    from bkdbench.methods import MethodError, method_class
 
     cls, teachers = method_class(method), None
     try:
@@ -150,7 +150,7 @@ def make_spec(
 
 
 def _shots(info, imbalance_factor: float, profile: str, data_dir) -> dict[str, list[int]]:
-    from .data import kept_class_counts, shot_split
+    from bkdbench.data import kept_class_counts, shot_split
 
     counts = kept_class_counts(info, imbalance_factor, profile, data_dir)
     return shot_split(counts, info.many_threshold, info.few_threshold)
@@ -169,7 +169,7 @@ def check_spec(
 ) -> None:
     """``make_spec``'s checks of names and ranges without touching any data: a suite is validated
     on load, before anyone has said where its image folder lives. Raises SpecError."""
-    from .data import DataError, get_dataset
+    from bkdbench.data import DataError, get_dataset
 
     try:
         info = get_dataset(dataset)
@@ -182,7 +182,7 @@ def check_spec(
 
 def _imbalance(imbalance_factor: Union[float, str], profile: str) -> tuple[Optional[float], str]:
     """(factor or None, profile): "natural" in either place means the natural profile."""
-    from .data import NATURAL
+    from bkdbench.data import NATURAL
 
     if isinstance(imbalance_factor, str):
         if imbalance_factor.strip().lower() == NATURAL:
@@ -196,10 +196,10 @@ def _imbalance(imbalance_factor: Union[float, str], profile: str) -> tuple[Optio
 
 def _resolve_names(info, method, model, recipe, epochs, params):
     """(model, recipe, resolved method parameters, needs_teacher) for a dataset's defaults."""
-    from .data import DataError
-    from .methods import MethodError, method_class, validate_params
-    from .models import ModelError, model_names
-    from .recipes import RecipeError, get_recipe
+    from bkdbench.data import DataError
+    from bkdbench.methods import MethodError, method_class, validate_params
+    from bkdbench.models import ModelError, model_names
+    from bkdbench.specs.recipes import RecipeError, get_recipe
 
     try:
         model = model or info.default_model
@@ -215,8 +215,8 @@ def _resolve_names(info, method, model, recipe, epochs, params):
 
 
 def _check_ranges(imbalance_factor: Optional[float], epochs: Optional[int], profile: str) -> None:
-    from .data import NATURAL
-    from .data.longtail import PROFILES
+    from bkdbench.data import NATURAL
+    from bkdbench.data.longtail import PROFILES
 
     if imbalance_factor is not None and not (math.isfinite(imbalance_factor) and imbalance_factor >= 1):
         raise SpecError(f"imbalance factor must be a finite number >= 1 (got {imbalance_factor:g})")
@@ -227,15 +227,15 @@ def _check_ranges(imbalance_factor: Optional[float], epochs: Optional[int], prof
 
 
 def _ce_params() -> dict:
-    from .methods import validate_params
+    from bkdbench.methods import validate_params
 
     return validate_params("ce")
 
 
 def spec_columns(spec: RunSpec) -> dict:
     """The leaderboard columns that describe a run (the rest are its results and provenance)."""
-    from .data import get_dataset
-    from .recipes import get_recipe
+    from bkdbench.data import get_dataset
+    from bkdbench.specs.recipes import get_recipe
 
     info = get_dataset(spec.dataset)
     return {

@@ -1,5 +1,4 @@
-"""The ``bkdbench`` command line. Heavy imports (torch, Ray) happen inside commands, so that
-``bkdbench --help`` and ``bkdbench leaderboard`` start fast."""
+"""``bkdbench train``: one run in this process (no Ray), its teacher or stage-1 model first."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,27 +6,14 @@ from typing import Optional
 
 import typer
 
-from .console import check_device as _check_device, console, fail, note
-
-app = typer.Typer(
-    help="Benchmarks and hyperparameter search for long-tailed image classification (BKD and baselines).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-data_app = typer.Typer(help="Datasets: what is available here, and explicit downloads.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-
-ResultsOpt = typer.Option(None, "--results", "--storage", help="Results folder or s3://, gs:// URI (default $BKDBENCH_RESULTS or ./results).")
-DataDirOpt = typer.Option(None, "--data-dir", help="Folder holding the dataset files.")
+from bkdbench.cli.console import check_device as _check_device, console, fail, note
+from bkdbench.cli.options import DataDirOpt, ResultsOpt, method_params
 
 
-def method_params(**values) -> dict:
-    """The method parameters the user set on the command line (unset ones keep their defaults)."""
-    return {k: v for k, v in values.items() if v is not None}
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
 
 
-@app.command()
 def train(
     dataset: str = typer.Option("digits", "--dataset", "-d", help="Dataset name (see `bkdbench data list`)."),
     imbalance: str = typer.Option("10", "--imbalance", help="Imbalance factor n_max / n_min (>= 1), or `natural` to keep an already long-tailed imagefolder as it is."),
@@ -57,12 +43,12 @@ def train(
     results: Optional[str] = ResultsOpt,  # a str: Path would mangle a URI
 ):
     """Train one run (no Ray): its teacher first if it needs one, then the run; record both."""
-    from .data import DataError, dataset_info
-    from .leaderboard.store import LeaderboardError, check_writable, finished_run_ids, read_rows
-    from .paths import leaderboard_dir, results_dir, teachers_dir
-    from .specs import SpecError, make_spec
+    from bkdbench.data import DataError, dataset_info
+    from bkdbench.leaderboard.store import LeaderboardError, check_writable, finished_run_ids, read_rows
+    from bkdbench.paths import leaderboard_dir, results_dir, teachers_dir
+    from bkdbench.specs import SpecError, make_spec
 
-    from .methods.params import parse_assignments
+    from bkdbench.methods.params import parse_assignments
 
     params = method_params(alpha=alpha, temperature=temperature, beta=beta, gamma=gamma, max_m=max_m, s=s,
                            tau=tau, cb_start=cb_start)
@@ -91,9 +77,8 @@ def train(
         import torch
 
         torch.set_num_threads(threads)
-    from .orchestrate.execute import run_and_record
-    from .teachers import TeacherError, load_teacher
-    from .train import TrainingDiverged
+    from bkdbench.training.teachers import TeacherError, load_teacher
+    from bkdbench.training.train import TrainingDiverged
 
     board = leaderboard_dir(root)
     if spec.run_id in finished_run_ids(board) and not force:
@@ -102,7 +87,7 @@ def train(
         _print_metrics(spec, rows[rows.run_id == spec.run_id].iloc[0].to_dict())
         return
     try:
-        from .methods import method_class
+        from bkdbench.methods import method_class
 
         role = "stage-1 model" if getattr(method_class(spec.method), "stage1", False) else "teacher"
         for teacher in spec.all_teachers:
@@ -123,7 +108,7 @@ def train(
 def _run_with_progress(spec, root, data_dir, device, bf16, compile=False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .orchestrate.execute import run_and_record
+    from bkdbench.orchestrate.execute import run_and_record
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -154,60 +139,3 @@ def _print_metrics(spec, row: dict) -> None:
     if row.get("train_seconds"):
         table.add_row("train time", f"{row['train_seconds']:.1f} s ({row['images_per_second']:.0f} img/s)")
     console.print(table)
-
-
-@data_app.command("list")
-def data_list(data_dir: Optional[Path] = DataDirOpt):
-    """Every dataset, whether it is available here, and where it looked."""
-    from rich.table import Table
-
-    from .data import dataset_names, get_dataset
-
-    table = Table(title="datasets")
-    for col in ("name", "classes", "available", "where", "description"):
-        table.add_column(col)
-    for name in dataset_names():
-        info = get_dataset(name)
-        ok, where = info.locate(data_dir)
-        classes = "per folder" if info.num_classes is None else str(info.num_classes)
-        table.add_row(name, classes, "[green]yes[/]" if ok else "[red]no[/]", where, info.description)
-    console.print(table)
-
-
-@data_app.command("download")
-def data_download(
-    name: str = typer.Argument(..., help="Dataset to download (cifar10 or cifar100)."),
-    root: Path = typer.Option(..., "--root", help="Folder to download into; pass it later as --data-dir."),
-):
-    """Download a dataset (only when asked; needs internet access)."""
-    from .data import DataError, get_dataset
-
-    try:
-        info = get_dataset(name)
-    except DataError as exc:
-        fail(str(exc))
-    if info.download is None:
-        ok, where = info.locate(None)
-        fail(f"{name} has no download here ({'found at ' + where if ok else where})")
-    try:
-        path = info.download(root)
-    except Exception as exc:  # network errors come in many types
-        fail(f"download of {name} failed: {exc}", code=1)
-    console.print(f"downloaded {name} to {path}; use --data-dir {root}")
-
-
-def _register_subcommands() -> None:
-    from . import cli_ablate, cli_bench, cli_results, cli_run, cli_sweep
-
-    cli_run.register(app)
-    cli_sweep.register(app)
-    cli_ablate.register(app)
-    cli_results.register(app)
-    cli_bench.register(app)
-
-
-_register_subcommands()
-
-
-def main() -> None:
-    app()

@@ -22,9 +22,9 @@ slow drifts and other processes' load hit both sides of a ratio alike. Each wind
 CPU seconds of this process and of the reference's loader workers (``images_per_cpu_second``,
 ``ratio_cpu``): with one torch thread, a figure other processes on the machine hardly move.
 
-The pipelines live in ``bench_pipelines``, the timing and summaries in ``bench_measure``; this module
-runs them and writes the JSON. No Ray, Optuna, typer or rich in any of them:
-``benchmarks/gpu_check.py`` imports this module on GPU machines.
+The configuration lives in ``config``, the pipelines in ``pipelines``, the timing and summaries in
+``measure``; this module runs them and writes the JSON. No Ray, Optuna, typer or rich in any of them:
+``benchmarks/gpu_check.py`` imports this package on GPU machines.
 """
 from __future__ import annotations
 
@@ -32,69 +32,18 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from . import __version__
-from .bench_measure import Windows, load_average, machine_info, ratio, summary, window
-from .bench_pipelines import EPOCHS_REFERENCE, BkdbenchPipeline, ReferencePipeline, synthetic_cifar, sync
-from .data import longtail_counts
-from .models.packing import resolve_strategy
-from .train import _device_name
-
-SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What to measure. ``rounds`` × ``steps``: windows of (a)/(b); ``pack_rounds`` × ``pack_steps``:
-    windows of bkd_teacher / packed (a packed step trains ``pack`` students)."""
-
-    model: str = "resnet32"
-    num_classes: int = 100
-    imbalance: float = 100.0  # CIFAR-100-LT IF100: 10,847 images
-    n_max: int = 500
-    image_size: int = 32
-    batch_size: int = 128
-    warmup_steps: int = 2
-    rounds: int = 5
-    steps: int = 6
-    pack: int = 8
-    pack_rounds: int = 3
-    pack_steps: int = 2
-    strategy: str = "auto"
-    compare_strategies: bool = False  # also measure the other packing strategy ("packed_loop"/"packed_grouped")
-    num_workers: Optional[int] = None  # reference DataLoader workers: 2 on CPU, 4 on CUDA
-    bf16: bool = True  # CPU: also measure (b) under bf16 autocast, reported apart
-    compile: bool = False
-    eval_images: int = 2048  # timed evaluation pass, scaled to the CIFAR-100-LT val+test size
-    preset: str = "default"
-
-    @property
-    def class_counts(self) -> list[int]:
-        return longtail_counts(self.n_max, self.num_classes, self.imbalance, "exp")
-
-    @property
-    def images(self) -> int:
-        return sum(self.class_counts)
-
-
-PRESETS = {
-    # about a minute on 2 CPU cores
-    "default": BenchConfig(rounds=5, steps=5, pack_rounds=3, pack_steps=1, eval_images=1024),
-    # several minutes on 2 CPU cores; more, longer windows
-    "full": BenchConfig(rounds=9, steps=16, pack_rounds=5, pack_steps=4, warmup_steps=3, eval_images=12000, preset="full"),
-    # benchmarks/gpu_check.py: a few minutes on one GPU, 16 packed students, both packing strategies
-    "gpu": BenchConfig(rounds=7, steps=30, warmup_steps=10, pack=16, pack_rounds=5, pack_steps=4, eval_images=12000,
-                       compile=True, compare_strategies=True, preset="gpu"),
-    # seconds: structure checks (tests), never figures to quote
-    "quick": BenchConfig(model="resnet8", num_classes=10, n_max=40, imbalance=10.0, batch_size=16, warmup_steps=1,
-                         rounds=2, steps=1, pack=2, pack_rounds=1, pack_steps=1, eval_images=64, preset="quick"),
-}
+from bkdbench import __version__
+from bkdbench.bench.config import PRESETS, SCHEMA_VERSION, BenchConfig
+from bkdbench.bench.measure import Windows, load_average, machine_info, ratio, summary, sync, window
+from bkdbench.bench.pipelines import EPOCHS_REFERENCE, BkdbenchPipeline, ReferencePipeline, synthetic_cifar
+from bkdbench.models.packing import resolve_strategy
+from bkdbench.training.train import device_name
 
 EVAL_IMAGES_C100 = 10000 + 100 * 20  # CIFAR-100-LT: the test set and the validation split (20 per class)
 
@@ -113,7 +62,7 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
     autocast = torch.bfloat16 if cuda else None  # what train() uses on this device by default
     notes: list[str] = []
 
-    say(f"building the pipelines on {_device_name(device)} ({n} images, {config.model}, batch {config.batch_size})")
+    say(f"building the pipelines on {device_name(device)} ({n} images, {config.model}, batch {config.batch_size})")
     ref = ReferencePipeline(config, images, labels, device)
     ours = BkdbenchPipeline("bkdbench", config, images, labels, device, autocast=autocast)
     main = [ref, ours]
@@ -189,7 +138,7 @@ def run_bench(config: BenchConfig = PRESETS["default"], *, device: Optional[str 
         "schema_version": SCHEMA_VERSION,
         "command": command or " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
         "started_at": started.isoformat(timespec="seconds"),
-        "device": _device_name(device), "device_type": device.type,
+        "device": device_name(device), "device_type": device.type,
         "torch_version": torch.__version__, "torchvision_version": _torchvision_version(),
         "bkdbench_version": __version__, "git_sha": _git_sha(),
         "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": load_average()},
@@ -231,7 +180,7 @@ def _eval_seconds(pipe: "BkdbenchPipeline", config: BenchConfig, device: torch.d
                   autocast: Optional[torch.dtype]) -> float:
     """One evaluation pass (``evaluate.predict``: eval mode, forward only) over ``eval_images`` images,
     scaled to CIFAR-100-LT's validation + test images."""
-    from .evaluate import predict
+    from bkdbench.training.evaluate import predict
 
     x = pipe.x[: min(config.eval_images, len(pipe.x))]
     prepare = lambda b: pipe._layout((b.float().div_(255.0) - pipe.loader.mean) / pipe.loader.std)  # noqa: E731
@@ -254,7 +203,7 @@ def _torchvision_version() -> Optional[str]:
 
 def _git_sha() -> Optional[str]:
     try:
-        from .provenance import git_sha
+        from bkdbench.provenance import git_sha
 
         return git_sha()
     except Exception:  # provenance is best effort
@@ -264,7 +213,7 @@ def _git_sha() -> Optional[str]:
 def write_bench(result: dict, folder, prefix: str = "bench"):
     """Write ``result`` as ``<folder>/<prefix>-<device>-<time>.json`` (atomically, a local folder or a
     storage URI); return where it went."""
-    from .storage import Location
+    from bkdbench.storage import Location
 
     folder = Location(folder)
     folder.make_dir()
@@ -273,9 +222,3 @@ def write_bench(result: dict, folder, prefix: str = "bench"):
     path = folder / f"{prefix}-{device}-{stamp}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
-
-
-def config_for(preset: str = "default", **overrides) -> BenchConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown bench preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})

@@ -11,9 +11,19 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..yamlfile import load_yaml_model
+from bkdbench.specs.yamlfile import load_yaml_model
 
-HERE = Path(__file__).parent
+
+
+def _shipped_folder() -> Path:
+    """The shipped spaces: ``bkdbench/search_spaces/`` in an installed wheel (pyproject maps the
+    repository's top-level ``search_spaces/`` there), else that top-level folder of a checkout."""
+    package = Path(__file__).parent.parent
+    installed = package / "search_spaces"
+    return installed if installed.is_dir() else package.parent / "search_spaces"
+
+
+HERE = _shipped_folder()
 
 
 class SpaceError(ValueError):
@@ -79,7 +89,7 @@ def space_names() -> list[str]:
 
 def load_space(method: str, path: Optional[str] = None) -> tuple[SearchSpace, Path]:
     """The space for ``method``: the user's file when given, else the shipped ``<method>.yaml``."""
-    from ..methods import MethodError, validate_params
+    from bkdbench.methods import MethodError, validate_params
 
     file = Path(path) if path else HERE / f"{method}.yaml"
     if not file.is_file():

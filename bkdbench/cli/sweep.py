@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from .console import console, fail, note
+from bkdbench.cli.console import console, fail
+from bkdbench.cli.live import LiveView
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +41,7 @@ def sweep(
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
 ):
     """Search a method's parameters with Optuna on Ray Tune (validation only), then test the best."""
-    from .paths import results_dir
+    from bkdbench.paths import results_dir
 
     try:
         root = results_dir(results)
@@ -53,11 +54,11 @@ def sweep(
     if sweep_id:
         fail(f"unexpected argument {sweep_id!r}; only `bkdbench sweep report SWEEP_ID` takes one")
 
-    from .data import DataError, get_dataset
-    from .leaderboard.store import LeaderboardError, check_writable
-    from .paths import leaderboard_dir, teachers_dir
-    from .search_spaces import SpaceError, load_space
-    from .specs import SpecError, make_spec
+    from bkdbench.data import DataError, get_dataset
+    from bkdbench.leaderboard.store import LeaderboardError, check_writable
+    from bkdbench.paths import leaderboard_dir, teachers_dir
+    from bkdbench.specs.search_spaces import SpaceError, load_space
+    from bkdbench.specs import SpecError, make_spec
 
     if pack < 1:
         fail(f"--pack must be at least 1 (got {pack}); 1 trains one configuration per trial")
@@ -78,15 +79,15 @@ def sweep(
     except (SpaceError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
-    from .orchestrate import prepare_ray_env
+    from bkdbench.orchestrate import prepare_ray_env
 
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
-    from .orchestrate.ray_session import StorageError, ray_session
-    from .orchestrate.runner import Interrupted, plan_runs, run_plan
-    from .orchestrate.sweep import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
+    from bkdbench.orchestrate.ray_session import StorageError, ray_session
+    from bkdbench.orchestrate.runner import Interrupted, plan_runs, run_plan
+    from bkdbench.orchestrate.sweep import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
                                     space_hash, sweep_dir)
-    from .orchestrate.sweep_report import best_trial
-    from .storage import mirror
+    from bkdbench.orchestrate.sweep_report import best_trial
+    from bkdbench.storage import mirror
 
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
@@ -108,9 +109,8 @@ def sweep(
                 if plan.todo:
                     console.print(f"training the shared teacher(s) {', '.join(t.run_id for t in base.all_teachers)} once")
                     run_plan(plan, root, name=f"{cfg.sweep_id}-teacher", tags={}, **kwargs)
-            from .cli_run import _LiveView
 
-            with _LiveView(trials) as view:
+            with LiveView(trials) as view:
                 study = run_search(cfg, space_def, base, root, trials=trials, concurrency=concurrency,
                                    storage_url=optuna_storage, on_event=view.event, pack=pack, **kwargs)
             best = best_trial(study)
@@ -140,10 +140,10 @@ def sweep(
 def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> None:
     from rich.table import Table
 
-    from .leaderboard.store import read_rows
-    from .orchestrate.sweep import load_sweep_record, open_study, sweep_dir
-    from .orchestrate.sweep_report import plot_sweep, trial_rows
-    from .paths import leaderboard_dir
+    from bkdbench.leaderboard.store import read_rows
+    from bkdbench.orchestrate.sweep import load_sweep_record, open_study, sweep_dir
+    from bkdbench.orchestrate.sweep_report import plot_sweep, trial_rows
+    from bkdbench.paths import leaderboard_dir
 
     try:
         record = load_sweep_record(root, sweep_id)
@@ -181,7 +181,7 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in record["best_params"].items()) if key == "tuned" else "defaults"
         test.add_row(label, str(shown), _mean_std(sel.top1), _mean_std(sel.few), _mean_std(sel.val_top1), str(len(sel)))
     console.print(test)
-    from .storage import mirror
+    from bkdbench.storage import mirror
 
     for path in plot_sweep(study, mirror(sweep_dir(root, sweep_id))):  # PNGs stay on this machine
         console.print(f"wrote {path}")

@@ -13,10 +13,10 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..specs import RunSpec, SpecError, check_spec, make_spec
-from ..yamlfile import load_yaml_model
+from bkdbench.specs import RunSpec, SpecError, check_spec, make_spec
+from bkdbench.specs.yamlfile import load_yaml_model
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent.parent / "suites"  # the shipped suite files
 
 
 class SuiteError(ValueError):
@@ -71,7 +71,7 @@ class Suite(BaseModel):
     ) -> list[RunSpec]:
         """RunSpecs of the suite (filters narrow it; ``epochs`` overrides the budget for smoke runs;
         ``data_dir`` is where the data lives, needed by ``imagefolder``)."""
-        from ..data.imagefolder import scan_once
+        from bkdbench.data.imagefolder import scan_once
 
         with scan_once():  # one listing of an image folder for all the suite's specs
             return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir)

@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from .console import console, fail, note
+from bkdbench.cli.console import console, fail, note
+from bkdbench.cli.live import LiveView
+from bkdbench.cli.options import parse_imbalances
 
 
 def register(app: typer.Typer) -> None:
@@ -37,19 +39,18 @@ def ablate(
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
 ):
     """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
-    from .cli_run import _LiveView, _floats
-    from .data import DataError, get_dataset
-    from .leaderboard.store import LeaderboardError, check_writable
-    from .orchestrate.ablate import AblationError, ablation_id, ablation_specs, parse_grid, variants
-    from .paths import experiments_dir, leaderboard_dir, plots_dir, results_dir, teachers_dir
-    from .storage import mirror
-    from .specs import SpecError
+    from bkdbench.data import DataError, get_dataset
+    from bkdbench.leaderboard.store import LeaderboardError, check_writable
+    from bkdbench.orchestrate.ablate import AblationError, ablation_id, ablation_specs, parse_grid, variants
+    from bkdbench.paths import experiments_dir, leaderboard_dir, plots_dir, results_dir, teachers_dir
+    from bkdbench.storage import mirror
+    from bkdbench.specs import SpecError
 
     if pack < 1:
         fail(f"--pack must be at least 1 (got {pack}); 1 trains every run in its own trial")
     try:
         settings = variants(method, parse_grid(grid or []), preset)
-        specs = ablation_specs(method, settings, dataset, _floats(imbalance) or [], seeds, epochs, model, recipe,
+        specs = ablation_specs(method, settings, dataset, parse_imbalances(imbalance) or [], seeds, epochs, model, recipe,
                                data_dir=data_dir)
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
@@ -61,11 +62,11 @@ def ablate(
     if not specs:
         fail("the ablation has no runs (no imbalance factors?)")
 
-    from .orchestrate import prepare_ray_env
+    from bkdbench.orchestrate import prepare_ray_env
 
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
-    from .orchestrate.ray_session import StorageError, ray_session
-    from .orchestrate.runner import Interrupted, plan_runs, run_plan
+    from bkdbench.orchestrate.ray_session import StorageError, ray_session
+    from bkdbench.orchestrate.runner import Interrupted, plan_runs, run_plan
 
     aid = ablation_id(method, specs)
     plan = plan_runs(specs, root)
@@ -73,7 +74,7 @@ def ablate(
                   f"(datasets × IF × seeds) = {len(plan.specs)} runs, {len(plan.skipped)} already done, {plan.todo} to train"
                   + (f" (teachers included)" if len(plan.stages) > 1 else ""))
     if pack > 1 and plan.todo:
-        from .orchestrate.packs import pack_units
+        from bkdbench.orchestrate.packs import pack_units
 
         trials = sum(len(pack_units(stage, pack)) for stage in plan.stages)
         console.print(f"--pack {pack}: {plan.todo} run(s) in {trials} trial(s)")
@@ -81,7 +82,7 @@ def ablate(
     if plan.todo:
         try:
             with ray_session(address, log_file=mirror(experiments_dir(root) / aid) / "ray.log", storage=root), \
-                    _LiveView(plan.todo) as view:
+                    LiveView(plan.todo) as view:
                 run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
                          data_dir=data_dir, on_event=view.event, pack=pack)
@@ -98,11 +99,11 @@ def ablate(
 def _show(root: Path, method: str, specs, settings: list[dict], heatmap: Path) -> None:
     from rich.table import Table
 
-    from .leaderboard.ablation import marginal_effects, plot_heatmaps
-    from .leaderboard.aggregate import summarise
-    from .leaderboard.render import leaderboard_tables
-    from .leaderboard.store import read_rows
-    from .paths import leaderboard_dir
+    from bkdbench.leaderboard.ablation import marginal_effects, plot_heatmaps
+    from bkdbench.leaderboard.aggregate import summarise
+    from bkdbench.leaderboard.render import leaderboard_tables
+    from bkdbench.leaderboard.store import read_rows
+    from bkdbench.paths import leaderboard_dir
 
     rows, bad = read_rows(leaderboard_dir(root))
     if bad:

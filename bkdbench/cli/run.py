@@ -7,18 +7,11 @@ from typing import Optional
 
 import typer
 
-from .console import console, fail, note
+from bkdbench.cli.console import console, fail, note
+from bkdbench.cli.live import LiveView
+from bkdbench.cli.options import parse_imbalances
 
 SuiteOpt = typer.Option("digits-lt", "--suite", "-s", help="Suite name (see `bkdbench suites`) or a YAML file.")
-
-
-def _floats(text: Optional[str]) -> Optional[list]:
-    if not text:
-        return None
-    try:
-        return [x.strip().lower() if x.strip().lower() == "natural" else float(x) for x in text.split(",")]
-    except ValueError:
-        fail(f"--imbalance takes numbers (or natural) separated by commas (got {text!r})")
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +23,7 @@ def suites():
     """List the shipped suites with their size (runs) and where they are meant to run."""
     from rich.table import Table
 
-    from .suites import load_suite, suite_names
+    from bkdbench.specs.suites import load_suite, suite_names
 
     table = Table(title="suites")
     for col in ("name", "runs", "runs on", "description"):
@@ -59,18 +52,18 @@ def run(
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
-    from .data import DataError, get_dataset
-    from .leaderboard.store import LeaderboardError, check_writable
-    from .paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
-    from .specs import SpecError
-    from .storage import mirror
-    from .suites import SuiteError, load_suite
+    from bkdbench.data import DataError, get_dataset
+    from bkdbench.leaderboard.store import LeaderboardError, check_writable
+    from bkdbench.paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
+    from bkdbench.specs import SpecError
+    from bkdbench.storage import mirror
+    from bkdbench.specs.suites import SuiteError, load_suite
 
     if epochs is not None and epochs <= 0:
         fail(f"epochs must be > 0 (got {epochs})")
     try:
         s = load_suite(suite)
-        specs = s.expand(datasets=dataset, imbalance=_floats(imbalance), methods=method, seeds=seeds, epochs=epochs,
+        specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=method, seeds=seeds, epochs=epochs,
                          data_dir=data_dir)
         if not specs:
             fail(f"the filters leave no runs of suite {s.name}")
@@ -82,12 +75,12 @@ def run(
     except (SuiteError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
-    from .orchestrate import prepare_ray_env
+    from bkdbench.orchestrate import prepare_ray_env
 
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
-    from .leaderboard.manifest import record_suite_runs
-    from .orchestrate.runner import Interrupted, plan_runs, run_plan
-    from .orchestrate.ray_session import StorageError, ray_session
+    from bkdbench.leaderboard.manifest import record_suite_runs
+    from bkdbench.orchestrate.runner import Interrupted, plan_runs, run_plan
+    from bkdbench.orchestrate.ray_session import StorageError, ray_session
 
     plan = plan_runs(specs, root, force=force)
     record_suite_runs(root, s.name, [sp.run_id for sp in plan.specs])
@@ -98,7 +91,7 @@ def run(
     if plan.todo:
         log = mirror(experiments_dir(root) / s.name) / "ray.log"  # a log stays on this machine
         try:
-            with ray_session(address, log_file=log, storage=root), _LiveView(plan.todo) as view:
+            with ray_session(address, log_file=log, storage=root), LiveView(plan.todo) as view:
                 outcome = run_plan(plan, root, name=s.name, tags={"suite": s.name}, cpus_per_trial=cpus_per_trial,
                                    gpus_per_trial=gpus_per_trial, resume=resume, force=force,
                                    max_failures=max_failures, checkpoint_every=checkpoint_every,
@@ -128,12 +121,12 @@ def run(
 
 
 def _show_leaderboard(root, suite: str) -> None:
-    from .leaderboard.aggregate import summarise
-    from .leaderboard.render import leaderboard_tables
-    from .leaderboard.store import read_rows
-    from .paths import leaderboard_dir
+    from bkdbench.leaderboard.aggregate import summarise
+    from bkdbench.leaderboard.render import leaderboard_tables
+    from bkdbench.leaderboard.store import read_rows
+    from bkdbench.paths import leaderboard_dir
 
-    from .leaderboard.manifest import suite_run_ids
+    from bkdbench.leaderboard.manifest import suite_run_ids
 
     rows, bad = read_rows(leaderboard_dir(root))
     if bad:
@@ -143,37 +136,3 @@ def _show_leaderboard(root, suite: str) -> None:
         return
     for _, table in leaderboard_tables(summarise(rows, "top1"), "top1"):
         console.print(table)
-
-
-class _LiveView:
-    """A rich progress view of a running suite: done / running / failed, elapsed and ETA."""
-
-    def __init__(self, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
-                                 TimeRemainingColumn(), console=console)
-        self.task = self.progress.add_task("runs", total=total, status="")
-        self.running: set[str] = set()
-        self.done = self.failed = 0
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def event(self, kind: str, run_id: str, metrics: dict) -> None:
-        if kind == "start":
-            self.running.add(run_id)
-        elif kind in ("complete", "error"):
-            self.running.discard(run_id)
-            if kind == "error" or metrics.get("status") in ("failed", "storage-error"):
-                self.failed += 1
-            else:
-                self.done += 1
-            self.progress.advance(self.task)
-        status = f"done {self.done} · running {len(self.running)} · failed {self.failed}"
-        self.progress.update(self.task, status=status)

@@ -1,0 +1,56 @@
+"""``bkdbench data list`` and ``bkdbench data download``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bkdbench.cli.console import console, fail
+from bkdbench.cli.options import DataDirOpt
+
+data_app = typer.Typer(help="Datasets: what is available here, and explicit downloads.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list(data_dir: Optional[Path] = DataDirOpt):
+    """Every dataset, whether it is available here, and where it looked."""
+    from rich.table import Table
+
+    from bkdbench.data import dataset_names, get_dataset
+
+    table = Table(title="datasets")
+    for col in ("name", "classes", "available", "where", "description"):
+        table.add_column(col)
+    for name in dataset_names():
+        info = get_dataset(name)
+        ok, where = info.locate(data_dir)
+        classes = "per folder" if info.num_classes is None else str(info.num_classes)
+        table.add_row(name, classes, "[green]yes[/]" if ok else "[red]no[/]", where, info.description)
+    console.print(table)
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="Dataset to download (cifar10 or cifar100)."),
+    root: Path = typer.Option(..., "--root", help="Folder to download into; pass it later as --data-dir."),
+):
+    """Download a dataset (only when asked; needs internet access)."""
+    from bkdbench.data import DataError, get_dataset
+
+    try:
+        info = get_dataset(name)
+    except DataError as exc:
+        fail(str(exc))
+    if info.download is None:
+        ok, where = info.locate(None)
+        fail(f"{name} has no download here ({'found at ' + where if ok else where})")
+    try:
+        path = info.download(root)
+    except Exception as exc:  # network errors come in many types
+        fail(f"download of {name} failed: {exc}", code=1)
+    console.print(f"downloaded {name} to {path}; use --data-dir {root}")

@@ -1,0 +1,80 @@
+"""The Optuna side of a sweep: the objective's name, samplers, the study's storage (a journal in the
+sweep folder, or an RDB URL), and the searcher that tells Optuna the truth about pruned and failed
+trials. ``sweep`` and ``packed_sweep`` both build on it."""
+from __future__ import annotations
+
+from typing import Optional
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from ..storage import Location, pull
+from .trial import FINISHED
+
+METRIC = "val_top1"  # sweeps optimise balanced validation top-1, never a test number
+SAMPLERS = ("tpe", "gp", "cmaes", "random")
+
+
+def make_sampler(name: str, seed: int):
+    if name == "tpe":  # constant liar: parallel trials do not all pile onto the same point
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+
+
+def open_study(sweep_id: str, folder: Location, storage_url: Optional[str] = None) -> optuna.Study:
+    return optuna.create_study(study_name=sweep_id, storage=study_storage(folder, storage_url),
+                               direction="maximize", load_if_exists=True)
+
+
+def study_storage(folder: Location, storage_url: Optional[str] = None):
+    if storage_url:
+        return storage_url  # e.g. postgresql://... for many nodes; never SQLite with parallel writers
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    # The journal is a local file: in the sweep folder, or for object storage a driver-local copy
+    # fetched from it (run_search uploads it back).
+    journal = pull(journal_location(folder))
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
+def journal_location(folder: Location) -> Location:
+    return Location(folder) / "study.journal"
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about trials that did not run to the end: stopped
+    by the scheduler → PRUNED; diverged or errored → FAIL; only finished trials are COMPLETE."""
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        if result and "epoch" in result:  # how much training the trial cost (what ASHA saved)
+            self._ot_trials[trial_id].set_user_attr("epochs_trained", int(result["epoch"]) + 1)
+        if not error and result and result.get(FINISHED) and result.get(METRIC) is not None:
+            return super().on_trial_complete(trial_id, result, error)
+        failed = error or bool(result and result.get("diverged"))
+        state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED
+        self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        self._completed_trials.add(trial_id)
+
+
+def mark_interrupted_trials(study: optuna.Study) -> int:
+    """Trials left RUNNING by an interrupted driver become FAIL, so their numbers stay in the
+    record and new trials get new numbers."""
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
+def counted_trials(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
