@@ -8,7 +8,9 @@
 Each family registers itself in its own module; importing them here fills the registry.
 """
 
-from bkdbench.methods import breadcrumb, cbd, ce, decoupled, distill, focal, ldam, prior, reweight, subset_kd  # noqa: F401  (registration)
+from bkdbench.methods import (  # noqa: F401  (registration)
+    breadcrumb, cbd, ce, decoupled, distill, dive, dkd, focal, ldam, prior, reweight, subset_kd,
+)
 from bkdbench.methods.registry import (
     Method,
     MethodError,
@@ -17,6 +19,7 @@ from bkdbench.methods.registry import (
     method_class,
     names,
     register,
+    teacher_methods,
     validate_params,
 )
 
@@ -28,5 +31,6 @@ __all__ = [
     "method_class",
     "names",
     "register",
+    "teacher_methods",
     "validate_params",
 ]

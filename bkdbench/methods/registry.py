@@ -84,6 +84,9 @@ class Method:
     head: ClassVar[str] = "linear"  # "linear" or "cosine"
     sampler: ClassVar[str] = "instance"  # "instance" or "class-balanced"
     needs_teacher: ClassVar[bool] = False
+    # The method of the default teacher (a run of the same model, data, recipe and seed): CE for KD and
+    # BKD, Balanced Softmax for DiVE. Runs of a teacher method keep their weights for the students.
+    teacher_method: ClassVar[str] = "ce"
     # The loss also receives the penultimate features (``features=``) and, with teachers, theirs
     # (``teacher_features=``); several teachers arrive stacked: logits K×B×C_k as a list, features K×B×D.
     uses_features: ClassVar[bool] = False
@@ -188,6 +191,11 @@ def register(name: str):
         return cls
 
     return decorate
+
+
+def teacher_methods() -> set[str]:
+    """The methods whose runs serve as some registered method's default teacher (their weights are kept)."""
+    return {cls.teacher_method for cls in _REGISTRY.values() if cls.needs_teacher}
 
 
 def names() -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..leaderboard.store import write_row
+from ..methods import teacher_methods
 from ..paths import leaderboard_dir, teachers_dir
 from ..provenance import provenance
 from ..specs import RunSpec, spec_columns
@@ -63,7 +64,7 @@ def run_and_record(
     except TrainingDiverged as exc:
         write_row(leaderboard_dir(results), failed_row(spec, str(exc), **tags))
         raise
-    if spec.method == "ce":
+    if spec.method in teacher_methods():  # CE (and Balanced Softmax) runs double as teachers
         save_teacher(teachers_dir(results), spec, result.state_dict, result.metrics)
     write_row(leaderboard_dir(results), result.to_row(**tags))
     return result

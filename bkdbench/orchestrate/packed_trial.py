@@ -42,6 +42,7 @@ def train_unit(config: dict, *, units: dict, specs: dict, results: str, tags: di
 def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional[list] = None,
                checkpoint_every: Optional[int] = None, force: bool = False, data_dir: Optional[Path] = None) -> None:
     from ..leaderboard.store import is_finished, write_row
+    from ..methods import teacher_methods
     from ..models.packing import resolve_strategy
     from ..training.packed import PackedTrainingDiverged, train_packed
     from ..paths import leaderboard_dir, teachers_dir
@@ -74,7 +75,7 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
                 todo = [s for i, s in enumerate(todo) if i not in exc.students]
                 continue
             for result in trained:
-                if result.spec.method == "ce":  # CE runs double as teachers, as in run_and_record
+                if result.spec.method in teacher_methods():  # runs that double as teachers, as in run_and_record
                     save_teacher(teachers_dir(root), result.spec, result.state_dict, result.metrics)
                 write_row(board, result.to_row(**tags_of(result.spec)))
                 status[result.spec.run_id] = "finished"

@@ -98,8 +98,9 @@ def make_spec(
     image_size: Optional[int] = None,
 ) -> RunSpec:
     """Resolve every default (dataset → model/recipe, recipe → epochs, method → parameters) and
-    validate names and ranges. A distilling method gets its teacher: a CE run of the same model,
-    data, recipe, epochs and seed, unless ``teacher`` is given. Raises SpecError with one clear line.
+    validate names and ranges. A distilling method gets its teacher: a run of the same model,
+    data, recipe, epochs and seed with the method's ``teacher_method`` (CE; Balanced Softmax for
+    DiVE), unless ``teacher`` is given. Raises SpecError with one clear line.
 
     ``imagefolder`` needs ``data_dir`` (its folder is decoded, or read from the cache, to learn its
     classes and content key); ``image_size`` resizes it. ``imbalance_factor="natural"`` (or
@@ -131,7 +132,7 @@ def make_spec(
         # e.g. class-subset KD turns its "shots" grouping into explicit class lists from this data's counts
         resolved = cls.resolve_for_data(resolved, lambda: _shots(info, imbalance_factor, profile, data_dir))
         if needs_teacher and teacher is None:
-            base = RunSpec(method="ce", params=_ce_params(), **common)
+            base = RunSpec(method=cls.teacher_method, params=_teacher_params(cls.teacher_method), **common)
             teachers = cls.teacher_specs(base, resolved)  # None: the one default teacher
             teacher = None if teachers else base
         elif needs_teacher and cls.teacher_specs(teacher, resolved):
@@ -226,10 +227,10 @@ def _check_ranges(imbalance_factor: Optional[float], epochs: Optional[int], prof
         raise SpecError(f"unknown long-tail profile {profile!r}; choose one of: {', '.join((*PROFILES, NATURAL))}")
 
 
-def _ce_params() -> dict:
+def _teacher_params(method: str) -> dict:
     from bkdbench.methods import validate_params
 
-    return validate_params("ce")
+    return validate_params(method)
 
 
 def spec_columns(spec: RunSpec) -> dict:
