@@ -8,8 +8,9 @@ import torch
 from bkdbench.methods import Method, MethodError, build, names, register, validate_params
 
 COUNTS = [500, 200, 80, 20, 5]
-ALL = ["balanced-softmax", "bkd", "breadcrumb", "cbd", "ce", "crt", "drw", "focal", "kd", "ldam", "ldam-drw", "logit-adjust",
-       "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "subset-kd", "tau-norm"]
+ALL = ["balanced-softmax", "bkd", "breadcrumb", "cbd", "ce", "crt", "dive", "dkd", "drw", "focal", "kd", "ldam", "ldam-drw",
+       "logit-adjust", "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "ssd-lt", "ssd-lt-stage1", "ssd-lt-stage2",
+       "subset-kd", "tau-norm"]
 
 
 def test_names_lists_exactly_the_registered_methods():

@@ -105,7 +105,7 @@ def sweep(
     try:
         with ray_session(address, log_file=mirror(folder) / "ray.log", storage=root):
             if base.all_teachers:
-                plan = plan_runs(base.all_teachers, root)
+                plan = plan_runs(base.prerequisites, root)
                 if plan.todo:
                     console.print(f"training the shared teacher(s) {', '.join(t.run_id for t in base.all_teachers)} once")
                     run_plan(plan, root, name=f"{cfg.sweep_id}-teacher", tags={}, **kwargs)

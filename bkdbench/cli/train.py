@@ -89,8 +89,8 @@ def train(
     try:
         from bkdbench.methods import method_class
 
-        role = "stage-1 model" if getattr(method_class(spec.method), "stage1", False) else "teacher"
-        for teacher in spec.all_teachers:
+        role = "stage-1 model" if method_class(spec.method).stage1 else "teacher"
+        for teacher in spec.prerequisites:  # a teacher's own teacher first (SSD-LT: stage I, then stage II)
             if load_teacher(teachers_dir(root), teacher) is None:
                 console.print(f"training the {role} first: [bold]{teacher.label()}[/] ({teacher.run_id})")
                 result = _run_with_progress(teacher, root, data_dir, device, bf16, compile)

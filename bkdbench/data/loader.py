@@ -4,7 +4,7 @@ No DataLoader, no worker processes, no per-image Python.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -41,8 +41,10 @@ class DeviceLoader:
     """Yields (normalised float batch, labels) for one epoch at a time.
 
     ``instance`` sampling is a fresh permutation per epoch with the last partial batch kept (as a
-    shuffled DataLoader does); ``class-balanced`` draws a class uniformly, then an image of that
-    class uniformly, as many draws as there are images.
+    shuffled DataLoader does; ``drop_last`` skips it); ``class-balanced`` draws a class uniformly,
+    then an image of that class uniformly, as many draws as there are images. With ``second_view``
+    (a function of the batch's uint8 images and the loader's generator) each batch comes with a
+    second, differently augmented view: (view 1, labels, view 2).
     """
 
     def __init__(
@@ -58,12 +60,15 @@ class DeviceLoader:
         sampler: str = "instance",
         seed: int = 0,
         augment: bool = True,
+        drop_last: bool = False,
+        second_view: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         self.images, self.labels = images, labels
         self.device = images.device
         self.batch_size, self.pad, self.hflip, self.sampler, self.augment = batch_size, pad, hflip, sampler, augment
+        self.drop_last, self.second_view = drop_last, second_view
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -75,7 +80,8 @@ class DeviceLoader:
             self._starts = torch.cumsum(counts, 0) - counts
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -86,11 +92,14 @@ class DeviceLoader:
         offset = (torch.rand(n, device=self.device, generator=self.generator) * self._counts[cls]).long()
         return self._order[self._starts[cls] + offset]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         idx = self._indices()
-        for start in range(0, len(idx), self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             take = idx[start : start + self.batch_size]
-            x = self.images[take]
-            if self.augment:
-                x = random_crop_flip(x, self.pad, self.hflip, self.generator)
-            yield normalize(x, self.mean, self.std), self.labels[take]
+            raw = self.images[take]
+            x = random_crop_flip(raw, self.pad, self.hflip, self.generator) if self.augment else raw
+            if self.second_view is None:
+                yield normalize(x, self.mean, self.std), self.labels[take]
+            else:
+                key = self.second_view(raw, self.generator)
+                yield normalize(x, self.mean, self.std), self.labels[take], normalize(key, self.mean, self.std)

@@ -14,7 +14,7 @@ model, data and seed, cached by run id); stage 2 trains for ``stage2_fraction`` 
 
 from __future__ import annotations
 
-from typing import Annotated, Callable, Literal, Union
+from typing import Annotated, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,6 @@ class _Decoupled(Method):
     needs_teacher = True
     stage1 = True  # the "teacher" is this run's starting point, not a distillation target
     sampler = "class-balanced"
-    trains = True
 
     def loss(self, logits, targets, *, epoch=0, teacher_logits=None) -> torch.Tensor:
         return F.cross_entropy(float_logits(logits), targets)
@@ -56,9 +55,6 @@ class _Decoupled(Method):
     def set_train_mode(self, model: nn.Module) -> None:
         model.eval()  # the frozen backbone keeps its BatchNorm statistics
         model.fc.train()
-
-    def finalize(self, model: nn.Module, validate: Callable[[], float]) -> dict:
-        return {}
 
 
 @register("crt")
@@ -94,8 +90,12 @@ class LearnableWeightScaling(_Decoupled):
 
     def prepare(self, model, stage1_state):
         super().prepare(model, stage1_state)
-        model.fc = ScaledLinear(model.fc)
+        self.restructure(model)
         return [model.fc.scale]
+
+    @classmethod
+    def restructure(cls, model):
+        model.fc = ScaledLinear(model.fc)
 
 
 @register("tau-norm")

@@ -90,9 +90,51 @@ class Method:
     # The loss also receives the penultimate features (``features=``) and, with teachers, theirs
     # (``teacher_features=``); several teachers arrive stacked: logits K×B×C_k as a list, features K×B×D.
     uses_features: ClassVar[bool] = False
+    # The teacher is this run's starting point (decoupled classifiers, SSD-LT stage II): ``prepare``
+    # loads it into the model instead of it being run as a frozen distillation target.
+    stage1: ClassVar[bool] = False
+    trains: ClassVar[bool] = True  # False: no epochs at all (τ-norm only changes the stage-1 classifier)
+    drop_last: ClassVar[bool] = False  # skip each epoch's last partial batch (SSD-LT's fixed-size queue)
+    views: ClassVar[int] = 1  # 2: the loader also yields ``second_view`` of each batch (SSD-LT stage I)
     Params: ClassVar[type[MethodParams]] = MethodParams
 
     # ------------------------------------------------ hooks (defaults: a plain single-model loss)
+
+    def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                   epoch: int, teacher=None, autocast: Optional[torch.dtype] = None, views: Sequence = ()) -> torch.Tensor:
+        """One optimisation step on a prepared batch; returns the loss, detached, without a host sync.
+        The default is the plain step every loss shares (forward, teacher forward, ``loss``, backward,
+        step); a method with an unusual step (two views, a momentum encoder, two heads) owns it here."""
+        from bkdbench.methods.step import plain_step
+
+        return plain_step(model, optimizer, self, x, y, epoch=epoch, teacher=teacher, autocast=autocast)
+
+    def second_view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """For ``views == 2``: another augmentation of the batch's uint8 images (same shape, uint8)."""
+        raise NotImplementedError(f"{self.name} declares {self.views} views but makes no second one")
+
+    def prepare(self, model: torch.nn.Module, stage1_state: dict) -> list[torch.nn.Parameter]:
+        """For ``stage1`` methods: load the stage-1 weights, freeze what stays fixed; return what trains."""
+        raise NotImplementedError(f"{self.name} is not a stage-2 method")
+
+    def set_train_mode(self, model: torch.nn.Module) -> None:
+        """Called at the start of every epoch; stage-2 methods keep their frozen parts in eval mode."""
+        model.train()
+
+    def finalize(self, model: torch.nn.Module, validate: Callable[[], float]) -> dict:
+        """After the last epoch: a last change to the model (τ-norm's τ, chosen with ``validate()``,
+        the validation top-1); returns what it chose, for the row's ``extra`` column."""
+        return {}
+
+    def report_heads(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """Other heads whose last-epoch accuracy goes into ``extra`` next to the headline
+        (``eval_model``): e.g. SSD-LT's hard head."""
+        return {}
+
+    @classmethod
+    def restructure(cls, model: torch.nn.Module) -> None:
+        """Give a freshly built model this method's finished shape (e.g. LWS's scaled classifier), so
+        that a run's saved weights load into it, as a teacher of another run."""
 
     @classmethod
     def resolve_for_data(cls, params: dict, shots: Callable[[], dict[str, list[int]]]) -> dict:
@@ -124,6 +166,7 @@ class Method:
         self.class_counts = _counts_tensor(class_counts)
         self.params = params
         self.epochs = epochs
+        self.batch_size: Optional[int] = None  # the recipe's, set by ``build`` (SSD-LT sizes its queue by it)
         self._constants: dict[str, torch.Tensor] = {}
         self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         fields = type(params).model_fields
@@ -226,9 +269,13 @@ def validate_params(name: str, **params: Any) -> dict[str, Any]:
     return _validated(name, params)[1].model_dump()
 
 
-def build(name: str, class_counts: Sequence[int] | torch.Tensor, *, epochs: int = 200, **params: Any) -> Method:
-    """Construct method `name` for a training set with `class_counts` and an `epochs` budget."""
+def build(name: str, class_counts: Sequence[int] | torch.Tensor, *, epochs: int = 200, batch_size: Optional[int] = None,
+          **params: Any) -> Method:
+    """Construct method `name` for a training set with `class_counts`, an `epochs` budget and (for the
+    methods that size something by it) the recipe's `batch_size`."""
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise MethodError(f"{name}: epochs must be a positive integer (got {epochs!r})")
     cls, checked = _validated(name, params)
-    return cls(class_counts, checked, epochs=int(epochs))
+    method = cls(class_counts, checked, epochs=int(epochs))
+    method.batch_size = batch_size
+    return method

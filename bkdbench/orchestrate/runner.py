@@ -58,7 +58,7 @@ class Plan:
         """Every spec this plan knows (finished ones and teachers too), by run id: a restored
         experiment may hold trials of runs that have finished since."""
         known = {s.run_id: s for s in self.specs}
-        known.update({t.run_id: t for s in self.specs for t in s.all_teachers})
+        known.update({t.run_id: t for s in self.specs for t in s.prerequisites})
         return {k: v.canonical_json() for k, v in known.items()}
 
     @property
@@ -73,12 +73,21 @@ def plan_runs(specs: list[RunSpec], results: "Location | str", force: bool = Fal
     skipped = [s for s in unique if s.run_id in done]
     todo_ids = {s.run_id for s in todo}
     teachers: dict[str, RunSpec] = {}
-    for s in todo:
-        for t in s.all_teachers:
+    level: dict[str, int] = {}  # 0: needs no teacher trained now; n: after the teachers of level n - 1
+
+    def visit(spec: RunSpec) -> None:
+        for t in spec.all_teachers:
             if t.run_id in todo_ids or not teacher_path(teachers_dir(results), t).exists():
-                teachers[t.run_id] = t
+                visit(t)  # a teacher's own teacher (SSD-LT's stage I before stage II) comes first
+                teachers.setdefault(t.run_id, t)
+                level[t.run_id] = 1 + max((level[u.run_id] for u in t.all_teachers if u.run_id in teachers), default=-1)
+
+    for s in todo:
+        visit(s)
     stage2 = [s for s in todo if s.run_id not in teachers]
-    named = [(name, st) for name, st in (("teachers", list(teachers.values())), ("runs", stage2)) if st]
+    by_level = [[t for t in teachers.values() if level[t.run_id] == n] for n in range(max(level.values(), default=-1) + 1)]
+    named = [("teachers" if n == 0 else f"teachers-{n + 1}", st) for n, st in enumerate(by_level)] + [("runs", stage2)]
+    named = [(name, st) for name, st in named if st]
     return Plan(specs=unique, skipped=skipped, stages=[st for _, st in named], stage_names=[n for n, _ in named])
 
 

@@ -68,6 +68,16 @@ class RunSpec(BaseModel):
         """Every run this one needs first, in order: its teachers (or its stage-1 model)."""
         return list(self.teachers) if self.teachers else ([self.teacher] if self.teacher else [])
 
+    @property
+    def prerequisites(self) -> list["RunSpec"]:
+        """Every run to train before this one, a teacher's own teacher before it (SSD-LT: stage I,
+        then stage II); each once."""
+        out: dict[str, RunSpec] = {}
+        for teacher in self.all_teachers:
+            for run in (*teacher.prerequisites, teacher):
+                out.setdefault(run.run_id, run)
+        return list(out.values())
+
 
 _OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes")  # fields added later: absent keeps older run ids unchanged
 
@@ -131,7 +141,13 @@ def make_spec(
     try:
         # e.g. class-subset KD turns its "shots" grouping into explicit class lists from this data's counts
         resolved = cls.resolve_for_data(resolved, lambda: _shots(info, imbalance_factor, profile, data_dir))
-        if needs_teacher and teacher is None:
+        if needs_teacher and teacher is None and method_class(cls.teacher_method).needs_teacher:
+            # a teacher with a teacher of its own (SSD-LT's stages): made like any run of that method
+            base = make_spec(dataset, imbalance_factor, cls.teacher_method, seed=seed, data_seed=data_seed, profile=profile,
+                             model=model, recipe=rec.name, epochs=common["epochs"], data_dir=data_dir, image_size=image_size)
+            teachers = cls.teacher_specs(base, resolved)
+            teacher = None if teachers else base
+        elif needs_teacher and teacher is None:
             base = RunSpec(method=cls.teacher_method, params=_teacher_params(cls.teacher_method), **common)
             teachers = cls.teacher_specs(base, resolved)  # None: the one default teacher
             teacher = None if teachers else base
@@ -142,7 +158,7 @@ def make_spec(
     except (DataError, MethodError) as exc:
         raise SpecError(str(exc)) from None
 
-    if not getattr(cls, "trains", True):
+    if not cls.trains:
         common["epochs"] = 1  # no training (τ-norm): only the stage-1 classifier is changed
     elif "stage2_fraction" in resolved:  # decoupled classifiers: stage 1 gets the budget, stage 2 a part
         common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))

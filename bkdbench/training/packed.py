@@ -69,12 +69,14 @@ def check_packable(specs: Sequence[RunSpec]) -> None:
     """Students of one pack must be the same run except for the method's parameters."""
     if len(specs) == 0:
         raise ValueError("train_packed needs at least one spec")
-    from bkdbench.methods import method_class
+    from bkdbench.methods import Method, method_class
+
 
     cls = method_class(specs[0].method)
-    if cls.uses_features or getattr(cls, "stage1", False) or specs[0].teachers or specs[0].train_classes:
-        raise ValueError(f"{specs[0].method} cannot be packed (it needs features, several teachers, a stage-1 model "
-                         "or a class subset): train its runs separately")
+    own_step = cls.train_step is not Method.train_step  # two views, a momentum encoder, two heads (SSD-LT)
+    if cls.uses_features or cls.stage1 or own_step or specs[0].teachers or specs[0].train_classes:
+        raise ValueError(f"{specs[0].method} cannot be packed (it needs features, several teachers, a stage-1 model, "
+                         "a training step of its own or a class subset): train its runs separately")
     base = specs[0].model_dump(exclude={"params"})
     seen = {specs[0].run_id: 0}
     for i, spec in enumerate(specs[1:], start=1):

@@ -49,8 +49,9 @@ def load_teacher(cache: Cache, spec: RunSpec, num_classes: Optional[int] = None)
         raise TeacherError(f"cached teacher {path} is unreadable ({type(exc).__name__}); delete it to retrain") from None
     if meta.get("run_id") != spec.run_id:
         raise TeacherError(f"cached teacher {path} belongs to run {meta.get('run_id')}, not {spec.run_id}")
-    if num_classes is not None:
-        out = state["fc.weight"].shape[0]
+    weight = state.get("fc.weight", state.get("fc.linear.weight"))  # a plain or a scaled (LWS) classifier
+    if num_classes is not None and weight is not None:
+        out = weight.shape[0]
         if out != num_classes:
             raise TeacherError(f"cached teacher {path} predicts {out} classes; the student has {num_classes}")
     return state

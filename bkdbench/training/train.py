@@ -20,7 +20,7 @@ import torch
 
 from bkdbench.data import DataError, DeviceLoader, load_longtail, normalize, restrict_classes
 from bkdbench.training.evaluate import classification_metrics, predict
-from bkdbench.methods import build as build_method
+from bkdbench.methods import build as build_method, method_class
 from bkdbench.models import create_model
 from bkdbench.provenance import provenance
 from bkdbench.specs.recipes import get_recipe
@@ -78,32 +78,11 @@ def build_model(spec: RunSpec, num_classes: int, channels: int, head: str, devic
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method, x: torch.Tensor, y: torch.Tensor, *,
-               epoch: int, teacher: Optional[torch.nn.Module] = None,
-               autocast: Optional[torch.dtype] = None) -> torch.Tensor:
-    """One SGD step on a prepared batch (normalised, laid out); returns the loss, detached, without a
-    host sync. ``teacher`` is one frozen model or a list of them. ``bkdbench bench`` times this very function."""
-    features = method.uses_features
-    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-        logits, feats = model(x, features=True) if features else (model(x), None)
-        with torch.no_grad():
-            t_logits, t_feats = teacher_outputs(teacher, x, features)
-    extra = {"features": feats.float(), "teacher_features": t_feats} if features else {}
-    loss = method.loss(logits.float(), y, epoch=epoch, teacher_logits=t_logits, **extra)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def teacher_outputs(teacher, x: torch.Tensor, features: bool):
-    """(logits, features or None) of a frozen teacher in float32; lists of both for several teachers."""
-    if teacher is None:
-        return None, None
-    many = isinstance(teacher, (list, tuple))
-    outs = [t(x, features=True) if features else (t(x), None) for t in (teacher if many else [teacher])]
-    logits = [o[0].float() for o in outs]
-    feats = [o[1].float() for o in outs] if features else None
-    return (logits, feats) if many else (logits[0], feats[0] if feats else None)
+               epoch: int, teacher: Optional[torch.nn.Module] = None, autocast: Optional[torch.dtype] = None,
+               views=()) -> torch.Tensor:
+    """One step of ``method`` on a prepared batch (normalised, laid out): its own ``train_step``, the
+    plain one unless it owns another. ``bkdbench bench`` times this very function."""
+    return method.train_step(model, optimizer, x, y, epoch=epoch, teacher=teacher, autocast=autocast, views=views)
 
 
 def load_run_data(spec: RunSpec, data_dir: Optional[Path]):
@@ -118,9 +97,12 @@ def load_run_data(spec: RunSpec, data_dir: Optional[Path]):
 
 
 def frozen_teacher(spec: RunSpec, state: dict, num_classes: int, channels: int, device: torch.device) -> torch.nn.Module:
-    """A teacher in eval mode without gradients; a class-subset teacher predicts only its own classes."""
+    """A teacher in eval mode without gradients, in the finished shape of its own method (e.g. an LWS
+    run's scaled classifier); a class-subset teacher predicts only its own classes."""
     num_classes = len(spec.train_classes) if spec.train_classes else num_classes
-    teacher = build_model(spec, num_classes, channels, "linear", device)
+    cls = method_class(spec.method)
+    teacher = build_model(spec, num_classes, channels, cls.head, device)
+    cls.restructure(teacher)
     teacher.load_state_dict(state)
     return teacher.eval().requires_grad_(False)
 
@@ -169,23 +151,23 @@ def train(
     recipe = get_recipe(spec.recipe)
     data = load_run_data(spec, data_dir)
     info, num_classes = data.info, len(data.classes)
-    method = build_method(spec.method, data.class_counts, epochs=spec.epochs, **spec.params)
+    method = build_method(spec.method, data.class_counts, epochs=spec.epochs, batch_size=recipe.batch_size, **spec.params)
 
     model = build_model(spec, num_classes, info.channels, method.head, device)
     trainable = list(model.parameters()) + method.attach(model)  # e.g. CBD's projection, a second head
     teacher = None
-    stage2 = getattr(method, "stage1", False)  # decoupled classifiers start from a stage-1 model
     if method.needs_teacher:
         if teacher_state is None:
             raise ValueError(f"{spec.method} needs a teacher: pass teacher_state (see bkdbench.training.teachers)")
-        if stage2:
+        if method.stage1:  # decoupled classifiers, SSD-LT stage II: the "teacher" is where this run starts
             trainable = method.prepare(model, teacher_state)
         else:
             teacher = frozen_teachers(spec, teacher_state, num_classes, info.channels, device)
 
     train_x, train_y, splits = device_splits(data, device, evaluate_test)
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, info.mean, info.std, pad=info.pad, hflip=info.hflip,
-                          sampler=method.sampler, seed=spec.seed)
+                          sampler=method.sampler, seed=spec.seed, drop_last=method.drop_last,
+                          second_view=method.second_view if method.views == 2 else None)
     mean, std = loader.mean, loader.std
     nhwc = channels_last_for(device)
     prepare = lambda x: _layout(normalize(x, mean, std), nhwc)  # noqa: E731
@@ -202,33 +184,31 @@ def train(
         method.load_state_dict(checkpoint.get("method", {}))
         start_epoch, history, best = checkpoint["epoch"], list(checkpoint["history"]), dict(checkpoint["best"])
 
-    def evaluate(split: str) -> dict:
+    def evaluate(split: str, module: Optional[torch.nn.Module] = None) -> dict:
         x, y = splits[split]
-        logits = method.eval_logits(predict(method.eval_model(model), x, prepare, autocast=autocast))
+        logits = method.eval_logits(predict(module or method.eval_model(model), x, prepare, autocast=autocast))
         return classification_metrics(logits, y, num_classes, data.shots)
 
     train_seconds, seen = sum(h["seconds"] for h in history), sum(h["images"] for h in history)
     last_eval: dict = {}
-    for epoch in range(start_epoch, spec.epochs if getattr(method, "trains", True) else start_epoch):
+    for epoch in range(start_epoch, spec.epochs if method.trains else start_epoch):
         lr = recipe.lr_at(epoch, spec.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if stage2:
-            method.set_train_mode(model)  # frozen parts stay in eval mode
-        else:
-            model.train()
+        method.set_train_mode(model)  # model.train(), or frozen parts kept in eval mode
         tick = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for x, y in loader:
+        loss_sum, images = torch.zeros((), device=device), 0
+        for x, y, *views in loader:
             loss = train_step(step_model, optimizer, method, _layout(x, nhwc), y, epoch=epoch, teacher=teacher,
-                              autocast=autocast)
+                              autocast=autocast, views=[_layout(v, nhwc) for v in views])
             loss_sum += loss * len(y)
-        train_loss = float(loss_sum) / len(train_y)  # the one host sync of the epoch
+            images += len(y)
+        train_loss = float(loss_sum) / max(images, 1)  # the one host sync of the epoch
         seconds = time.perf_counter() - tick
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch} ({spec.label()})")
-        train_seconds, seen = train_seconds + seconds, seen + len(train_y)
-        metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": seconds, "images": len(train_y)}
+        train_seconds, seen = train_seconds + seconds, seen + images
+        metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": seconds, "images": images}
         last = epoch == spec.epochs - 1
         if last or (epoch + 1) % recipe.eval_every == 0:
             last_eval = {"val": evaluate("val")}
@@ -243,11 +223,15 @@ def train(
             state = {"epoch": epoch + 1, "history": history, "best": best}
             report(metrics, lambda: _checkpoint(model, optimizer, loader, state, method))
 
-    extra = method.finalize(model, lambda: evaluate("val")["top1"]) if stage2 else {}
+    extra = method.finalize(model, lambda: evaluate("val")["top1"])
     if extra:  # e.g. τ-norm chose its τ on validation and changed the classifier: evaluate again
         last_eval = {}
     if not last_eval:  # nothing trained (resumed from the last epoch, or a no-training method)
         last_eval = {"val": evaluate("val"), **({"test": evaluate("test")} if evaluate_test else {})}
+    for name, head in method.report_heads(model).items():  # e.g. SSD-LT's hard head next to its soft one
+        extra[f"{name}_val_top1"] = evaluate("val", head)["top1"]
+        if evaluate_test:
+            extra[f"{name}_top1"] = evaluate("test", head)["top1"]
     final = dict(last_eval.get("test", {}))
     final.update(val_top1=last_eval["val"]["top1"], top1_best_epoch=best["top1"] if evaluate_test else None,
                  best_epoch=best["epoch"] if evaluate_test else None)

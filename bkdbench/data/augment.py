@@ -1,0 +1,157 @@
+"""Batched image augmentations on the training device, drawn per image from one ``torch.Generator``:
+random-resized crop, colour jitter, random grayscale and flip, as torchvision defines them, for whole
+uint8 batches (N×C×H×W) at once. ``moco_v2_view`` composes them into the key view of MoCo v2 that
+SSD-LT's stage I uses.
+
+Where a batched version differs from torchvision's per-image PIL transforms: the crop is resized
+bilinearly without antialiasing (the crop is never smaller than the image by more than √0.08 per side,
+so this is mostly upsampling); colour jitter applies its four adjustments in one random order per
+batch (torchvision draws an order per image); one-channel images skip saturation, hue and grayscale,
+as torchvision does for grayscale input.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's and torchvision's grayscale
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
+def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+               generator: torch.Generator, device, attempts: int = 10) -> torch.Tensor:
+    """(top, left, h, w) per image, drawn as torchvision's RandomResizedCrop.get_params: up to 10
+    tries of an area fraction in ``scale`` and a log-uniform aspect ratio in ``ratio``, then the
+    centre crop of the clamped ratio."""
+    area = height * width
+    target = area * _uniform(n * attempts, *scale, generator, device).view(attempts, n)
+    log_r = _uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), generator, device).view(attempts, n)
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(ok.any(0), ok.float().argmax(0), torch.full((n,), -1, device=device))
+    # fallback: the whole image, clamped to the ratio bounds, centred
+    in_ratio = width / height
+    fw, fh = (width, height)
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    pick = first.clamp_min(0)
+    cols = torch.arange(n, device=device)
+    bw = torch.where(first >= 0, w[pick, cols], torch.full((n,), float(fw), device=device))
+    bh = torch.where(first >= 0, h[pick, cols], torch.full((n,), float(fh), device=device))
+    top = torch.floor(torch.rand(n, generator=generator, device=device) * (height - bh + 1))
+    left = torch.floor(torch.rand(n, generator=generator, device=device) * (width - bw + 1))
+    top = torch.where(first >= 0, top, torch.full((n,), float((height - fh) // 2), device=device))
+    left = torch.where(first >= 0, left, torch.full((n,), float((width - fw) // 2), device=device))
+    return torch.stack([top, left, bh, bw], dim=1)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each image's box (top, left, h, w), resized bilinearly to ``size``; float input and output."""
+    n, _, height, width = x.shape
+    top, left, bh, bw = boxes.unbind(1)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = bw / width
+    theta[:, 0, 2] = (2 * left + bw) / width - 1
+    theta[:, 1, 1] = bh / height
+    theta[:, 1, 2] = (2 * top + bh) / height - 1
+    grid = F.affine_grid(theta, (n, x.shape[1], *size), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """Luma of a float RGB batch, N×1×H×W."""
+    w = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor.view(-1, 1, 1, 1) * a + (1 - factor.view(-1, 1, 1, 1)) * b).clamp_(0, 1)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, minc = x.max(1).values, x.min(1).values
+    v, delta = maxc, maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    d = delta.clamp_min(1e-12)
+    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    h = torch.where(delta > 0, (h / 6) % 1.0, torch.zeros_like(h))
+    return torch.stack([h, s, v], 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6)
+    f = h * 6 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    i = i.long() % 6
+    choices = [torch.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))]
+    out = torch.zeros_like(x)
+    for k, rgb in enumerate(choices):
+        out = torch.where((i == k).unsqueeze(1), rgb, out)
+    return out
+
+
+def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
+                 generator: torch.Generator, apply: torch.Tensor | None = None) -> torch.Tensor:
+    """torchvision's ColorJitter on a float batch in [0, 1]: factors uniform in [1 − a, 1 + a] per
+    image (hue: a shift in [−hue, hue]), the four adjustments in one random order; images where
+    ``apply`` is False are left as they are."""
+    n, c = x.shape[:2]
+    dev = x.device
+    factors = {
+        "brightness": _uniform(n, max(0.0, 1 - brightness), 1 + brightness, generator, dev),
+        "contrast": _uniform(n, max(0.0, 1 - contrast), 1 + contrast, generator, dev),
+        "saturation": _uniform(n, max(0.0, 1 - saturation), 1 + saturation, generator, dev),
+        "hue": _uniform(n, -hue, hue, generator, dev),
+    }
+    order = torch.randperm(4, generator=generator, device=dev).tolist()
+    out = x
+    for k in order:
+        name = ("brightness", "contrast", "saturation", "hue")[k]
+        if name == "brightness" and brightness > 0:
+            out = _blend(out, torch.zeros_like(out), factors[name])
+        elif name == "contrast" and contrast > 0:
+            gray = grayscale(out) if c == 3 else out
+            out = _blend(out, gray.mean(dim=(1, 2, 3), keepdim=True).expand_as(out), factors[name])
+        elif name == "saturation" and saturation > 0 and c == 3:
+            out = _blend(out, grayscale(out).expand_as(out), factors[name])
+        elif name == "hue" and hue > 0 and c == 3:
+            hsv = _rgb_to_hsv(out)
+            hsv[:, 0] = (hsv[:, 0] + factors[name].view(-1, 1, 1)) % 1.0
+            out = _hsv_to_rgb(hsv)
+    if apply is not None:
+        out = torch.where(apply.view(-1, 1, 1, 1), out, x)
+    return out
+
+
+def moco_v2_view(images: torch.Tensor, generator: torch.Generator, *, scale: tuple[float, float] = (0.2, 1.0),
+                 jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8,
+                 gray_p: float = 0.2, flip: bool = True) -> torch.Tensor:
+    """MoCo v2's key augmentation on a uint8 batch, returned as uint8 of the same size: random-resized
+    crop (area ``scale``, ratio 3/4–4/3), colour jitter with probability ``jitter_p``, grayscale with
+    probability ``gray_p``, horizontal flip. MoCo v2's Gaussian blur is left out: at the image sizes
+    bkdbench trains on here (8–32 px) a σ of 0.1–2 px wipes out most of the image (SSD-LT blurs 224 px
+    ImageNet crops)."""
+    n, c, height, width = images.shape
+    dev = images.device
+    x = images.float().div_(255.0)
+    boxes = crop_boxes(n, height, width, scale, (3 / 4, 4 / 3), generator, dev)
+    x = resized_crop(x, boxes, (height, width)).clamp_(0, 1)
+    x = color_jitter(x, *jitter, generator, apply=torch.rand(n, generator=generator, device=dev) < jitter_p)
+    if c == 3:
+        to_gray = torch.rand(n, generator=generator, device=dev) < gray_p
+        x = torch.where(to_gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+    if flip:
+        mirror = torch.rand(n, generator=generator, device=dev) < 0.5
+        x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)
+    return x.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
