@@ -77,10 +77,13 @@ def test_method_attributes():
         m = build(name, COUNTS)
         assert isinstance(m, Method) and m.name == name
         assert m.head == ("cosine" if name.startswith("ldam") else "linear")
-        decoupled = name in ("crt", "lws", "tau-norm")  # stage-2 methods: class-balanced, stage 1 as "teacher"
+        decoupled = name in ("crt", "lws", "tau-norm", "ssd-lt-stage2")  # stage-2 methods: class-balanced, stage 1 as "teacher"
         assert m.sampler == ("class-balanced" if decoupled or name == "cbd" else "instance")
-        assert m.needs_teacher == (name in ("kd", "bkd", "subset-kd", "cbd") or decoupled)
+        assert m.needs_teacher == (name in ("kd", "bkd", "subset-kd", "cbd", "dive", "dkd", "ssd-lt") or decoupled)
+        assert m.stage1 == decoupled
+        assert m.teacher_method == {"dive": "balanced-softmax", "ssd-lt": "ssd-lt-stage2", "ssd-lt-stage2": "ssd-lt-stage1"}.get(name, "ce")
         assert m.uses_features == (name in ("cbd", "breadcrumb"))
+        assert m.views == (2 if name == "ssd-lt-stage1" else 1) and m.trains == (name != "tau-norm")
         assert torch.equal(m.class_counts, torch.tensor(COUNTS))
     assert build("drw", COUNTS, epochs=50).cb_epoch == 40
     assert build("ldam-drw", COUNTS, epochs=50, cb_start=10).cb_epoch == 10
