@@ -29,7 +29,8 @@ class BKDParams(_DistillParams):
 
 @register("bkd")
 class BalancedKD(Method):
-    """Balanced Knowledge Distillation (Zhang, Chen, Wang, Wang, Yu, 2021; arXiv:2104.10510).
+    """Balanced Knowledge Distillation (Shaoyu Zhang, Chen Chen, Xiyuan Hu, Silong Peng; arXiv:2104.10510,
+    2021; Neurocomputing 2023).
 
     q = softmax(z_t / T) from the frozen teacher, w = class-balanced weights (beta), and
     q'_j = w_j * q_j / sum_k w_k * q_k: every class of the teacher's distribution is weighted, then

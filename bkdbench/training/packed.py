@@ -159,7 +159,7 @@ def train_packed(
 
     def evaluate(split: str) -> list[dict]:
         x, y = splits[split]
-        logits = predict(model, x, prepare, autocast=autocast)  # N, K, classes
+        logits = predict(model, x, prepare)  # N, K, classes; float32 always, as train() evaluates
         return [classification_metrics(m.eval_logits(logits[:, i]), y, num_classes, data.shots)
                 for i, m in enumerate(methods)]
 
