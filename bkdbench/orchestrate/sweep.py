@@ -27,7 +27,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from ..methods import build as build_method
+from ..methods.registry import resolve_cb_epoch
 from ..specs.search_spaces import SearchSpace
 from ..specs import RunSpec, make_spec
 from ..storage import Location, push
@@ -98,9 +98,11 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
 
 
 def grace_period(spec: RunSpec) -> int:
-    """ASHA's first rung: one epoch after class-balanced weighting switches on (if it ever does)."""
-    method = build_method(spec.method, [1, 1], epochs=spec.epochs, **spec.params)
-    cb_epoch = getattr(method, "cb_epoch", 0)
+    """ASHA's first rung: one epoch after class-balanced weighting switches on (if it ever does). Read
+    from the parameters, not a method built for made-up class counts (class-subset KD's groups name
+    real classes, and an image folder's class count is not known here)."""
+    cb_start = spec.params.get("cb_start")
+    cb_epoch = resolve_cb_epoch(cb_start, spec.epochs) if cb_start is not None else 0
     return max(1, min(spec.epochs, cb_epoch + 1))
 
 
