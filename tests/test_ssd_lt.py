@@ -254,3 +254,26 @@ def test_moco_view_flip_jitter_and_grayscale_rates():
     assert bright.min() >= 0.595 and bright.max() <= 1.405
     assert (bright != 1.0).float().mean().item() == pytest.approx(0.8, abs=0.03)
     assert ((bright < 0.8) | (bright > 1.2)).float().mean().item() > 0.3  # spread over the range
+
+
+def test_gaussian_blur_by_hand_and_left_out_on_small_images():
+    from bkdbench.data.augment import gaussian_blur
+
+    impulse = torch.zeros(2, 1, 15, 15, dtype=torch.float64)
+    impulse[:, 0, 7, 7] = 1.0
+    out = gaussian_blur(impulse, torch.tensor([1.0, 0.5]))
+    for i, sigma in enumerate((1.0, 0.5)):
+        radius = math.ceil(3 * 1.0)  # one radius for the batch, from its largest σ
+        k = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+        k /= k.sum()
+        assert out[i, 0, 7, 7].item() == pytest.approx(k[radius] ** 2, rel=1e-9)
+        assert out[i, 0, 7, 8].item() == pytest.approx(k[radius] * k[radius + 1], rel=1e-9)
+    small = (torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    a = moco_v2_view(small, torch.Generator().manual_seed(3), blur_p=1.0)
+    b = moco_v2_view(small, torch.Generator().manual_seed(3), blur_p=0.0)
+    assert torch.equal(a, b)  # under 64 px: no blur, whatever blur_p says
+    big = (torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    c = moco_v2_view(big, torch.Generator().manual_seed(3), blur_p=1.0, flip=False)
+    d = moco_v2_view(big, torch.Generator().manual_seed(3), blur_p=0.0, flip=False)
+    assert not torch.equal(c, d)  # same crops and colours (same draws before the blur), then blurred
+    assert c.float().std() < d.float().std()

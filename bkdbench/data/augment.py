@@ -1,5 +1,6 @@
 """Batched image augmentations on the training device, drawn per image from one ``torch.Generator``:
-random-resized crop, colour jitter, random grayscale and flip, as torchvision defines them, for whole
+random-resized crop, colour jitter, random grayscale, Gaussian blur and flip, as torchvision (and
+MoCo v2's blur) define them, for whole
 uint8 batches (N×C×H×W) at once. ``moco_v2_view`` composes them into the key view of MoCo v2 that
 SSD-LT's stage I uses.
 
@@ -134,14 +135,31 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation
     return out
 
 
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Each image blurred with its own σ (separable Gaussian, radius ⌈3σ_max⌉, edges replicated)."""
+    n, c, h, w = x.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(offsets[None, :] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # one kernel per image and channel
+    flat = x.reshape(1, n * c, h, w)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=n * c)
+    return flat.reshape(n, c, h, w)
+
+
+BLUR_MIN_SIZE = 64  # below this the blur is left out (see moco_v2_view)
+
+
 def moco_v2_view(images: torch.Tensor, generator: torch.Generator, *, scale: tuple[float, float] = (0.2, 1.0),
                  jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8,
-                 gray_p: float = 0.2, flip: bool = True) -> torch.Tensor:
+                 gray_p: float = 0.2, blur_p: float = 0.5, blur_sigma: tuple[float, float] = (0.1, 2.0),
+                 flip: bool = True) -> torch.Tensor:
     """MoCo v2's key augmentation on a uint8 batch, returned as uint8 of the same size: random-resized
     crop (area ``scale``, ratio 3/4–4/3), colour jitter with probability ``jitter_p``, grayscale with
-    probability ``gray_p``, horizontal flip. MoCo v2's Gaussian blur is left out: at the image sizes
-    bkdbench trains on here (8–32 px) a σ of 0.1–2 px wipes out most of the image (SSD-LT blurs 224 px
-    ImageNet crops)."""
+    probability ``gray_p``, Gaussian blur (σ uniform in ``blur_sigma``) with probability ``blur_p``,
+    horizontal flip. The blur is left out for images under 64 px: a σ of up to 2 px, meant for 224 px
+    ImageNet crops (SSD-LT, MoCo v2), wipes out most of an 8–32 px image."""
     n, c, height, width = images.shape
     dev = images.device
     x = images.float().div_(255.0)
@@ -151,6 +169,10 @@ def moco_v2_view(images: torch.Tensor, generator: torch.Generator, *, scale: tup
     if c == 3:
         to_gray = torch.rand(n, generator=generator, device=dev) < gray_p
         x = torch.where(to_gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+    if min(height, width) >= BLUR_MIN_SIZE and blur_p > 0:
+        sigma = _uniform(n, *blur_sigma, generator, dev)
+        blur = torch.rand(n, generator=generator, device=dev) < blur_p
+        x = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(x, sigma), x)
     if flip:
         mirror = torch.rand(n, generator=generator, device=dev) < 0.5
         x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)
