@@ -30,8 +30,8 @@ from bkdbench.methods import build as build_method
 from bkdbench.models.packing import pack_models, resolve_strategy
 from bkdbench.specs.recipes import get_recipe
 from bkdbench.specs import RunSpec
-from bkdbench.training.train import (RunResult, TrainingDiverged, device_name, _layout, build_model, channels_last_for, default_device,
-                    device_splits, frozen_teacher, load_run_data)
+from bkdbench.training.train import (RunResult, TrainingDiverged, device_name, _layout, build_model, channels_last_for,
+                    device_splits, frozen_teacher, load_run_data, training_device)
 
 # report(per-student metrics, make_checkpoint): called once per epoch, like train()'s report.
 PackedReport = Callable[[list[dict], Callable[[], dict]], None]
@@ -112,12 +112,8 @@ def train_packed(
     check_packable(specs)
     started = datetime.now(timezone.utc)
     spec0, k = specs[0], len(specs)
-    device = torch.device(device) if device else default_device()
+    device, autocast = training_device(device, bf16)
     strategy = resolve_strategy(strategy, device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    autocast = torch.bfloat16 if (cuda or bf16) else None
     recipe = get_recipe(spec0.recipe)
     data = load_run_data(spec0, data_dir)
     info, num_classes = data.info, len(data.classes)
