@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import numpy as np
 import pytest
 
 from cifar_files import write_cifar10, write_cifar100
+from helpers.ray_tmp import made_count, ray_tmpdir, remove, sessions_in_folders_made_since
 
 
 @pytest.fixture(scope="session")
@@ -54,15 +56,29 @@ def reference_counts():
     return _reference_counts
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread for the test: two threads on a shared 2-core machine are far slower."""
+def _one_torch_thread():
+    """One torch thread while the fixture lives: two threads on a shared 2-core machine are far slower
+    (a 15-epoch digits run took 64 s with 2 threads vs 8 s with 1 under load)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (whatever the test sets meanwhile is undone afterwards)."""
+    yield from _one_torch_thread()
+
+
+@pytest.fixture(scope="module")
+def one_thread_for_module():
+    """One torch thread for a whole module: for module-scoped fixtures that train."""
+    yield from _one_torch_thread()
 
 
 @pytest.fixture
@@ -70,3 +86,38 @@ def cache(tmp_path, monkeypatch):
     """bkdbench's cache (``BKDBENCH_CACHE``) in this test's own folder."""
     monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+# --- no Ray in a test not marked slow ---------------------------------------------------------
+
+_checked = {"ray_tmps": 0}  # how many of helpers.ray_tmp's folders earlier tests account for
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_in_slow_tests(request):
+    """A test that starts Ray must be marked slow (``-m "not slow"`` is the quick run). For a test
+    not so marked this fails it if Ray was started during it, its module-scoped fixtures included:
+    in this process (Ray still initialised afterwards, or a session in the private RAY_TMPDIR this
+    fixture gives the test) or in a CLI subprocess (each gets a private Ray temp folder from
+    helpers.cli.cli_env). A Ray session leaves a ``session_*`` folder in its temp folder; for one
+    a test has removed already (helpers.processes.cleanup_ray_tmp), helpers.ray_tmp remembers it."""
+    slow = request.node.get_closest_marker("slow") is not None
+    mine = None
+    with pytest.MonkeyPatch.context() as mp:
+        if not slow:
+            mine = ray_tmpdir()
+            mp.setenv("RAY_TMPDIR", mine)
+        yield
+    since, _checked["ray_tmps"] = _checked["ray_tmps"], made_count()
+    if slow:
+        return
+    sessions = sessions_in_folders_made_since(since)
+    running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    if running:
+        sys.modules["ray"].shutdown()  # not left to the tests after this one
+    if not sessions:
+        remove(mine)
+    if sessions or running:
+        pytest.fail(f"{request.node.nodeid} started Ray ({'still running in this process; ' if running else ''}"
+                    f"sessions: {sessions or 'none on disk'}) but is not marked slow: "
+                    "add @pytest.mark.slow (or pytestmark = pytest.mark.slow)", pytrace=False)

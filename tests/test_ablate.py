@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,8 +13,10 @@ from bkdbench.cli import app
 from bkdbench.leaderboard.ablation import marginal_effects
 from bkdbench.leaderboard.store import read_rows
 from bkdbench.orchestrate.ablate import AblationError, ablation_id, ablation_specs, parse_grid, variants
-
-BKDBENCH = Path(sys.executable).parent / "bkdbench"
+from helpers.cli import cli_env, run_cli
+from helpers.files import assert_nothing_written, nothing_written, snapshot
+from helpers.processes import cleanup_ray_tmp
+from helpers.ray_tmp import ray_tmpdir
 
 
 def test_parse_grid_values_and_errors():
@@ -76,18 +75,22 @@ def test_marginal_effects_by_hand():
     (["bkd", "--grid", "alpha=1", "--pack", "-2"], "--pack"),
 ])
 def test_bad_input_exits_2_before_work(tmp_path, args, message):
-    result = CliRunner().invoke(app, ["ablate", *args, "--results", str(tmp_path / "r")])
+    with nothing_written(tmp_path):
+        result = CliRunner().invoke(app, ["ablate", *args, "--results", str(tmp_path / "r")])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
-    assert not list((tmp_path / "r").glob("leaderboard/*.parquet"))
 
 
 @pytest.mark.slow
 def test_tiny_ablation_through_ray(tmp_path):
     results = tmp_path / "results"
-    out = subprocess.run([str(BKDBENCH), "ablate", "bkd", "--grid", "alpha=0.5,2", "--imbalance", "10",
-                          "--seeds", "1", "--epochs", "2", "--results", str(results)],
-                         capture_output=True, text=True, timeout=300)
+    ray_tmp = ray_tmpdir()  # a private Ray temp folder: other Ray users on the machine stay apart
+    try:
+        out = run_cli(["ablate", "bkd", "--grid", "alpha=0.5,2", "--imbalance", "10", "--seeds", "1", "--epochs", "2",
+                       "--results", results], env=cli_env(ray_tmp), timeout=300)
+    finally:
+        left = cleanup_ray_tmp(ray_tmp)
+    assert not left, f"Ray processes left behind: {left}"
     assert out.returncode == 0, out.stdout + out.stderr
     frame, bad = read_rows(results / "leaderboard")
     assert bad == []
@@ -103,14 +106,12 @@ def test_packed_ablation_through_ray_then_resume_trains_nothing(tmp_path):
     """--pack 2: the two settings share one trial (one augmented batch stream, one teacher forward);
     each still gets its own finished, tagged row. Row values against separate runs:
     tests/test_packed_trials.py."""
-    from sweep_helpers import cleanup_ray_tmp, cli_env, ray_tmpdir, run_cli
-
     results = tmp_path / "results"
     args = ["ablate", "bkd", "--grid", "alpha=0.5,2", "--imbalance", "10", "--seeds", "1", "--epochs", "2",
             "--pack", "2", "--results", results]
     ray_tmp = ray_tmpdir()  # a private Ray temp folder: other Ray users on the machine stay apart
     try:
-        out = run_cli(args, cli_env(ray_tmp))
+        out = run_cli(args, env=cli_env(ray_tmp))
         assert out.returncode == 0, out.stdout + out.stderr
         assert "3 run(s) in 2 trial(s)" in " ".join(out.stdout.split())  # the teacher alone, the students packed
         frame, bad = read_rows(results / "leaderboard")
@@ -121,12 +122,12 @@ def test_packed_ablation_through_ray_then_resume_trains_nothing(tmp_path):
         assert sorted(json.loads(p)["alpha"] for p in tagged.params) == [0.5, 2.0]
         teacher = frame[frame.method == "ce"]
         assert len(teacher) == 1 and teacher.ablation_id.isna().all()
-        files = {p.name: p.stat().st_mtime_ns for p in (results / "leaderboard").glob("*.parquet")}
+        rows_before = snapshot(results / "leaderboard")
 
-        again = run_cli([*args, "--resume"], cli_env(ray_tmp))
+        again = run_cli([*args, "--resume"], env=cli_env(ray_tmp))
         assert again.returncode == 0, again.stdout + again.stderr
         assert "2 already done, 0 to train" in " ".join(again.stdout.split())
-        assert {p.name: p.stat().st_mtime_ns for p in (results / "leaderboard").glob("*.parquet")} == files
+        assert_nothing_written(rows_before, results / "leaderboard")
     finally:
         left = cleanup_ray_tmp(ray_tmp)
     assert not left, f"Ray processes left behind: {left}"

@@ -241,9 +241,8 @@ def test_memory_bound_is_refused_with_advice():
 
 
 @pytest.fixture(scope="module")
-def four_epochs(tmp_path_factory):
+def four_epochs(tmp_path_factory, one_thread_for_module):
     """An uninterrupted 4-epoch digits run whose callback writes the checkpoint after epoch 2 to disk."""
-    torch.set_num_threads(1)
     spec = make_spec("digits", 10, "breadcrumb", epochs=4)
     path = tmp_path_factory.mktemp("bc") / "after2.pt"
 

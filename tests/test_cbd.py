@@ -16,6 +16,7 @@ from bkdbench.methods import MethodError, build, validate_params
 from bkdbench.models import create_model
 from bkdbench.specs import SpecError, make_spec
 from bkdbench.training.train import frozen_teachers, train, train_step
+from helpers.files import nothing_written
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: CPU tests stay fast on a busy machine
@@ -240,6 +241,6 @@ def test_cbd_through_bkdbench_train_trains_both_teachers_first(tmp_path):
 def test_param_option_is_checked_before_any_work(tmp_path):
     for args, message in ((["-p", "teachers"], "NAME=VALUE"), (["-p", "alpha=1", "--alpha", "2"], "its own option"),
                           (["-p", "teachers=two"], "teachers")):
-        result = CliRunner().invoke(app, ["train", "--method", "cbd", *args, "--results", str(tmp_path)])
+        with nothing_written(tmp_path):
+            result = CliRunner().invoke(app, ["train", "--method", "cbd", *args, "--results", str(tmp_path)])
         assert result.exit_code == 2 and message in result.output, result.output
-    assert not (Path(tmp_path) / "leaderboard").exists() or not any((Path(tmp_path) / "leaderboard").iterdir())

@@ -11,32 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bkdbench.leaderboard.store import read_rows
 from bkdbench.specs.suites import load_suite
 
-from cluster_helpers import BKDBENCH, RAY, Cluster, cluster_env, cmdline, descendants, kill, wait_for
+from helpers.cli import run_cli, start_cli
+from helpers.cluster import RAY, Cluster
+from helpers.files import nothing_written, row_files, tree
+from helpers.files import write_suite as write_suite_file
+from helpers.processes import cmdline, descendants, kill_pids, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def write_suite(path: Path, methods: list, epochs: int, seeds: int = 1) -> Path:
-    path.write_text(yaml.safe_dump({"name": path.stem, "datasets": ["digits"], "imbalance": [10],
-                                    "methods": methods, "seeds": seeds, "epochs": epochs}))
-    return path
-
-
-def driver_env() -> dict:
-    """The driver's environment: no RAY_AUTH_MODE, so the tests prove bkdbench asks for token
-    authentication itself when it joins a cluster (the nodes were started with it)."""
-    return {k: v for k, v in cluster_env().items() if k != "RAY_AUTH_MODE"}
-
-
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen([str(BKDBENCH), *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=driver_env(), start_new_session=True)
+    return write_suite_file(path, datasets=["digits"], imbalance=[10], methods=methods, seeds=seeds, epochs=epochs)
 
 
 def rows(results: Path):
@@ -45,17 +34,13 @@ def rows(results: Path):
     return frame
 
 
-def row_files(results: Path) -> list[Path]:
-    return sorted((results / "leaderboard").glob("*.parquet"))
-
-
 def assert_each_run_once(results: Path, suite: Path) -> None:
     expected = {s.run_id for s in load_suite(str(suite)).expand()}
     frame = rows(results)
     assert sorted(frame.run_id) == sorted(expected), "every run exactly once"
     assert set(frame.status) == {"finished"}
     assert {p.stem for p in row_files(results)} == expected
-    assert not [p for p in (results / "leaderboard").iterdir() if p.name.startswith(".")], "no temp files left"
+    assert tree(results / "leaderboard") == sorted(f"{run_id}.parquet" for run_id in expected), "no temp files left"
 
 
 def trial_on(raylet: int) -> bool:
@@ -70,9 +55,10 @@ def test_suite_survives_losing_a_worker_node(tmp_path):
     try:
         cluster.start_head(cpus=1)
         worker = cluster.add_worker(cpus=1)
-        driver = start(["run", "--suite", str(suite), "--address", cluster.address, "--results", str(results),
-                        "--checkpoint-every", "5", "--max-failures", "3"], tmp_path / "driver.log")
-        wait_for(lambda: trial_on(worker), timeout=180, what="a trial on the worker node")
+        driver = start_cli(["run", "--suite", suite, "--address", cluster.address, "--results", results,
+                            "--checkpoint-every", "5", "--max-failures", "3"], tmp_path / "driver.log",
+                           env=cluster.driver_env())
+        wait_for(lambda: trial_on(worker), timeout=180, every=0.5, what="a trial on the worker node")
         time.sleep(2)  # let it train a few epochs (and checkpoint) before the node dies
         rows_before = len(row_files(results))
         killed = cluster.kill_worker(worker)
@@ -85,7 +71,7 @@ def test_suite_survives_losing_a_worker_node(tmp_path):
               f"after: {len(row_files(results))} rows, each run once")  # evidence for the record (pytest -s)
     finally:
         if driver is not None and driver.poll() is None:
-            kill(descendants({driver.pid}))
+            kill_pids(descendants({driver.pid}))
         cluster.stop()
 
 
@@ -94,25 +80,25 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
                         epochs=20, seeds=2)
     results = tmp_path / "results"
     args = ["run", "--suite", str(suite), "--results", str(results), "--checkpoint-every", "5"]
-    driver = start(args, tmp_path / "first.log")
+    driver = start_cli(args, tmp_path / "first.log")
     try:
-        wait_for(lambda: len(row_files(results)) >= 2, timeout=240, what="two finished runs")
+        wait_for(lambda: len(row_files(results)) >= 2, timeout=240, every=0.5, what="two finished runs")
         started_by_driver = descendants({driver.pid}) - {driver.pid}
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         # A SIGKILLed driver cannot shut Ray down: its processes are orphans. Stop them like an operator.
-        kill(started_by_driver)
+        kill_pids(started_by_driver)
     finally:
-        kill(descendants({driver.pid}))
+        kill_pids(descendants({driver.pid}))
     time.sleep(1)
     before = rows(results).set_index("run_id")["finished_at"].to_dict()
     assert 2 <= len(before) < 8
 
-    resumed = start([*args, "--resume"], tmp_path / "resume.log")
+    resumed = start_cli([*args, "--resume"], tmp_path / "resume.log")
     try:
         resumed.wait(timeout=400)
     finally:
-        kill(descendants({resumed.pid}))
+        kill_pids(descendants({resumed.pid}))
     assert resumed.returncode == 0, (tmp_path / "resume.log").read_text()
     assert_each_run_once(results, suite)
     after = rows(results).set_index("run_id")["finished_at"].to_dict()
@@ -120,20 +106,21 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
     print(f"\ndriver SIGKILL: {len(before)} rows before, {len(after)} after --resume, none retrained")
 
 
-def _can_mount() -> bool:
-    probe = Path("/tmp") / f"bkdbench-mount-probe-{os.getpid()}"
-    probe.mkdir(exist_ok=True)
+@pytest.fixture(scope="session")
+def tmpfs_mounts(tmp_path_factory):
+    """Skips the test unless this process may mount a tmpfs (root, and a kernel that lets it); probed
+    once, when a test first asks."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root and tmpfs mounts")
+    probe = tmp_path_factory.mktemp("mount-probe")
     ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)], capture_output=True).returncode == 0
     if ok:
         subprocess.run(["umount", str(probe)], capture_output=True)
-    probe.rmdir()
-    return ok
+    if not ok:
+        pytest.skip("needs root and tmpfs mounts")
 
 
-needs_mount = pytest.mark.skipif(os.geteuid() != 0 or not _can_mount(), reason="needs root and tmpfs mounts")
-
-
-@needs_mount
+@pytest.mark.usefixtures("tmpfs_mounts")
 def test_full_storage_fails_clearly_and_keeps_rows(tmp_path):
     storage = tmp_path / "small-disk"
     storage.mkdir()
@@ -141,9 +128,9 @@ def test_full_storage_fails_clearly_and_keeps_rows(tmp_path):
     suite = write_suite(tmp_path / "diskfull.yaml", ["ce", "reweight-cb", "balanced-softmax", "ldam-drw"],
                         epochs=15, seeds=3)
     results = storage / "results"
-    driver = start(["run", "--suite", str(suite), "--results", str(results)], tmp_path / "driver.log")
+    driver = start_cli(["run", "--suite", suite, "--results", results], tmp_path / "driver.log")
     try:
-        wait_for(lambda: len(row_files(results)) >= 2, timeout=240, what="two finished runs")
+        wait_for(lambda: len(row_files(results)) >= 2, timeout=240, every=0.5, what="two finished runs")
         with open(storage / "filler", "wb") as fh:  # fill the disk to the last byte
             try:
                 while True:
@@ -161,11 +148,11 @@ def test_full_storage_fails_clearly_and_keeps_rows(tmp_path):
         assert len(frame) >= 2 and set(frame.status) == {"finished"}
         print(f"\ndisk full: exit 1 with a clear message; {len(frame)} rows written before stay readable")
     finally:
-        kill(descendants({driver.pid}))
+        kill_pids(descendants({driver.pid}))
         subprocess.run(["umount", "-l", str(storage)], capture_output=True)
 
 
-@needs_mount
+@pytest.mark.usefixtures("tmpfs_mounts")
 def test_node_local_storage_is_refused(tmp_path):
     storage = tmp_path / "results"
     storage.mkdir()
@@ -179,13 +166,15 @@ def test_node_local_storage_is_refused(tmp_path):
                  f"--disable-usage-stats --address={cluster.address} --num-cpus=1")
         before = cluster.raylets()
         subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
-                       env=cluster_env(), check=True, capture_output=True, timeout=120)
-        wait_for(lambda: cluster.raylets() - before, timeout=30, what="the worker's raylet")
-        result = subprocess.run([str(BKDBENCH), "run", "--suite", str(suite), "--address", cluster.address,
-                                 "--storage", str(storage)], env=driver_env(), capture_output=True, text=True,
-                                timeout=300)
+                       env=cluster.env, check=True, capture_output=True, timeout=120)
+        wait_for(lambda: cluster.raylets() - before, timeout=30, every=0.5, what="the worker's raylet")
+        # Nothing trained: no file in the leaderboard or among the teachers (the check that the
+        # storage is writable, before, leaves their folders, empty).
+        with nothing_written(storage / "leaderboard", allow_empty_folders=True), \
+                nothing_written(storage / "teachers", allow_empty_folders=True):
+            result = run_cli(["run", "--suite", suite, "--address", cluster.address, "--storage", storage],
+                             env=cluster.driver_env(), timeout=300)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "is not shared" in result.stderr and "Traceback" not in result.stderr
-        assert not list(storage.glob("leaderboard/*.parquet")), "nothing trained"
     finally:
         cluster.stop()

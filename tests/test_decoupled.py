@@ -22,8 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: CPU tests stay f
 
 
 @pytest.fixture(scope="module")
-def stage1():
-    torch.set_num_threads(1)
+def stage1(one_thread_for_module):
     return train(make_spec("digits", 50, "ce", epochs=10)).state_dict
 
 

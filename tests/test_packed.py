@@ -19,12 +19,7 @@ from bkdbench.training.train import TrainingDiverged, train
 EPOCHS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_for_module")  # conftest: tiny CPU models, one thread
 
 
 def students(method: str, grid: list[dict], model: str | None = None):

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from ray import tune
 
 from bkdbench.leaderboard.store import read_rows
@@ -22,18 +21,14 @@ from bkdbench.orchestrate.execute import run_and_record
 from bkdbench.orchestrate.packs import RUNS, pack_groups, pack_units, per_run_events, per_run_outcome
 from bkdbench.orchestrate.trial import CHECKPOINT_FILE, FINISHED
 from bkdbench.specs import make_spec
+from helpers.files import nothing_written
 
 EPOCHS = 2
 ROW_COLUMNS = ("run_id", "status", "method", "params", "seed", "epochs", "top1", "val_top1", "many", "medium", "few",
                "top1_best_epoch", "best_epoch", "ablation_id")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny CPU models, one thread
 
 
 # ---------------------------------------------------------------- grouping
@@ -118,7 +113,7 @@ def rows(results: Path):
 
 
 @pytest.fixture(scope="module")
-def unpacked(tmp_path_factory):
+def unpacked(tmp_path_factory, one_thread_for_module):
     """The reference: each spec through run_and_record alone, tagged as an ablation tags it."""
     results = tmp_path_factory.mktemp("unpacked")
     for spec in focal_specs():
@@ -149,13 +144,11 @@ def test_finished_members_are_skipped_and_a_pack_resumes_only_its_own_checkpoint
     assert len(fake.checkpoints) == EPOCHS - 1
     checkpoint = fake.checkpoints[0]
     assert (checkpoint / CHECKPOINT_FILE).is_file()
-    files = {p.name: p.stat().st_mtime_ns for p in (results / "leaderboard").glob("*.parquet")}
-
     # Everything finished: nothing is trained or written again.
     again = FakeTune(monkeypatch, tmp_path, restore=checkpoint)
-    run_unit(specs, results)
+    with nothing_written(results):
+        run_unit(specs, results)
     assert again.reports == [{"status": "skipped", RUNS: {s.run_id: "skipped" for s in specs}, FINISHED: True}]
-    assert {p.name: p.stat().st_mtime_ns for p in (results / "leaderboard").glob("*.parquet")} == files
 
     # Restarted from the checkpoint (Tune's retry after a crash): only the last epoch is trained, and the
     # rows are those of an uninterrupted run.

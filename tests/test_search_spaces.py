@@ -2,22 +2,18 @@
 and ASHA's grace period. Fast: no Ray, no training."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import optuna
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from bkdbench.cli import sweep as cli_sweep
 from bkdbench.methods import validate_params
 from bkdbench.orchestrate.sweep import grace_period
 from bkdbench.specs.search_spaces import HERE, SpaceError, load_space, space_names
 from bkdbench.specs import make_spec
+from helpers.cli import cli_app, run_cli
+from helpers.files import assert_nothing_written, nothing_written, snapshot
 
 SHIPPED = ["bkd", "breadcrumb", "cbd", "focal", "kd", "ldam-drw", "logit-adjust", "reweight-cb", "subset-kd"]
 
@@ -187,9 +183,7 @@ def cli(monkeypatch, tmp_path):
     monkeypatch.setattr(ray_session, "ray_session", unreachable)
     monkeypatch.setattr(sweep, "run_search", unreachable)
     monkeypatch.delenv("BKDBENCH_RESULTS", raising=False)
-    app = typer.Typer()
-    app.callback()(lambda: None)  # keep `sweep` a subcommand
-    cli_sweep.register(app)
+    app = cli_app("sweep")
     runner = CliRunner()
     results = tmp_path / "results"
 
@@ -211,20 +205,20 @@ def cli(monkeypatch, tmp_path):
     (["bkd", "--epochs", "0"], "epochs must be > 0"),
     (["bkd", "extra"], "unexpected argument 'extra'"),
 ])
-def test_bad_sweep_input_exits_2_before_ray(cli, args, expected):
-    code, out = cli(*args)
+def test_bad_sweep_input_exits_2_before_ray(cli, tmp_path, args, expected):
+    with nothing_written(tmp_path):  # no study was even opened
+        code, out = cli(*args)
     assert code == 2, out
     assert expected in out, out
-    assert not list((cli.results / "sweeps").glob("*/study.journal"))  # no study was even opened
 
 
 def test_bad_space_file_exits_2_naming_file_and_key(cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: bkd\nparams:\n  temperature: {type: float, low: 0.0, high: 5.0}\n")
-    code, out = cli("bkd", "--space", bad)
+    with nothing_written(tmp_path):
+        code, out = cli("bkd", "--space", bad)
     assert code == 2
     assert f"{bad}: key 'params.temperature': bkd: temperature must be > 0" in out
-    assert not (cli.results / "sweeps").exists() or not any((cli.results / "sweeps").iterdir())
 
 
 def test_sweep_report_of_an_unknown_sweep_exits_2_naming_the_sweeps_folder(cli):
@@ -245,13 +239,10 @@ def test_console_script_refuses_a_bad_space_file_before_starting_ray(tmp_path):
           alpha: {type: float, low: 0.1, high: 10.0, log: true}
           gamma: {type: float, low: 0.0, high: 5.0}
         """))
-    results = tmp_path / "results"
-    env = {k: v for k, v in os.environ.items() if k != "BKDBENCH_RESULTS"}
-    env["COLUMNS"] = "250"
-    proc = subprocess.run([str(Path(sys.executable).parent / "bkdbench"), "sweep", "bkd", "--space", str(bad),
-                           "--results", str(results)], capture_output=True, text=True, env=env, timeout=120)
+    before = snapshot(tmp_path)
+    proc = run_cli(["sweep", "bkd", "--space", bad, "--results", tmp_path / "results"], timeout=120)
     assert proc.returncode == 2, proc.stderr
     err = " ".join(proc.stderr.split())
     assert f"{bad}: key 'params.gamma': bkd: unknown parameter 'gamma'" in err
     assert "Traceback" not in proc.stderr
-    assert not list(results.glob("sweeps/*/ray.log")) and not list(results.glob("sweeps/*/study.journal"))
+    assert_nothing_written(before, tmp_path)  # no sweep folder, no ray.log, no study journal

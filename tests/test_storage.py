@@ -8,19 +8,18 @@ import json
 import logging
 import os
 import pickle
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from bkdbench.storage import Location, LocationError, mirror, pull, push
-from cluster_helpers import free_port
-from storage_helpers import check_suite_on_store
-from suite_helpers import cli_in as cli
+from helpers.cli import kill_group, run_cli, start_cli
+from helpers.cluster import Cluster, free_port
+from helpers.files import write_suite
+from helpers.processes import kill_pids, processes_of_driver, ray_daemon_pids, wait_for
+from helpers.storage import check_suite_on_store
 
-BKDBENCH = Path(sys.executable).parent / "bkdbench"
 BUCKET = "bkd-results"
 # Dummy credentials, no instance-metadata lookups, no region lookups: nothing leaves this machine.
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -197,12 +196,12 @@ def test_suite_on_s3_end_to_end(s3, tmp_path):
 
 @pytest.mark.parametrize("command", [["run", "--suite", "digits-lt"], ["leaderboard"], ["train", "--epochs", "1"]])
 def test_bad_uris_exit_2_before_any_work(s3, tmp_path, command):
-    unknown = cli([*command, "--storage", "nosuchscheme://bucket/x"], tmp_path, timeout=120)
+    unknown = run_cli([*command, "--storage", "nosuchscheme://bucket/x"], folder=tmp_path, timeout=120)
     assert unknown.returncode == 2, unknown.stdout + unknown.stderr
     assert "nosuchscheme" in unknown.stderr and "Traceback" not in unknown.stderr
     if command[0] == "leaderboard":
         return
-    missing = cli([*command, "--storage", s3("x").replace(BUCKET, "no-such-bucket")], tmp_path, timeout=120)
+    missing = run_cli([*command, "--storage", s3("x").replace(BUCKET, "no-such-bucket")], folder=tmp_path, timeout=120)
     assert missing.returncode == 2, missing.stdout + missing.stderr
     assert "no-such-bucket" in missing.stderr and "Traceback" not in missing.stderr
     assert "trained" not in missing.stdout
@@ -213,7 +212,7 @@ def test_unreachable_endpoint_exits_2(tmp_path, monkeypatch):
     for key, value in S3_ENV.items():
         monkeypatch.setenv(key, value)
     dead = f"s3://{BUCKET}/x?endpoint_override=127.0.0.1:{free_port()}&scheme=http"  # nobody listens
-    out = cli(["run", "--suite", "digits-lt", "--storage", dead], tmp_path, timeout=180)
+    out = run_cli(["run", "--suite", "digits-lt", "--storage", dead], folder=tmp_path, timeout=180)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "cannot write" in out.stderr and "Traceback" not in out.stderr
 
@@ -226,16 +225,13 @@ def test_killed_driver_resumes_from_s3(s3, tmp_path, cache, lose_checkpoints):
     checkpoints the saved state names are gone (Tune replaces a checkpoint before it uploads the state
     that names the new one: a driver killed in between leaves exactly that)."""
     import pyarrow.fs as pafs
-    import yaml
     from ray import tune
 
     from bkdbench.leaderboard.store import read_rows
     from bkdbench.specs.suites import load_suite
-    from suite_helpers import kill_group, kill_pids, processes_of_driver, ray_daemon_pids, start_cli, wait_for
 
-    suite = tmp_path / "s3kill.yaml"
-    suite.write_text(yaml.safe_dump({"name": "s3kill", "datasets": ["digits"], "imbalance": [10],
-                                     "methods": ["ce", "kd", "bkd"], "seeds": 1, "epochs": 30}))
+    suite = write_suite(tmp_path / "s3kill.yaml", datasets=["digits"], imbalance=[10], methods=["ce", "kd", "bkd"],
+                        seeds=1, epochs=30)
     root = Location(s3(f"kill-{uuid.uuid4().hex[:6]}"))
     fs, base = root.filesystem()
     args = ["run", "--suite", str(suite), "--storage", str(root), "--checkpoint-every", "1"]
@@ -257,7 +253,8 @@ def test_killed_driver_resumes_from_s3(s3, tmp_path, cache, lose_checkpoints):
     proc = start_cli(args, tmp_path / "first.log")
     try:
         ready = state_names_a_checkpoint if lose_checkpoints else student_checkpointed
-        assert wait_for(ready, timeout=300, every=0.5), (tmp_path / "first.log").read_text()
+        wait_for(ready, timeout=300, every=0.5,
+                 what=lambda: f"a student checkpoint; output:\n{(tmp_path / 'first.log').read_text()}")
     finally:
         kill_group(proc)  # the driver and the Ray processes it started (its own session) ...
         kill_pids(processes_of_driver(proc.pid, daemons))  # ... and its Ray daemons, by PID
@@ -271,7 +268,7 @@ def test_killed_driver_resumes_from_s3(s3, tmp_path, cache, lose_checkpoints):
                 runs_fs.delete_dir(info.path)
         assert not student_checkpointed()
 
-    resumed = cli([*args, "--resume"], tmp_path)
+    resumed = run_cli([*args, "--resume"], folder=tmp_path, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after, bad = read_rows(root / "leaderboard")
     expected = sorted(s.run_id for s in load_suite(str(suite)).expand())
@@ -287,7 +284,7 @@ def test_sweep_on_s3_keeps_its_journal_in_the_bucket(s3, tmp_path):
     uri = s3(f"sweep-{uuid.uuid4().hex[:6]}")
     args = ["sweep", "bkd", "--dataset", "digits", "--imbalance", "10", "--trials", "2", "--concurrency", "2",
             "--epochs", "2", "--final-seeds", "1", "--scheduler", "none", "--storage", uri]
-    first = cli(args, tmp_path)
+    first = run_cli(args, folder=tmp_path, timeout=400)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     sweeps = Location(uri) / "sweeps"
     (sweep_id,) = sweeps.list()
@@ -297,7 +294,7 @@ def test_sweep_on_s3_keeps_its_journal_in_the_bucket(s3, tmp_path):
     import shutil
 
     shutil.rmtree(tmp_path / "cache")  # another machine: nothing local
-    report = cli(["sweep", "report", sweep_id, "--storage", uri], tmp_path, timeout=120)
+    report = run_cli(["sweep", "report", sweep_id, "--storage", uri], folder=tmp_path, timeout=120)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert "trials: 2 complete" in " ".join(report.stdout.split()), report.stdout
 
@@ -306,22 +303,15 @@ def test_sweep_on_s3_keeps_its_journal_in_the_bucket(s3, tmp_path):
 def test_two_node_cluster_shares_s3_storage(s3, tmp_path):
     """A real two-node cluster (`ray start` head + worker) with --storage s3://...: the shared-storage
     probe reads the bucket from each node, and the trials, wherever they run, write into it."""
-    import yaml
-
-    from cluster_helpers import Cluster
-
-    suite = tmp_path / "s3nodes.yaml"
-    suite.write_text(yaml.safe_dump({"name": "s3nodes", "datasets": ["digits"], "imbalance": [10],
-                                     "methods": ["ce", "reweight-cb"], "seeds": 2, "epochs": 2}))
+    suite = write_suite(tmp_path / "s3nodes.yaml", datasets=["digits"], imbalance=[10],
+                        methods=["ce", "reweight-cb"], seeds=2, epochs=2)
     uri = s3(f"nodes-{uuid.uuid4().hex[:6]}")
-    cluster = Cluster()  # its nodes inherit this process's environment: the same S3 credentials
+    cluster = Cluster()  # its nodes get this process's environment: the same S3 credentials
     try:
         cluster.start_head(cpus=1)
         cluster.add_worker(cpus=1)
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BKDBENCH_RESULTS", "RAY_AUTH_MODE")}
-        env.update(BKDBENCH_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-        out = subprocess.run([str(BKDBENCH), "run", "--suite", str(suite), "--address", cluster.address,
-                              "--storage", uri], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+        out = run_cli(["run", "--suite", suite, "--address", cluster.address, "--storage", uri], folder=tmp_path,
+                      env=cluster.driver_env(), timeout=400)
     finally:
         cluster.stop()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -14,8 +14,8 @@ import uuid
 import pytest
 
 from bkdbench.storage import Location, LocationError, pull, push
-from cluster_helpers import free_port
-from storage_helpers import check_suite_on_store
+from helpers.cluster import free_port
+from helpers.storage import check_suite_on_store
 
 
 @pytest.fixture(scope="module")

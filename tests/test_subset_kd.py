@@ -272,8 +272,7 @@ def test_a_suite_file_gives_its_own_grouping_and_weighting(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    torch.set_num_threads(1)
+def trained(tmp_path_factory, one_thread_for_module):
     results = tmp_path_factory.mktemp("subset-kd")
     result = CliRunner().invoke(app, ["train", "--dataset", "digits", "--imbalance", "10", "--method", "subset-kd",
                                       "--epochs", "3", "--results", str(results)])

@@ -6,7 +6,6 @@ fails the test if anything is taken from it."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import types
 from datetime import datetime, timezone
@@ -17,7 +16,8 @@ from typer.testing import CliRunner
 from bkdbench.cli import app
 from bkdbench.leaderboard.store import read_rows, write_row
 from bkdbench.specs.suites import load_suite, suite_names
-from suite_helpers import BKDBENCH, cli_env, snapshot, write_suite
+from helpers.cli import run_cli
+from helpers.files import assert_nothing_written, snapshot, tree, write_suite
 
 SHIPPED = {"digits-lt": 36, "cifar-lt": 144, "fashion-lt": 30}
 
@@ -50,10 +50,11 @@ def results(tmp_path):
     return root
 
 
-def run_bad(args, results, code=2):
+def run_bad(args, results, code=2, allow_empty_folders=False):
     """Run `bkdbench ARGS` in-process; expect exit ``code``, one line on stderr, no traceback, and
-    the existing results folder untouched. Returns that line."""
-    before = snapshot(results)
+    nothing written in the test's folder (the existing results folder beside the suite files and
+    data folders of the test). Returns that line."""
+    before = snapshot(results.parent)
     result = CliRunner().invoke(app, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == code, f"exit {result.exit_code}; output:\n{result.output}"
@@ -61,7 +62,7 @@ def run_bad(args, results, code=2):
     assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
     assert "Traceback" not in result.output
     assert result.stdout.strip() == "", f"nothing is printed before the error:\n{result.stdout}"
-    assert snapshot(results) == before, "bad input touched the existing results"
+    assert_nothing_written(before, results.parent, allow_empty_folders=allow_empty_folders)
     rows, bad = read_rows(results / "leaderboard")
     assert list(rows.run_id) == ["0123456789abcdef"] and bad == []
     return lines[0]
@@ -168,20 +169,22 @@ def test_missing_dataset_files(tmp_path, results, no_ray):
     empty = tmp_path / "empty"
     empty.mkdir()
     suite = write_suite(tmp_path / "cifar.yaml", **{**GOOD, "datasets": ["cifar10"]})
-    line = run_bad(["run", "--suite", str(suite), "--data-dir", str(empty), "--results", str(results)], results)
+    # `run` proves the results folder writable (making its empty teachers/ and experiments/) before
+    # it reads the data: no file may appear, in the results or in the data folder.
+    line = run_bad(["run", "--suite", str(suite), "--data-dir", str(empty), "--results", str(results)], results,
+                   allow_empty_folders=True)
     assert "bkdbench data download" in line
-    assert list(empty.iterdir()) == []
+    assert tree(empty) == []  # not even a folder in the data folder
 
 
 def test_bad_input_through_the_console_script(tmp_path, results):
     """The real process: exit status 2, one line on stderr, no traceback, no Ray started."""
     path = tmp_path / "bad.yaml"
     write_suite(path, **{**GOOD, "epoch": 3})
-    before = snapshot(results)
-    proc = subprocess.run([str(BKDBENCH), "run", "--suite", str(path), "--results", str(results)],
-                          capture_output=True, text=True, env=cli_env(), timeout=120)
+    before = snapshot(tmp_path)
+    proc = run_cli(["run", "--suite", path, "--results", results], timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and str(path) in lines[0] and "epoch" in lines[0], proc.stderr
     assert proc.stdout.strip() == ""
-    assert snapshot(results) == before
+    assert_nothing_written(before, tmp_path)

@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 
 from bkdbench.leaderboard.store import read_rows
-from suite_helpers import (
-    kill_group, kill_pids, processes_of_driver, ray_daemon_pids, row_files, run_cli, snapshot,
-    start_cli, suite_run_ids, wait_for, write_suite,
-)
+from helpers.cli import kill_group, run_logged, start_cli
+from helpers.files import assert_nothing_written, row_files, snapshot, suite_run_ids, write_suite
+from helpers.processes import kill_pids, processes_of_driver, ray_daemon_pids, wait_for, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +39,10 @@ def mini(tmp_path_factory):
                         seeds=1, epochs=3)
     results = tmp / "results"
     args = ["run", "--suite", str(suite), "--results", str(results)]
-    first = run_cli(args, tmp / "first.log")
+    first = run_logged(args, tmp / "first.log")
     before = snapshot(results)
-    second = run_cli(args, tmp / "second.log", timeout=120)
-    return dict(suite=suite, results=results, first=first, second=second, before=before,
-                after=snapshot(results))
+    second = run_logged(args, tmp / "second.log", timeout=120)
+    return dict(suite=suite, results=results, first=first, second=second, before=before)
 
 
 def test_mini_suite_then_nothing_to_do(mini):
@@ -72,9 +70,7 @@ def test_mini_suite_then_nothing_to_do(mini):
     assert "3 already in the leaderboard" in flat, out
     assert "0 to train" in flat, out
     assert "trained" not in flat, out
-    assert mini["after"].keys() == mini["before"].keys(), "the second invocation created or removed files"
-    changed = [name for name in mini["before"] if mini["after"][name] != mini["before"][name]]
-    assert changed == [], f"the second invocation rewrote {changed}"
+    assert_nothing_written(mini["before"], results)  # since the first invocation ended
 
 
 # --- 2. Ctrl-C, then --resume ------------------------------------------------------------------
@@ -86,8 +82,8 @@ def _interrupt(tmp_path, args, ready, *, timeout=150):
     log = tmp_path / "interrupted.log"
     proc = start_cli(args, log)
     try:
-        if not wait_for(lambda: ready() or proc.poll() is not None, timeout, every=0.05):
-            pytest.fail(f"the suite never reached the point to interrupt it; output:\n{log.read_text()}")
+        wait_for(lambda: ready() or proc.poll() is not None, timeout, every=0.05,
+                 what=lambda: f"the point to interrupt the suite; output:\n{log.read_text()}")
         if proc.poll() is not None:
             pytest.fail(f"the suite ended (exit {proc.returncode}) before it could be interrupted:\n{log.read_text()}")
         os.kill(proc.pid, signal.SIGINT)  # the driver only, like one Ctrl-C
@@ -135,8 +131,7 @@ def test_sigint_then_resume(tmp_path):
         assert "--resume" in out, out
 
         # No Ray process of the interrupted driver survives it (a few seconds to settle).
-        wait_for(lambda: not processes_of_driver(proc.pid, daemons_before), 20, every=0.25)
-        left = processes_of_driver(proc.pid, daemons_before)
+        left = wait_gone(lambda: processes_of_driver(proc.pid, daemons_before), 20)
         assert left == {}, f"Ray processes left behind by the interrupted driver: {left}"
 
         before = rows_of(results)
@@ -144,7 +139,7 @@ def test_sigint_then_resume(tmp_path):
         assert set(before.status) == {"finished"}
         finished_at = dict(zip(before.run_id, before.finished_at))
 
-        code, out = run_cli([*args, "--resume"], tmp_path / "resume.log", timeout=240)
+        code, out = run_logged([*args, "--resume"], tmp_path / "resume.log", timeout=240)
         assert code == 0, out
         rows = rows_of(results)
         assert sorted(rows.run_id) == sorted(expected), out  # every run exactly once
@@ -204,7 +199,7 @@ def test_sigint_in_student_stage_then_resume(tmp_path):
         kd_finished = rows_of(results).set_index("run_id").loc[kd, "finished_at"]
 
         # --max-failures 0: a crashing trial fails at once, not after two restarts.
-        code, out = run_cli([*args, "--resume", "--max-failures", "0"], tmp_path / "resume.log", timeout=180)
+        code, out = run_logged([*args, "--resume", "--max-failures", "0"], tmp_path / "resume.log", timeout=180)
         rows = rows_of(results).set_index("run_id")
         assert sorted(rows.index) == sorted([teacher, kd, bkd]), f"runs missing after --resume:\n{out}"
         assert set(rows.status) == {"finished"}, rows[["method", "status", "error"]]
@@ -231,9 +226,9 @@ def test_resume_with_narrower_filters_then_full_resume(tmp_path):
         proc, out, daemons_before = _interrupt(tmp_path, args, trials_started(results, [if10, if50]))
         if proc.returncode == 0 or row_files(results):
             pytest.fail(f"expected an interruption before any run finished:\n{out}")
-        sub_code, sub_out = run_cli([*args, "--resume", "--imbalance", "10"], tmp_path / "subset.log",
+        sub_code, sub_out = run_logged([*args, "--resume", "--imbalance", "10"], tmp_path / "subset.log",
                                     timeout=180)
-        code, out = run_cli([*args, "--resume"], tmp_path / "resume.log", timeout=180)
+        code, out = run_logged([*args, "--resume"], tmp_path / "resume.log", timeout=180)
         rows = rows_of(results)
         assert sorted(rows.run_id) == sorted([if10, if50]), f"runs never trained:\n{sub_out}\n{out}"
         assert set(rows.status) == {"finished"}
@@ -255,7 +250,7 @@ def test_nan_trial_fails_alone(tmp_path):
                         methods=["ce", {"method": "ldam", "params": {"s": 1.0e39}}], seeds=1, epochs=3)
     ce_id, ldam_id = suite_run_ids(suite)
     results = tmp_path / "results"
-    code, out = run_cli(["run", "--suite", str(suite), "--results", str(results)], tmp_path / "run.log")
+    code, out = run_logged(["run", "--suite", str(suite), "--results", str(results)], tmp_path / "run.log")
     assert code == 0, out  # the suite carries on
     rows = rows_of(results).set_index("run_id")
     assert sorted(rows.index) == sorted([ce_id, ldam_id]), out

@@ -2,15 +2,14 @@
 script in a subprocess), resume/extend, proof that a search trial never reads the test split, and
 the sweep id. ASHA pruning is in test_sweep_pruning.py, packed search trials in test_sweep_packed.py.
 
-Every Ray started here gets a private RAY_TMPDIR (see sweep_helpers.ray_tmpdir): its processes name
-that folder on their command line, so the tests find (and, if left behind, kill) exactly their own
-Ray processes by PID while other test runs use Ray on the same machine."""
+Every Ray started here gets a private RAY_TMPDIR (see helpers.ray_tmp): its processes name that
+folder on their command line, so the tests find (and, if left behind, kill) exactly their own Ray
+processes by PID while other test runs use Ray on the same machine."""
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import time
 from types import SimpleNamespace
 
@@ -26,8 +25,11 @@ from bkdbench.paths import leaderboard_dir
 from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
-from sweep_helpers import (BKDBENCH, POISON_N, assert_numbering, cleanup_ray_tmp, cli_app, cli_env, is_png,
-                           load_study, pgrep, ray_processes, ray_tmpdir, run_cli, sweep_ids, wait_gone, watched_search)
+from helpers.cli import cli_app, cli_env, run_cli, start_cli
+from helpers.files import is_png
+from helpers.processes import cleanup_ray_tmp, pids_matching, ray_processes, wait_gone
+from helpers.ray_tmp import ray_tmpdir
+from helpers.sweeps import POISON_N, assert_numbering, load_study, sweep_ids, watched_search
 
 # --------------------------------------------------------------------------------------------
 # 1. A tiny sweep, end to end through the console script
@@ -43,7 +45,7 @@ def tiny_sweep(tmp_path_factory):
     ray_tmp = ray_tmpdir()
     env = cli_env(ray_tmp)
     try:
-        proc = run_cli([*TINY, "--results", results], env, timeout=400)
+        proc = run_cli([*TINY, "--results", results], env=env, timeout=400)
         assert proc.returncode == 0, f"sweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         ids = sweep_ids(results)
         assert len(ids) == 1, ids
@@ -57,6 +59,7 @@ def tiny_sweep(tmp_path_factory):
         cleanup_ray_tmp(ray_tmp)
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end(tiny_sweep):
     results, sweep_id, folder = tiny_sweep.results, tiny_sweep.sweep_id, tiny_sweep.folder
 
@@ -108,6 +111,7 @@ def test_tiny_sweep_end_to_end(tiny_sweep):
         assert is_png(folder / name), name
 
 
+@pytest.mark.slow
 def test_sweep_report_reprints_the_sweep(tiny_sweep, monkeypatch):
     """`bkdbench sweep report ID` (in-process: the console script itself ran in the fixture)."""
     from typer.testing import CliRunner
@@ -115,7 +119,7 @@ def test_sweep_report_reprints_the_sweep(tiny_sweep, monkeypatch):
     for name in ("val-accuracy.png", "history.png", "importances.png"):
         (tiny_sweep.folder / name).unlink()
     monkeypatch.setenv("COLUMNS", "220")
-    result = CliRunner().invoke(cli_app(), ["sweep", "report", tiny_sweep.sweep_id, "--results", str(tiny_sweep.results)])
+    result = CliRunner().invoke(cli_app("sweep"), ["sweep", "report", tiny_sweep.sweep_id, "--results", str(tiny_sweep.results)])
     assert result.exit_code == 0, result.output
     out = " ".join(result.stdout.split())  # rich wraps titles to the table's width
     assert f"sweep {tiny_sweep.sweep_id}: top trials by balanced validation top-1" in out
@@ -142,18 +146,20 @@ def _sweep_args(results, trials):
             "--epochs", "4", "--final-seeds", "1", "--scheduler", "none", "--results", str(results)]
 
 
+@pytest.mark.slow
 def test_resume_continues_numbering(tmp_path):
     results = tmp_path / "results"
     ray_tmp = ray_tmpdir()
     env = cli_env(ray_tmp)
-    raylets_before = pgrep("raylet")
+    raylets_before = pids_matching("raylet")
+    out_log, err_log = tmp_path / "interrupted.out", tmp_path / "interrupted.err"
     driver = None
     try:
-        driver = subprocess.Popen([BKDBENCH, *_sweep_args(results, TARGET)], env=env, start_new_session=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        driver = start_cli(_sweep_args(results, TARGET), out_log, env=env, stderr=err_log)
         deadline = time.monotonic() + 240
         while True:  # wait until the study holds at least 2 trials, then Ctrl-C the driver
-            assert driver.poll() is None, f"the sweep ended before the interrupt: {driver.communicate()}"
+            assert driver.poll() is None, \
+                f"the sweep ended before the interrupt: {(out_log.read_text(), err_log.read_text())}"
             assert time.monotonic() < deadline, "the study never got 2 trials"
             ids = sweep_ids(results)
             if ids and (results / "sweeps" / ids[0] / "study.journal").is_file():
@@ -165,7 +171,8 @@ def test_resume_continues_numbering(tmp_path):
             time.sleep(0.2)
         sweep_id = ids[0]
         os.kill(driver.pid, signal.SIGINT)
-        out, err = driver.communicate(timeout=180)
+        driver.wait(timeout=180)
+        out, err = out_log.read_text(), err_log.read_text()
         assert driver.returncode == 130, (out[-2000:], err[-2000:])
         assert "--resume" in err
         left = wait_gone(lambda: ray_processes(ray_tmp, driver.pid))
@@ -182,13 +189,13 @@ def test_resume_continues_numbering(tmp_path):
         # console script's exit paths are exercised above and below).
         from typer.testing import CliRunner
 
-        again = CliRunner().invoke(cli_app(), _sweep_args(results, TARGET))
+        again = CliRunner().invoke(cli_app("sweep"), _sweep_args(results, TARGET))
         assert again.exit_code == 2, again.output
         again_out = " ".join(again.output.split())
         assert "--resume" in again_out and sweep_id in again_out and "already exists" in again_out
         assert len(load_study(results, sweep_id).trials) == len(interrupted)
 
-        resumed = run_cli([*_sweep_args(results, TARGET), "--resume"], env, timeout=400)
+        resumed = run_cli([*_sweep_args(results, TARGET), "--resume"], env=env, timeout=400)
         assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-3000:])
         study = load_study(results, sweep_id)
         assert counted_trials(study) == TARGET
@@ -205,7 +212,7 @@ def test_resume_continues_numbering(tmp_path):
         assert json.loads((results / "sweeps" / sweep_id / "sweep.json").read_text())["trials"] == TARGET
 
         # A finished sweep: more --trials with --resume extends it, numbering on.
-        extended = run_cli([*_sweep_args(results, TARGET + 1), "--resume"], env, timeout=400)
+        extended = run_cli([*_sweep_args(results, TARGET + 1), "--resume"], env=env, timeout=400)
         assert extended.returncode == 0, (extended.stdout[-3000:], extended.stderr[-3000:])
         grown = load_study(results, sweep_id)
         assert_numbering(grown)
@@ -226,7 +233,7 @@ def test_resume_continues_numbering(tmp_path):
         # session) is killed by PID; raylets of other test runs are not ours to touch.
         leftovers = cleanup_ray_tmp(ray_tmp, session)
     assert not leftovers, f"Ray processes left behind: {leftovers}"
-    assert not (pgrep("raylet") - raylets_before) & ray_processes(ray_tmp, session)
+    assert not (pids_matching("raylet") - raylets_before) & ray_processes(ray_tmp, session)
 
 
 def test_mark_interrupted_trials_fails_running_ones_and_numbering_goes_on(tmp_path):
@@ -247,9 +254,8 @@ def test_mark_interrupted_trials_fails_running_ones_and_numbering_goes_on(tmp_pa
 # 4. The objective never reads the test split
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("one_thread")  # the trial sets its thread count from the config
 def test_objective_never_reads_test_split(monkeypatch, tmp_path):
-    import torch
-
     import bkdbench.training.train as train_mod
     from bkdbench.data import load_longtail
     from ray import tune
@@ -258,12 +264,8 @@ def test_objective_never_reads_test_split(monkeypatch, tmp_path):
     w = watched_search(monkeypatch, train_mod, epochs)
     base, touched, predicted, scored, reports = w.base, w.touched, w.predicted, w.scored, w.reports
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    threads = torch.get_num_threads()
-    try:
-        sweep_mod.search_trial({"_cpus": 1, "alpha": 2.5, "temperature": 4.0}, base=base.canonical_json(),
-                               results=str(tmp_path))
-    finally:
-        torch.set_num_threads(threads)
+    sweep_mod.search_trial({"_cpus": 1, "alpha": 2.5, "temperature": 4.0}, base=base.canonical_json(),
+                           results=str(tmp_path))
 
     val_size = len(load_longtail("digits", 10).val_y)
     assert val_size != POISON_N
@@ -281,6 +283,7 @@ def test_objective_never_reads_test_split(monkeypatch, tmp_path):
     assert POISON_N in predicted
 
 
+@pytest.mark.usefixtures("one_thread")  # the trial sets its thread count from the config
 def test_search_trial_applies_the_sampled_parameters(monkeypatch, tmp_path):
     """The sampled values reach the method (validated, on top of the base spec's fixed ones)."""
     import bkdbench.training.train as train_mod
@@ -296,13 +299,7 @@ def test_search_trial_applies_the_sampled_parameters(monkeypatch, tmp_path):
     monkeypatch.setattr(train_mod, "build_method", build)
     monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: None)
     base = make_spec("digits", 10, "focal", epochs=1, params={"gamma": 1.0})
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        sweep_mod.search_trial({"_cpus": 1, "gamma": 3.25}, base=base.canonical_json(), results=str(tmp_path))
-    finally:
-        torch.set_num_threads(threads)
+    sweep_mod.search_trial({"_cpus": 1, "gamma": 3.25}, base=base.canonical_json(), results=str(tmp_path))
     assert seen and seen[0]["gamma"] == 3.25
 
 
@@ -321,7 +318,7 @@ def _sweep_id_of(monkeypatch, tmp_path, *args) -> str:
         raise Caught(sweep_id)
 
     monkeypatch.setattr(sweep_mod, "open_study", open_study)
-    result = CliRunner().invoke(cli_app(), ["sweep", *map(str, args), "--results", str(tmp_path / "results")])
+    result = CliRunner().invoke(cli_app("sweep"), ["sweep", *map(str, args), "--results", str(tmp_path / "results")])
     assert isinstance(result.exception, Caught), result.output
     return str(result.exception)
 

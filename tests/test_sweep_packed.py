@@ -15,7 +15,11 @@ from bkdbench.orchestrate.sweep import SweepConfig, space_hash
 from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
-from sweep_helpers import assert_numbering, cleanup_ray_tmp, cli_app, load_study, ray_tmpdir, watched_search
+from helpers.cli import cli_app
+from helpers.files import nothing_written
+from helpers.processes import cleanup_ray_tmp
+from helpers.ray_tmp import ray_tmpdir
+from helpers.sweeps import assert_numbering, load_study, watched_search
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,10 +53,9 @@ def test_packed_searcher_asks_k_configurations_and_tells_each_its_own_score(tmp_
     assert [t.params for t in study.trials] == [c for p in packs for c in p[PACK]]
 
 
+@pytest.mark.usefixtures("one_thread")  # the trial sets its thread count from the config
 def test_packed_objective_never_reads_test_split(monkeypatch, tmp_path):
     """A pack of search configurations: validation only, each configuration's score reported apart."""
-    import torch
-
     import bkdbench.training.packed as packed_mod
     from bkdbench.data import load_longtail
     from bkdbench.orchestrate.packed_sweep import EPOCHS, PACK, VALUES, search_pack_trial
@@ -61,11 +64,7 @@ def test_packed_objective_never_reads_test_split(monkeypatch, tmp_path):
     w = watched_search(monkeypatch, packed_mod, epochs)
     base, touched, predicted, scored, reports = w.base, w.touched, w.predicted, w.scored, w.reports
     pack = [{"alpha": 0.5, "temperature": 2.0}, {"alpha": 4.0, "temperature": 6.0}, {"alpha": 0.5, "temperature": 2.0}]
-    threads = torch.get_num_threads()
-    try:
-        search_pack_trial({"_cpus": 1, PACK: pack}, base=base.canonical_json(), results=str(tmp_path))
-    finally:
-        torch.set_num_threads(threads)
+    search_pack_trial({"_cpus": 1, PACK: pack}, base=base.canonical_json(), results=str(tmp_path))
 
     val_size = len(load_longtail("digits", 10).val_y)
     assert touched == [] and not any(k.startswith("test") for r in reports for k in r)
@@ -100,7 +99,7 @@ def test_packed_sweep_through_ray(tmp_path):
         mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
         try:
-            with ray_session(None, log_file=results / "ray.log"):
+            with ray_session(None, log_file=results / "ray.log"), nothing_written(results / "leaderboard"):
                 study = run_search(cfg, space, base, results, trials=3, concurrency=2, pack=2,
                                    on_event=lambda kind, key, metrics: events.append((kind, key, metrics.get("status"))))
         finally:
@@ -113,7 +112,6 @@ def test_packed_sweep_through_ray(tmp_path):
     assert len({t.params["gamma"] for t in study.trials}) == 3
     assert len([e for e in events if e[0] == "start"]) == 2  # two Ray trials ...
     assert sorted(e[2] for e in events if e[0] == "complete") == ["finished"] * 3  # ... three configurations
-    assert not (results / "leaderboard").exists() or not list((results / "leaderboard").glob("*.parquet"))
     assert not left, f"Ray processes left behind: {left}"
     with pytest.raises(ValueError, match="early stopping"):  # ASHA cannot stop one student of a pack
         run_search(replace(cfg, scheduler="asha"), space, base, results, trials=4, concurrency=1, pack=2)
@@ -126,8 +124,8 @@ def test_packed_sweep_through_ray(tmp_path):
 def test_bad_pack_options_exit_2_before_work(tmp_path, args, message):
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(cli_app(), ["sweep", "bkd", *args, "--results", str(tmp_path / "r")])
+    with nothing_written(tmp_path):
+        result = CliRunner().invoke(cli_app("sweep"), ["sweep", "bkd", *args, "--results", str(tmp_path / "r")])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output
-    assert not (tmp_path / "r" / "sweeps").exists()
 

@@ -15,7 +15,8 @@ from bkdbench.orchestrate.sweep import SweepConfig, grace_period, space_hash
 from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
-from sweep_helpers import cleanup_ray_tmp, ray_tmpdir
+from helpers.processes import cleanup_ray_tmp
+from helpers.ray_tmp import ray_tmpdir
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ def _optuna_trial_for(study, params):
     return matches[0]
 
 
+@pytest.mark.slow
 def test_asha_stops_trials_in_this_setting(ray_searches):
     asha = ray_searches["asha"]
     assert asha.error is None, asha.error
@@ -136,6 +138,7 @@ def test_asha_stops_trials_in_this_setting(ray_searches):
     assert not any(t.state == TrialState.RUNNING for t in asha.study.trials)
 
 
+@pytest.mark.slow
 def test_asha_stopped_trials_are_pruned_in_study_through_ray(ray_searches):
     asha = ray_searches["asha"]
     ray_trials = _ray_trials(asha.events)
@@ -150,6 +153,7 @@ def test_asha_stopped_trials_are_pruned_in_study_through_ray(ray_searches):
     assert counted_trials(asha.study) == 8
 
 
+@pytest.mark.slow
 def test_diverged_search_trial_is_fail_and_the_sweep_goes_on(ray_searches):
     diverge = ray_searches["diverge"]
     assert diverge.error is None, repr(diverge.error)[:500]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bkdbench.models import create_model
+from helpers.files import tree
 from bkdbench.specs import make_spec
 from bkdbench.training.teachers import (
     TeacherError,
@@ -38,7 +39,7 @@ def test_round_trip(tmp_path, spec, weights):
     assert load_teacher(tmp_path, spec) is None  # nothing cached yet
     path = save_teacher(tmp_path, spec, weights, METRICS)
     assert path == teacher_path(tmp_path, spec) and path.local == tmp_path / f"{spec.run_id}.pt"
-    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+    assert tree(tmp_path) == [path.name]  # no temp file beside it
     back = load_teacher(tmp_path, spec, num_classes=10)
     assert back.keys() == weights.keys()
     assert all(torch.equal(back[k], weights[k]) for k in weights)
@@ -108,18 +109,13 @@ def test_ensure_teacher_trains_once(tmp_path, spec, weights):
     assert all(torch.equal(first[k], second[k]) for k in weights)
 
 
+@pytest.mark.usefixtures("one_thread")  # tiny CPU runs
 def test_distilled_student_trains_from_an_ensured_teacher(tmp_path):
     from bkdbench.training.train import train
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny CPU runs (see test_train.py)
-    try:
-        student = make_spec("digits", 10, "kd", epochs=2)
-        teacher_state, trained_now = ensure_teacher(tmp_path, student.teacher,
-                                                    lambda s: train(s, device="cpu"))
-        assert trained_now
-        result = train(student, device="cpu", teacher_state=teacher_state)
-        assert len(result.history) == 2 and 0 <= result.metrics["top1"] <= 100
-        assert ensure_teacher(tmp_path, student.teacher, lambda s: pytest.fail("retrained"))[1] is False
-    finally:
-        torch.set_num_threads(threads)
+    student = make_spec("digits", 10, "kd", epochs=2)
+    teacher_state, trained_now = ensure_teacher(tmp_path, student.teacher, lambda s: train(s, device="cpu"))
+    assert trained_now
+    result = train(student, device="cpu", teacher_state=teacher_state)
+    assert len(result.history) == 2 and 0 <= result.metrics["top1"] <= 100
+    assert ensure_teacher(tmp_path, student.teacher, lambda s: pytest.fail("retrained"))[1] is False

@@ -15,6 +15,11 @@ from bkdbench.models import create_model
 from bkdbench.specs.recipes import RecipeError, get_recipe, recipe_names
 from bkdbench.specs import RunSpec, SpecError, make_spec
 from bkdbench.training.train import TrainingDiverged, load_checkpoint, save_checkpoint, train
+from helpers.files import tree
+
+# Tiny CPU models: one intra-op thread is as fast unloaded and ~8x faster when the 2 cores are shared
+# with other work (conftest).
+pytestmark = pytest.mark.usefixtures("one_thread_for_module")
 
 
 # ---------------------------------------------------------------- recipes
@@ -147,16 +152,6 @@ def test_nan_imbalance_is_a_spec_error():
 
 
 # ---------------------------------------------------------------- train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny CPU models: one intra-op thread is as fast unloaded and ~8x faster when the 2 cores are
-    shared with other work (a 15-epoch run took 64 s with 2 threads vs 8 s with 1 under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def independent_eval(spec, state_dict):
@@ -320,6 +315,6 @@ def test_checkpoint_round_trip_is_atomic(tmp_path):
     path = tmp_path / "a" / "ck.pt"
     state = {"model": {"w": torch.arange(3.0)}, "epoch": 4, "history": [{"epoch": 0, "lr": 0.1}]}
     save_checkpoint(state, path)
-    assert not path.with_suffix(".pt.tmp").exists()
+    assert tree(tmp_path) == ["a/", "a/ck.pt"]  # no temp file beside it
     back = load_checkpoint(path)
     assert torch.equal(back["model"]["w"], torch.arange(3.0)) and back["epoch"] == 4 and back["history"] == state["history"]

@@ -1,0 +1,62 @@
+"""Private Ray temp folders (``RAY_TMPDIR``): each one short, under /tmp (Ray's Unix socket paths
+must stay under ~107 bytes), removed when the test process exits if not before. Ray started with
+one keeps its session files apart from every other Ray on the machine, and each of its processes
+(gcs_server, raylet, workers) names the folder on its command line, so a test finds its own
+processes by PID.
+
+Every folder made here is remembered, with the Ray sessions found in it when it is removed
+(``remove``), so that conftest can tell whether a test not marked slow started Ray: a Ray session
+leaves a ``session_*`` folder in its temp folder (``sessions_in_folders_made_since``)."""
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+_MADE: list[str] = []
+_SESSIONS_OF_REMOVED: dict[str, list[str]] = {}
+
+
+def ray_tmpdir() -> str:
+    """A new, empty Ray temp folder of this test process, e.g. ``/tmp/bkdtab12cd34``."""
+    folder = tempfile.mkdtemp(prefix="bkdt", dir="/tmp")
+    _MADE.append(folder)
+    return folder
+
+
+def ray_sessions(folders) -> list[str]:
+    """The Ray session folders in these temp folders (``RAY_TMPDIR/ray/session_*``, and
+    ``FOLDER/session_*`` for a temp dir given to ray.init itself)."""
+    found = []
+    for folder in folders:
+        for pattern in ("session_*", "*/session_*"):
+            found += [str(p) for p in Path(folder).glob(pattern)]
+    return sorted(found)
+
+
+def remove(folder: str) -> None:
+    """Remove a Ray temp folder, remembering the Ray sessions that were in it."""
+    if folder in _MADE:
+        _SESSIONS_OF_REMOVED.setdefault(folder, []).extend(ray_sessions([folder]))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def made_count() -> int:
+    """How many folders ``ray_tmpdir`` has made so far."""
+    return len(_MADE)
+
+
+def sessions_in_folders_made_since(count: int) -> list[str]:
+    """The Ray sessions in (or, for a folder removed meanwhile, found at its removal in) the folders
+    made after the first ``count``."""
+    found = []
+    for folder in _MADE[count:]:
+        found += ray_sessions([folder]) + _SESSIONS_OF_REMOVED.get(folder, [])
+    return sorted(set(found))
+
+
+@atexit.register
+def _remove_all() -> None:
+    for folder in _MADE:
+        shutil.rmtree(folder, ignore_errors=True)
