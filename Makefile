@@ -17,6 +17,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/bkdbench run --suite digits-lt
+	# One static page of the suite (opens from disk); the command prints where it is.
+	$(BIN)/bkdbench report --suite digits-lt --out report/digits-lt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from bkdbench.leaderboard import store
+from helpers.files import tree
 
 
 def make_row(run_id, **overrides):
@@ -37,7 +38,7 @@ def make_row(run_id, **overrides):
 
 def test_schema_has_exactly_the_documented_columns():
     assert store.SCHEMA_VERSION == 1
-    assert len(store.COLUMNS) == 42  # the 38 of DESIGN.md plus the shot thresholds, `extra` and `data_key`
+    assert len(store.COLUMNS) == 43  # the 38 of DESIGN.md plus the shot thresholds, `extra`, `data_key` and `history`
     assert store.SCHEMA.field("many_threshold").type == pa.int64()
     assert store.SCHEMA.field("per_class_acc").type == pa.list_(pa.float64())
     assert store.SCHEMA.field("class_counts").type == pa.list_(pa.int64())
@@ -80,7 +81,7 @@ def test_other_readers_read_the_folder(tmp_path):
 def test_duckdb_reads_the_folder(tmp_path):
     duckdb = pytest.importorskip("duckdb")
     store.write_row(tmp_path, make_row("r1"))
-    count = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/*.parquet')").fetchone()[0]
+    count = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/*.parquet')").fetchall()[0][0]  # DuckDB 2 has no fetchone
     assert count == 1
 
 
@@ -150,8 +151,7 @@ def test_file_uri_root(tmp_path):
 
 def test_check_writable(tmp_path):
     store.check_writable(tmp_path / "new" / "leaderboard")
-    assert (tmp_path / "new" / "leaderboard").is_dir()
-    assert list((tmp_path / "new" / "leaderboard").iterdir()) == []  # the probe is removed
+    assert tree(tmp_path / "new") == ["leaderboard/"]  # made, and the probe in it removed
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(store.LeaderboardError, match="cannot write"):
@@ -185,6 +185,6 @@ def test_two_processes_writing_at_once(tmp_path):
     assert len(mine) == 100 and mine["run_id"].nunique() == 100
     assert sorted(frame.loc[frame["run_id"].str.startswith("shared-"), "run_id"]) == \
         [f"shared-{i}" for i in range(5)]
-    assert [name for name in os.listdir(root) if not name.endswith(".parquet")] == []
+    assert [name for name in tree(root) if not name.endswith(".parquet")] == []  # no temp file left
     assert all(math.isclose(v, int(r.split("-")[1])) for r, v in zip(mine["run_id"], mine["top1"]))
     assert pq.read_table(os.path.join(root, "p-7.parquet")).num_rows == 1

@@ -10,7 +10,7 @@ import typer
 
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import parse_imbalances
+from bkdbench.cli.options import TrackingOpt, parse_imbalances, parse_tracking, start_tracking
 
 
 def register(app: typer.Typer) -> None:
@@ -37,6 +37,7 @@ def ablate(
                              "checkpoints the whole pack."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
+    tracking: Optional[str] = TrackingOpt,
 ):
     """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
     from bkdbench.data import DataError, get_dataset
@@ -48,6 +49,7 @@ def ablate(
 
     if pack < 1:
         fail(f"--pack must be at least 1 (got {pack}); 1 trains every run in its own trial")
+    tracker = parse_tracking(tracking)
     try:
         settings = variants(method, parse_grid(grid or []), preset)
         specs = ablation_specs(method, settings, dataset, parse_imbalances(imbalance) or [], seeds, epochs, model, recipe,
@@ -61,6 +63,7 @@ def ablate(
         fail(str(exc))
     if not specs:
         fail("the ablation has no runs (no imbalance factors?)")
+    start_tracking(tracker)
 
     from bkdbench.orchestrate import prepare_ray_env
 

@@ -9,7 +9,7 @@ import typer
 
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import parse_imbalances
+from bkdbench.cli.options import TrackingOpt, parse_imbalances, parse_tracking, start_tracking
 
 SuiteOpt = typer.Option("digits-lt", "--suite", "-s", help="Suite name (see `bkdbench suites`) or a YAML file.")
 
@@ -50,6 +50,7 @@ def run(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Checkpoint every N epochs (default: every ~30 s of training)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
+    tracking: Optional[str] = TrackingOpt,
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
     from bkdbench.data import DataError, get_dataset
@@ -61,6 +62,7 @@ def run(
 
     if epochs is not None and epochs <= 0:
         fail(f"epochs must be > 0 (got {epochs})")
+    tracker = parse_tracking(tracking)
     try:
         s = load_suite(suite)
         specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=method, seeds=seeds, epochs=epochs,
@@ -75,6 +77,7 @@ def run(
     except (SuiteError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
+    start_tracking(tracker)
     from bkdbench.orchestrate import prepare_ray_env
 
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then

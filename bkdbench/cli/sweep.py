@@ -10,6 +10,7 @@ import typer
 
 from bkdbench.cli.console import console, fail
 from bkdbench.cli.live import LiveView
+from bkdbench.cli.options import parse_tracking, start_tracking
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +40,8 @@ def sweep(
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
+    tracking: Optional[str] = typer.Option(None, "--tracking", help="Mirror the teacher and final test runs to mlflow[:URI] "
+                                           "or wandb[:PROJECT] (search trials stay in the Optuna study)."),
 ):
     """Search a method's parameters with Optuna on Ray Tune (validation only), then test the best."""
     from bkdbench.paths import results_dir
@@ -60,6 +63,7 @@ def sweep(
     from bkdbench.specs.search_spaces import SpaceError, load_space
     from bkdbench.specs import SpecError, make_spec
 
+    tracker = parse_tracking(tracking)
     if pack < 1:
         fail(f"--pack must be at least 1 (got {pack}); 1 trains one configuration per trial")
     if pack > 1 and scheduler == "asha":
@@ -79,6 +83,7 @@ def sweep(
     except (SpaceError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
+    start_tracking(tracker)
     from bkdbench.orchestrate import prepare_ray_env
 
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then

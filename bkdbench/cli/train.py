@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import check_device as _check_device, console, fail, note
-from bkdbench.cli.options import DataDirOpt, ResultsOpt, method_params
+from bkdbench.cli.options import DataDirOpt, ResultsOpt, TrackingOpt, method_params, parse_tracking, start_tracking
 
 
 def register(app: typer.Typer) -> None:
@@ -41,6 +41,7 @@ def train(
     image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="imagefolder: resize every image to N×N (needed when sizes differ)."),
     data_dir: Optional[Path] = DataDirOpt,
     results: Optional[str] = ResultsOpt,  # a str: Path would mangle a URI
+    tracking: Optional[str] = TrackingOpt,
 ):
     """Train one run (no Ray): its teacher first if it needs one, then the run; record both."""
     from bkdbench.data import DataError, dataset_info
@@ -50,6 +51,7 @@ def train(
 
     from bkdbench.methods.params import parse_assignments
 
+    tracker = parse_tracking(tracking)
     params = method_params(alpha=alpha, temperature=temperature, beta=beta, gamma=gamma, max_m=max_m, s=s,
                            tau=tau, cb_start=cb_start)
     try:
@@ -73,6 +75,7 @@ def train(
     except (SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
+    start_tracking(tracker)
     if threads:
         import torch
 
@@ -93,11 +96,11 @@ def train(
         for teacher in spec.prerequisites:  # a teacher's own teacher first (SSD-LT: stage I, then stage II)
             if load_teacher(teachers_dir(root), teacher) is None:
                 console.print(f"training the {role} first: [bold]{teacher.label()}[/] ({teacher.run_id})")
-                result = _run_with_progress(teacher, root, data_dir, device, bf16, compile)
+                result = _run_with_progress(teacher, root, data_dir, device, bf16, compile, tracker)
                 _print_metrics(teacher, result.to_row())
             else:
                 console.print(f"reusing the cached {role} {teacher.run_id} ({teacher.label()})")
-        result = _run_with_progress(spec, root, data_dir, device, bf16, compile)
+        result = _run_with_progress(spec, root, data_dir, device, bf16, compile, tracker)
     except (TeacherError, DataError) as exc:
         fail(str(exc))
     except TrainingDiverged as exc:
@@ -105,7 +108,7 @@ def train(
     _print_metrics(spec, result.to_row())
 
 
-def _run_with_progress(spec, root, data_dir, device, bf16, compile=False):
+def _run_with_progress(spec, root, data_dir, device, bf16, compile=False, tracking=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from bkdbench.orchestrate.execute import run_and_record
@@ -121,7 +124,8 @@ def _run_with_progress(spec, root, data_dir, device, bf16, compile=False):
                 info += f"  val {metrics['val_top1']:.1f}%"
             progress.update(task, advance=1, info=info)
 
-        return run_and_record(spec, root, report=report, data_dir=data_dir, device=device, bf16=bf16, compile=compile)
+        return run_and_record(spec, root, report=report, data_dir=data_dir, device=device, bf16=bf16, compile=compile,
+                              tracking=tracking)
 
 
 def _print_metrics(spec, row: dict) -> None:

@@ -23,6 +23,9 @@ Units:
   tables show them as ``imagefolder@<first 8 hex digits>``); null for built-in datasets.
 - ``params`` and ``recipe``: canonical JSON (sorted keys, no spaces) of the method parameters
   and of the training recipe.
+- ``history``: JSON list, one object per trained epoch (``epoch``, ``lr``, ``train_loss``,
+  ``seconds``, ``images``, and ``val_top1``/``test_top1`` on the epochs that evaluated). Added
+  after the first rows were written: a row stored without it reads back with a null history.
 """
 from __future__ import annotations
 
@@ -86,6 +89,8 @@ SCHEMA = pa.schema([
     pa.field("torch_version", pa.string()),
     pa.field("started_at", _UTC_US),
     pa.field("finished_at", _UTC_US),
+    # Added later (nullable, last, so schema_version stays 1): older files read back with null here.
+    pa.field("history", pa.string()),
 ])
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 STATUSES = ("finished", "failed")
@@ -155,6 +160,7 @@ def _row_table(row: dict) -> pa.Table:
         full["schema_version"] = SCHEMA_VERSION
     full["params"] = _canonical_json(full["params"])
     full["recipe"] = _canonical_json(full["recipe"])
+    full["history"] = _canonical_json(full["history"])
     full["started_at"] = _utc(full["started_at"])
     full["finished_at"] = _utc(full["finished_at"])
     for name in ("per_class_acc", "class_counts"):

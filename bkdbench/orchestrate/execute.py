@@ -17,11 +17,18 @@ from ..specs import RunSpec, spec_columns
 from ..storage import Location
 from ..training.teachers import TeacherError, check_teacher_fits, load_teacher, save_teacher
 from ..training.train import RunResult, Report, TrainingDiverged, train
+from .tracking import RunTracker, Tracking, tensorboard_dir
 
 
 def failed_row(spec: RunSpec, error: str, **tags) -> dict:
     now = datetime.now(timezone.utc)
     return {**spec_columns(spec), "status": "failed", "error": error, "finished_at": now, **provenance(), **tags}
+
+
+def result_row(result: RunResult, **tags) -> dict:
+    """A finished run's leaderboard row, its per-epoch history included (what the report's training
+    curves and the trackers read)."""
+    return {**result.to_row(**tags), "history": result.history}
 
 
 def teacher_state_for(spec: RunSpec, results: "Location | str"):
@@ -53,18 +60,25 @@ def run_and_record(
     device: Optional[str] = None,
     bf16: bool = False,
     compile: bool = False,
+    tracking: Optional[Tracking] = None,
 ) -> RunResult:
     """Train ``spec`` and write its leaderboard row (a failed row, then re-raise, if it diverges).
-    CE runs double as teachers, so their weights are cached by run id."""
+    CE runs double as teachers, so their weights are cached by run id. Each epoch and the final row
+    are mirrored to TensorBoard and to ``tracking`` (MLflow or W&B) when given."""
     tags = tags or {}
     teacher_state = teacher_state_for(spec, results)
+    tracker = RunTracker(spec, tags, tracking, tensorboard_dir(results, tags), resumed=checkpoint is not None)
     try:
-        result = train(spec, report=report, data_dir=data_dir, device=device, teacher_state=teacher_state,
-                       checkpoint=checkpoint, bf16=bf16, compile=compile)
+        result = train(spec, report=tracker.wrap(report), data_dir=data_dir, device=device,
+                       teacher_state=teacher_state, checkpoint=checkpoint, bf16=bf16, compile=compile)
     except TrainingDiverged as exc:
-        write_row(leaderboard_dir(results), failed_row(spec, str(exc), **tags))
+        row = failed_row(spec, str(exc), **tags)
+        write_row(leaderboard_dir(results), row)
+        tracker.finish(row, status="failed")
         raise
     if spec.method in teacher_methods():  # CE (and Balanced Softmax) runs double as teachers
         save_teacher(teachers_dir(results), spec, result.state_dict, result.metrics)
-    write_row(leaderboard_dir(results), result.to_row(**tags))
+    row = result_row(result, **tags)
+    write_row(leaderboard_dir(results), row)
+    tracker.finish(row)
     return result

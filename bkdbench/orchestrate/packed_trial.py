@@ -48,7 +48,8 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
     from ..paths import leaderboard_dir, teachers_dir
     from ..training.teachers import TeacherError, save_teacher
     from ..training.train import default_device
-    from .execute import failed_row, teacher_state_for
+    from .execute import failed_row, result_row, teacher_state_for
+    from .tracking import RunTracker, Tracking, tensorboard_dir
 
     board = leaderboard_dir(root)
     status = {s.run_id: "skipped" for s in specs}  # finished meanwhile (e.g. by a restored trial)
@@ -77,7 +78,13 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
             for result in trained:
                 if result.spec.method in teacher_methods():  # runs that double as teachers, as in run_and_record
                     save_teacher(teachers_dir(root), result.spec, result.state_dict, result.metrics)
-                write_row(board, result.to_row(**tags_of(result.spec)))
+                row = result_row(result, **tags_of(result.spec))
+                write_row(board, row)
+                # A pack's epochs are mirrored once the pack has trained (its report is the pack's, not a run's).
+                tracker = RunTracker(result.spec, tags_of(result.spec), Tracking.from_env(),
+                                     tensorboard_dir(root, tags_of(result.spec)))
+                tracker.replay(result.history)
+                tracker.finish(row)
                 status[result.spec.run_id] = "finished"
             todo = []
     except TeacherError as exc:  # the teacher failed or is missing: record, do not retry

@@ -31,6 +31,10 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
                   configure_logging=True, ignore_reinit_error=True)
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
+    from .tracking import ENV
+
+    if os.environ.get(ENV):  # the --tracking choice reaches trials on every node
+        kwargs["runtime_env"] = {"env_vars": {ENV: os.environ[ENV]}}
     # "local": always a private instance. Plain None would join any cluster `ray start` left
     # recorded in /tmp/ray (even a dead one, and then hang); joining is what --address is for.
     ray.init(address=address or "local", **kwargs)

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
-from .study import METRIC  # noqa: E402
+from .study import METRIC, open_study  # noqa: E402
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
@@ -87,3 +87,36 @@ class _quiet_experimental:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+def sweep_section(root, record: dict, folder: Path):
+    """A sweep as a section of ``bkdbench report``: its best trials (validation only), the plots of
+    ``plot_sweep`` (objective per trial over the first two parameters, e.g. α × T; history;
+    parameter importances) written into ``folder``."""
+    from ..leaderboard.report import Figure, Section, Table
+    from ..storage import Location
+    from .sweep import sweep_dir
+
+    sweep_id = record["sweep_id"]
+    study = open_study(sweep_id, sweep_dir(Location(root), sweep_id), record.get("optuna_storage"))
+    rows = trial_rows(study)
+    params = list(record["best_params"])
+    ranked = sorted(rows, key=lambda r: (r[METRIC] is None, -(r[METRIC] or 0)))
+    shown = lambda v: "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    counts = {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})}
+    config = record["config"]
+    section = Section(f"Sweep {sweep_id}", notes=[
+        f"{config['method']} on {config['dataset']} at IF {config['imbalance']:g}: {len(rows)} trials "
+        f"({', '.join(f'{n} {s.lower()}' for s, n in counts.items())}), sampler "
+        f"{config['sampler']}, scheduler {config['scheduler']}. The objective is balanced validation top-1; the "
+        f"best configuration ({', '.join(f'{k}={shown(v)}' for k, v in record['best_params'].items())}) and the "
+        "defaults were then re-run with several seeds and tested: they are the rows of the leaderboard above."])
+    section.tables.append(Table("Best trials by balanced validation top-1", ["trial", *params, "val top-1 %", "state"],
+                                [[str(r["number"]), *(shown(r.get(p)) for p in params), shown(r[METRIC]), r["state"]]
+                                 for r in ranked[:10]],
+                                "a pruned trial shows its last validation value, at the epoch early stopping stopped it"))
+    titles = {"val-accuracy.png": "validation accuracy per trial over the first two parameters (★ best)",
+              "history.png": "objective over trials", "importances.png": "parameter importances (Optuna)"}
+    for path in plot_sweep(study, folder):
+        section.figures.append(Figure(path, titles.get(path.name, path.stem)))
+    return section

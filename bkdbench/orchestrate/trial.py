@@ -84,6 +84,7 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
     from ..training.teachers import TeacherError
     from ..training.train import TrainingDiverged
     from .execute import failed_row, run_and_record
+    from .tracking import Tracking
 
     run_id = config["run_id"]
     if run_id not in specs:  # a restored trial of a run this invocation does not ask for (other filters)
@@ -102,7 +103,7 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
     report = checkpointing_report(spec.epochs, checkpoint_every)
     try:
         result = run_and_record(spec, root, report=report, tags=tags, checkpoint=state,
-                                data_dir=Path(data_dir) if data_dir else None)
+                                data_dir=Path(data_dir) if data_dir else None, tracking=Tracking.from_env())
         final = {"status": "finished", "top1": result.metrics.get("top1"), "val_top1": result.metrics.get("val_top1")}
     except TrainingDiverged as exc:  # already recorded as failed by run_and_record
         final = {"status": "failed", "error": str(exc)}
