@@ -17,5 +17,35 @@ for group in (data, train, run, sweep, ablate, results, report, bench):  # the o
     group.register(app)
 
 
+def versions() -> str:
+    """bkdbench's version and commit, and the torch and Ray installed, read without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bkdbench import __version__
+    from bkdbench.provenance import git_sha
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"bkdbench {__version__} (commit {git_sha() or 'unknown: not a git checkout'})\n"
+            f"torch {installed('torch')}, torchvision {installed('torchvision')}, ray {installed('ray')}, "
+            f"optuna {installed('optuna')}")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(versions())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Show bkdbench's version and commit, torch's and Ray's, and exit.")) -> None:
+    """Benchmarks and hyperparameter search for long-tailed image classification (BKD and baselines)."""
+
+
 def main() -> None:
     app()
