@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import pickle
 import uuid
@@ -16,40 +15,22 @@ import pytest
 from bkdbench.storage import Location, LocationError, mirror, pull, push
 from helpers.cli import kill_group, run_cli, start_cli
 from helpers.cluster import Cluster, free_port
+from helpers.s3_server import S3_ENV
 from helpers.files import write_suite
 from helpers.processes import kill_pids, processes_of_driver, ray_daemon_pids, wait_for
 from helpers.storage import check_suite_on_store
 
 BUCKET = "bkd-results"
-# Dummy credentials, no instance-metadata lookups, no region lookups: nothing leaves this machine.
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-          "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 @pytest.fixture(scope="module")
 def s3():
     """An S3 endpoint (moto's threaded server) with one bucket; yields a URI factory for prefixes."""
-    moto_server = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log on the test output
-    saved = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    query = f"endpoint_override=127.0.0.1:{port}&scheme=http"
-    try:
-        import pyarrow.fs as pafs
+    pytest.importorskip("moto.server")
+    from helpers.s3_server import s3_endpoint
 
-        fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}?{query}&allow_bucket_creation=true")
-        fs.create_dir(BUCKET)
-        yield lambda prefix: f"s3://{BUCKET}/{prefix}?{query}"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with s3_endpoint(BUCKET) as endpoint:
+        yield endpoint.uri
 
 
 # --- Location --------------------------------------------------------------------------------

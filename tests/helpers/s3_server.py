@@ -1,5 +1,5 @@
-"""moto's S3 server on this machine with one bucket (no internet, dummy credentials), as in
-tests/test_storage.py: ``s3_endpoint()`` yields the endpoint's details for URIs and for readers that
+"""moto's S3 server on this machine with one bucket (no internet, dummy credentials), for every
+object-storage test: ``s3_endpoint()`` yields the endpoint's details for URIs and for readers that
 speak S3 themselves (polars)."""
 from __future__ import annotations
 
