@@ -40,6 +40,7 @@ def test_the_wheel_carries_every_search_space_and_suite(installed_wheel):
     assert sorted(n.split("/")[-1] for n in names if n.startswith("bkdbench/search_spaces/")) == spaces
     assert sorted(n.split("/")[-1] for n in names if n.startswith("bkdbench/suites/")) == suites
     assert not any(n.startswith(("tests/", "search_spaces/")) for n in names)
+    assert "bkdbench/leaderboard/templates/report.html.j2" in names
 
 
 def test_a_sweep_runs_from_the_installed_wheel(installed_wheel, tmp_path):
