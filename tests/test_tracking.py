@@ -150,3 +150,28 @@ def test_suite_through_ray_mirrors_every_trial_to_mlflow(tmp_path):
     boards = list((tmp_path / "results" / "experiments" / "tensorboard" / "track-lt").iterdir())
     assert sorted(b.name.rsplit("-", 1)[1] for b in boards) == sorted(rows["run_id"])
     assert all(tensorboard_scalars(b)["train_loss"] for b in boards)
+
+
+def test_sweep_search_trials_are_mirrored_too(tmp_path, monkeypatch):
+    """A search trial (in process, its teacher a fresh model, tune.report captured) logs its epochs to
+    MLflow under the sweep's experiment, tagged as a search trial, with its validation top-1."""
+    import bkdbench.training.train as train_mod
+    from mlflow import MlflowClient
+
+    from bkdbench.orchestrate.sweep import search_trial
+    from bkdbench.orchestrate.tracking import ENV, Tracking
+    from helpers.sweeps import watched_search
+
+    watch = watched_search(monkeypatch, train_mod, epochs=2)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv(ENV, Tracking(kind="mlflow", target=uri).encode())
+    search_trial({"alpha": 0.5, "temperature": 3.0}, base=watch.base.canonical_json(), results=str(tmp_path / "r"),
+                 sweep_id="bkd-digits-if10-test")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("bkdbench/bkd-digits-if10-test")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["param.temperature"] == "3.0"
+    assert any(k.endswith("sweep_role") and v == "search" for k, v in run.data.tags.items()), run.data.tags
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert run.data.metrics["final/val_top1"] == pytest.approx(watch.reports[-1]["val_top1"])
+    assert not watch.touched  # still never the test split

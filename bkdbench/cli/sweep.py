@@ -40,8 +40,8 @@ def sweep(
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
-    tracking: Optional[str] = typer.Option(None, "--tracking", help="Mirror the teacher and final test runs to mlflow[:URI] "
-                                           "or wandb[:PROJECT] (search trials stay in the Optuna study)."),
+    tracking: Optional[str] = typer.Option(None, "--tracking", help="Mirror the teacher, the search trials (not packed "
+                                           "ones) and the final test runs to mlflow[:URI] or wandb[:PROJECT]."),
 ):
     """Search a method's parameters with Optuna on Ray Tune (validation only), then test the best."""
     from bkdbench.paths import results_dir

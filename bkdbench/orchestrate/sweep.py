@@ -71,13 +71,15 @@ def sweep_dir(results: "Location | str", sweep_id: str) -> Location:
     return Location(results) / "sweeps" / sweep_id
 
 
-def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[str] = None) -> None:
+def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[str] = None,
+                 sweep_id: Optional[str] = None) -> None:
     """One search trial: the base spec with the sampled parameters, validation only."""
     import torch
 
     from ..methods import validate_params
     from ..training.train import TrainingDiverged, train  # noqa: F401  (TrainingDiverged propagates: FAIL)
     from .execute import teacher_state_for
+    from .tracking import RunTracker, Tracking, tensorboard_dir
 
     torch.set_num_threads(max(1, int(config.get("_cpus", 1))))
     spec = RunSpec.model_validate_json(base)
@@ -90,11 +92,17 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
             out[FINISHED] = True  # part of the last epoch's report: ASHA stops trials at max_t
         tune.report(out)
 
+    # Mirrored like every run (TensorBoard, --tracking), tagged as a search trial of its sweep; a trial
+    # that ASHA stops is killed with its tracker run still open.
+    tags = {"sweep_id": sweep_id, "sweep_role": "search"} if sweep_id else {"sweep_role": "search"}
+    tracker = RunTracker(spec, tags, Tracking.from_env(), tensorboard_dir(results, tags))
     try:
-        train(spec, report=report, evaluate_test=False, teacher_state=teacher_state_for(spec, results),
-              data_dir=Path(data_dir) if data_dir else None)
-    except TrainingDiverged:
-        raise  # the trial errors: Optuna records FAIL (a report without the metric would stop Tune)
+        result = train(spec, report=tracker.wrap(report), evaluate_test=False,
+                       teacher_state=teacher_state_for(spec, results), data_dir=Path(data_dir) if data_dir else None)
+    except TrainingDiverged as exc:
+        tracker.finish(None, status="failed")
+        raise exc  # the trial errors: Optuna records FAIL (a report without the metric would stop Tune)
+    tracker.finish({"val_top1": result.metrics.get("val_top1"), "train_seconds": result.train_seconds})
 
 
 def grace_period(spec: RunSpec) -> int:
@@ -135,7 +143,8 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
                                   grace_period=grace_period(base), reduction_factor=3)
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, base=base.canonical_json(), results=str(Location(results)),
-                             data_dir=str(data_dir) if data_dir else None),
+                             data_dir=str(data_dir) if data_dir else None,
+                             **({} if packed else {"sweep_id": cfg.sweep_id})),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
     )
     set_listener(events)
