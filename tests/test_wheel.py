@@ -2,15 +2,15 @@
 search_spaces/) and suites travel inside it, and a 2-trial sweep runs from it, away from the checkout."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from helpers.cli import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -45,9 +45,8 @@ def test_the_wheel_carries_every_search_space_and_suite(installed_wheel):
 
 def test_a_sweep_runs_from_the_installed_wheel(installed_wheel, tmp_path):
     _, target = installed_wheel
-    ray_tmp = tempfile.mkdtemp(prefix="bkw", dir="/tmp")  # short: Ray's socket paths
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BKDBENCH_RESULTS")}
-    env.update(PYTHONPATH=str(target), RAY_TMPDIR=ray_tmp, BKDBENCH_CACHE=str(tmp_path / "cache"), COLUMNS="200")
+    env = cli_env(PYTHONPATH=target, BKDBENCH_CACHE=tmp_path / "cache")
+    ray_tmp = env["RAY_TMPDIR"]
 
     def bkdbench(*args, timeout=400):
         return subprocess.run([sys.executable, "-m", "bkdbench", *args], cwd=tmp_path, env=env, capture_output=True,
