@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from bkdbench.data.augment import crop_boxes, moco_v2_view
 from bkdbench.methods import build
-from bkdbench.methods.ssd_lt import KeyBranch, ScaledLogits, label_masked_contrastive
+from bkdbench.methods.decoupled import ScaledLinear
+from bkdbench.methods.ssd_lt import KeyBranch, label_masked_contrastive
 from bkdbench.models import create_model
 from bkdbench.specs import make_spec
 
@@ -107,9 +108,9 @@ def test_stage2_scales_the_classifier_output_bias_included():
     with torch.no_grad():
         linear.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, -1.0, 1.0]]))
         linear.bias.copy_(torch.tensor([0.5, -1.0]))
-    scaled = ScaledLogits(linear)
+    scaled = ScaledLinear(linear, scale_bias=True)
     with torch.no_grad():
-        scaled.scales.copy_(torch.tensor([2.0, 3.0]))
+        scaled.scale.copy_(torch.tensor([2.0, 3.0]))
     x = torch.tensor([[1.0, 1.0, 1.0]])
     assert torch.allclose(scaled(x), torch.tensor([[(3.0 + 0.5) * 2, (0.0 - 1.0) * 3]]))
 
@@ -121,7 +122,7 @@ def test_stage2_trains_only_the_scales_and_reestimates_batchnorm():
     model = create_model("cnn-small", 10, 1)
     method = build("ssd-lt-stage2", [50] * 10)
     (scales,) = method.prepare(model, state)
-    assert scales is model.fc.scales and [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.scales"]
+    assert scales is model.fc.scale and [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.scale"]
     method.set_train_mode(model)
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = bn.running_mean.clone()

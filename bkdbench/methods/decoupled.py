@@ -71,14 +71,17 @@ class ClassifierRetraining(_Decoupled):
 
 
 class ScaledLinear(nn.Module):
-    """A frozen linear classifier whose class vectors are scaled by learnable f_j (LWS)."""
+    """A frozen linear classifier whose class vectors are scaled by learnable f_j: z_j = f_j·w_jᵀx + b_j
+    (LWS as here), or with ``scale_bias`` the whole output z_j = f_j·(w_jᵀx + b_j) (SSD-LT's stage II)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, scale_bias: bool = False):
         super().__init__()
-        self.linear = linear
+        self.linear, self.scale_bias = linear, scale_bias
         self.scale = nn.Parameter(torch.ones(linear.out_features, device=linear.weight.device))
 
     def forward(self, x):
+        if self.scale_bias:
+            return self.linear(x) * self.scale
         return F.linear(x, self.linear.weight * self.scale[:, None], self.linear.bias)
 
 

@@ -44,6 +44,7 @@ from pydantic import Field
 from torch import nn
 
 from bkdbench.data.augment import moco_v2_view
+from bkdbench.methods.decoupled import ScaledLinear
 from bkdbench.methods.params import MethodParams, Temperature
 from bkdbench.methods.registry import Method, MethodError, float_logits, register
 
@@ -180,18 +181,6 @@ class Stage2Params(MethodParams):
     stage2_fraction: float = Field(0.1, gt=0, le=1, description="stage-2 epochs as a fraction of stage I's")
 
 
-class ScaledLogits(nn.Module):
-    """A frozen linear classifier whose outputs (bias included) are scaled by learnable s_j."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.linear = linear
-        self.scales = nn.Parameter(torch.ones(linear.out_features, device=linear.weight.device))
-
-    def forward(self, x):
-        return self.linear(x) * self.scales
-
-
 @register("ssd-lt-stage2")
 class SSDStage2(Method):
     """SSD-LT stage II: per-class scales on stage I's frozen classifier, class-balanced sampling."""
@@ -209,11 +198,11 @@ class SSDStage2(Method):
         model.load_state_dict({k: v for k, v in stage1_state.items() if not k.startswith(ATTACHED)})
         model.requires_grad_(False)
         self.restructure(model)
-        return [model.fc.scales]
+        return [model.fc.scale]
 
     @classmethod
     def restructure(cls, model: nn.Module) -> None:
-        model.fc = ScaledLogits(model.fc)
+        model.fc = ScaledLinear(model.fc, scale_bias=True)  # the authors scale the output, bias included
 
 
 # ---------------------------------------------------------------- stage III
