@@ -213,10 +213,19 @@ class Location:
             fs.delete_file(path)
 
     def check_writable(self) -> None:
-        """Create the folder if needed and prove a file can be written and removed there."""
-        probe = self / f".bkdbench-write-check-{uuid.uuid4().hex}"
+        """Prove a file can be written and removed here, creating nothing: a local folder that does not
+        exist yet is checked at its nearest existing parent (where it would be created), so a command
+        refused later for another reason leaves no empty folder behind."""
+        where = self
+        if self.is_local:
+            existing = self.local
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise LocationError(f"cannot write to {self}: {existing} is a file, not a folder")
+            where = Location(existing)
+        probe = where / f".bkdbench-write-check-{uuid.uuid4().hex}"
         try:
-            self.make_dir()
             probe.write_bytes(b"ok")
             probe.delete()
         except OSError as exc:

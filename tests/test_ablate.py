@@ -38,6 +38,24 @@ def test_factorial_grid_and_presets():
         variants("bkd", {}, None)
 
 
+def test_components_preset_switches_the_schedule_each_dataset_does_not_use():
+    """BKD's cb_start default is 0 on CIFAR-100 and 0.8 on CIFAR-10/digits (protocol.md): the preset's
+    schedule variant is 0.8 (deferred, epoch 160 of 200) on CIFAR-100 and 0 (from the start) elsewhere,
+    so on no dataset does it repeat the default variant."""
+    settings = variants("bkd", {}, "components")
+    specs = ablation_specs("bkd", settings, ["cifar100", "cifar10", "digits"], [100.0], seeds=1, epochs=2)
+    assert len(specs) == 3 * len(settings)
+    by_dataset = {d: [s for s in specs if s.dataset == d] for d in ("cifar100", "cifar10", "digits")}
+    expected = {"cifar100": (0.0, 0.8), "cifar10": (0.8, 0.0), "digits": (0.8, 0.0)}
+    for dataset, (default, switched) in expected.items():
+        runs = by_dataset[dataset]
+        assert runs[0].params["cb_start"] == default and runs[-1].params["cb_start"] == switched, dataset
+        assert len({s.run_id for s in runs}) == len(settings), f"{dataset}: a variant repeats another"
+    # an explicit value is kept as given
+    fixed = ablation_specs("bkd", [{"cb_start": 0.0}], ["cifar100"], [100.0], seeds=1, epochs=2)
+    assert fixed[0].params["cb_start"] == 0.0
+
+
 def test_expansion_counts_and_stable_id():
     settings = variants("bkd", {"alpha": [0.5, 1.0]}, None)
     specs = ablation_specs("bkd", settings, ["digits"], [10.0, 50.0], seeds=3, epochs=2)

@@ -28,8 +28,8 @@ CASES = [  # (dataset, IF, published training-set size)
 
 def _layout(name):
     if name == "cifar10":
-        return "cifar-10-batches-py", CIFAR10_TRAIN_FILES, ["test_batch"], b"labels", 10, 5000, 1000, 200
-    return "cifar-100-python", ["train"], ["test"], b"fine_labels", 100, 500, 100, 50
+        return "cifar-10-batches-py", CIFAR10_TRAIN_FILES, ["test_batch"], b"labels", 10, 5000, 1000, 20
+    return "cifar-100-python", ["train"], ["test"], b"fine_labels", 100, 500, 100, 20
 
 
 # ---------------------------------------------------------------- long-tailed CIFAR on full-size files
@@ -43,7 +43,9 @@ def test_longtail_cifar_sizes_and_images(cifar_root, name, imbalance, size, refe
     counts = reference_counts(n_max, classes, imbalance)
     kept, rest = reference_longtail(train_labels, counts, 0)
 
-    data = load_longtail(name, imbalance, data_dir=cifar_root)
+    # the reference split: the published training set, index-identical (the default every-class split,
+    # which moves the head's shortfall to validation, is tested in test_validation_split.py)
+    data = load_longtail(name, imbalance, data_dir=cifar_root, split="reference")
 
     # training set: the published size, the profile's counts, exactly the reference's images in order
     assert len(data.train_y) == len(data.train_x) == size
@@ -77,10 +79,10 @@ def test_longtail_cifar_sizes_and_images(cifar_root, name, imbalance, size, refe
 
 def test_data_seed_changes_cifar_subset(cifar_root, reference_longtail, reference_counts):
     labels = read_labels(cifar_root / "cifar-10-batches-py", CIFAR10_TRAIN_FILES, b"labels")
-    data = load_longtail("cifar10", 100, data_seed=3, data_dir=cifar_root)
+    data = load_longtail("cifar10", 100, data_seed=3, data_dir=cifar_root, split="reference")
     kept, _ = reference_longtail(labels, reference_counts(5000, 10, 100), 3)
     np.testing.assert_array_equal(image_ids(data.train_x)[1], kept)
-    seed0 = image_ids(load_longtail("cifar10", 100, data_seed=0, data_dir=cifar_root).train_x)[1]
+    seed0 = image_ids(load_longtail("cifar10", 100, data_seed=0, data_dir=cifar_root, split="reference").train_x)[1]
     assert not np.array_equal(np.sort(seed0), np.sort(kept))
 
 

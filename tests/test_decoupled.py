@@ -41,7 +41,12 @@ def test_two_stage_specs():
     assert make_spec("digits", 50, "crt").epochs == 4  # 10% of the 40-epoch budget
     assert make_spec("digits", 50, "crt", params={"stage2_fraction": 0.25}).epochs == 10
     assert make_spec("digits", 50, "tau-norm").epochs == 1
-    assert validate_params("tau-norm") == {"tau": "auto"}
+    assert validate_params("tau-norm") == {"tau": "auto", "bias": "keep"}
+    assert validate_params("crt") == validate_params("lws") == {"stage2_fraction": 0.1, "bn_stats": "re-estimate"}
+    with pytest.raises(MethodError, match="bias"):
+        validate_params("tau-norm", bias="sometimes")
+    with pytest.raises(MethodError, match="bn_stats"):
+        validate_params("crt", bn_stats="running")
     for bad in ({"stage2_fraction": 0}, {"stage2_fraction": 1.5}):
         with pytest.raises(MethodError, match="stage2_fraction"):
             validate_params("crt", **bad)
@@ -59,12 +64,14 @@ def test_crt_retrains_only_a_reinitialised_classifier(stage1):
     assert all(not p.requires_grad for n, p in model.named_parameters() if not n.startswith("fc."))
     assert not torch.equal(model.fc.weight, stage1["fc.weight"]), "the classifier is re-initialised"
     method.set_train_mode(model)
-    assert not model.training and model.fc.training, "BatchNorm statistics of the backbone stay frozen"
+    assert model.training, "Kang's model.train(): the frozen backbone's BatchNorm statistics are re-estimated"
 
     spec = make_spec("digits", 50, "crt", params={"stage2_fraction": 0.3})  # 12 epochs
     result = train(spec, teacher_state=stage1)
     for name, tensor in stage1.items():
-        if not name.startswith("fc."):
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert not torch.equal(result.state_dict[name], tensor), f"{name} was not re-estimated"
+        elif not name.startswith("fc."):
             assert torch.equal(result.state_dict[name], tensor), f"{name} changed"
     assert not torch.equal(result.state_dict["fc.weight"], stage1["fc.weight"])
     assert result.metrics["top1"] > 50
@@ -80,7 +87,7 @@ def test_lws_scales_each_class_vector(stage1):
     model.eval()
     logits, feats = model(x, features=True)
     w, b = stage1["fc.weight"], stage1["fc.bias"]
-    expected = feats @ (w * torch.linspace(0.5, 2.0, 10)[:, None]).T + b  # z_j = f_j·w_jᵀx + b_j
+    expected = (feats @ w.T + b) * torch.linspace(0.5, 2.0, 10)  # Kang's TauNormClassifier: fc(x) * scales
     assert torch.allclose(logits, expected, atol=1e-5)
 
     result = train(make_spec("digits", 50, "lws", params={"stage2_fraction": 0.3}), teacher_state=stage1)
@@ -113,6 +120,59 @@ def test_tau_norm_formula_and_choice_on_validation(stage1):
     assert seen == list(TAU_GRID)
     assert extra == {"tau": 0.6, "tau_val_top1": 80.0}
     assert torch.allclose(model.fc.weight, w / norms ** 0.6, atol=1e-6)
+
+
+def test_tau_norm_can_drop_the_bias_as_kang(stage1):
+    """NumPy transcription of Kang's tau_norm.py: pnorm(weights, p) then dotproduct_similarity (no bias)."""
+    import numpy as np
+
+    w, b = stage1["fc.weight"].double().numpy(), stage1["fc.bias"].double().numpy()
+    x = torch.randn(5, 1, 8, 8)
+    for bias, tau in (("drop", 0.8), ("keep", 0.8)):
+        model = _model(stage1)
+        extra = build("tau-norm", [100] * 10, tau=tau, bias=bias).finalize(model, lambda: 0.0)
+        assert extra == {"tau": tau}
+        model.eval()
+        with torch.no_grad():
+            logits, feats = model(x, features=True)
+        ws = w.copy()
+        for i in range(ws.shape[0]):
+            ws[i] = ws[i] / np.linalg.norm(w[i]) ** tau
+        expected = feats.double().numpy() @ ws.T + (b if bias == "keep" else 0.0)
+        np.testing.assert_allclose(logits.double().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_stage2_re_estimates_batchnorm_on_its_batches(stage1):
+    """One training-mode forward updates the first BatchNorm's running mean by torch's rule
+    (1 − 0.1)·old + 0.1·batch mean of the frozen convolution's output; ``bn_stats: frozen`` keeps it."""
+    x = torch.randn(16, 1, 8, 8)
+    conv_out = torch.nn.functional.conv2d(x, stage1["body.0.weight"], padding=1)
+    expected = 0.9 * stage1["body.1.running_mean"] + 0.1 * conv_out.mean(dim=(0, 2, 3))
+    for method, bn_stats in (("crt", "re-estimate"), ("lws", "re-estimate"), ("lws", "frozen")):
+        model = _model(stage1)
+        m = build(method, [100] * 10, bn_stats=bn_stats)
+        m.prepare(model, stage1)
+        m.set_train_mode(model)
+        with torch.no_grad():
+            model(x)
+        got = model.body[1].running_mean
+        if bn_stats == "frozen":
+            assert torch.equal(got, stage1["body.1.running_mean"]) and model.fc.training
+        else:
+            assert torch.allclose(got, expected, atol=1e-6), method
+
+
+def test_stage2_epochs_have_floor_n_over_b_full_batches(stage1):
+    """Kang's run_networks.py: epoch_steps = int(N / batch_size) batches of class-balanced draws."""
+    from bkdbench.data import load_longtail
+
+    n = len(load_longtail("digits", 50).train_y)
+    result = train(make_spec("digits", 50, "lws", params={"stage2_fraction": 0.1, "bn_stats": "frozen"}),
+                   teacher_state=stage1, evaluate_test=False)
+    assert [h["images"] for h in result.history] == [n // 64 * 64] * 4 and n % 64 != 0
+    for name, tensor in stage1.items():  # bn_stats frozen: nothing of the stage-1 model changes
+        if not name.startswith("fc."):
+            assert torch.equal(result.state_dict[name], tensor), name
 
 
 def test_tau_norm_through_bkdbench_train_records_its_tau(tmp_path, monkeypatch):

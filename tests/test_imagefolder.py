@@ -24,7 +24,9 @@ ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 # make_spec(...).run_id of the fixed datasets, measured before imagefolder existed: must never change.
-RUN_IDS_BEFORE = {
+# Run ids of protocol 1 (before per-step warm-up, every-class validation and student seeds): the
+# same specs train differently now, so none of them may come back.
+RUN_IDS_PROTOCOL_1 = {
     ("digits", 10, "ce"): "887116c667359b63",
     ("cifar10", 100, "ce"): "241ec695718fe3db",
     ("cifar10", 10, "bkd"): "a9507cd73687ed96",  # carries a teacher spec
@@ -157,7 +159,7 @@ def test_mixed_sizes_need_image_size_which_resizes(tmp_path):
 
 def test_balanced_folder_follows_the_reference_long_tail(tmp_path, reference_longtail, reference_counts):
     write_folder(tmp_path, balanced(20, 2))
-    data = load_longtail("imagefolder", 4, data_dir=tmp_path, data_seed=3)
+    data = load_longtail("imagefolder", 4, data_dir=tmp_path, data_seed=3, split="reference")
     expected_counts = reference_counts(20, 3, 4)  # [20, 10, 5]
     assert data.class_counts == expected_counts == longtail_counts(20, 3, 4)
     full = imagefolder.load_folder(tmp_path).arrays
@@ -176,7 +178,8 @@ def test_balanced_folder_follows_the_reference_long_tail(tmp_path, reference_lon
 def test_shot_split_uses_the_counts_kept(tmp_path):
     write_folder(tmp_path, {"train": {"a": 25, "b": 25}, "test": {"a": 1, "b": 1}})
     data = load_longtail("imagefolder", 5, data_dir=tmp_path)
-    assert data.class_counts == [25, 5]
+    # kept 25 and 5; V = max(1, 25 // 10) = 2 and the head has no unused image: it gives 2 of its kept
+    assert data.class_counts == [23, 5]
     assert data.shots == {"many": [], "medium": [0], "few": [1]}
 
 
@@ -337,11 +340,22 @@ def test_cli_run_with_a_bad_data_dir_exits_2_before_ray(tmp_path):
 # ---------------------------------------------------------------------------------------- identity
 
 
-@pytest.mark.parametrize("args,run_id", list(RUN_IDS_BEFORE.items()), ids=[a[0] + "-" + a[2] for a in RUN_IDS_BEFORE])
-def test_fixed_datasets_keep_their_run_ids(args, run_id):
-    spec = make_spec(*args)
-    assert spec.data_key is None and spec.run_id == run_id
-    assert "data_key" not in spec.canonical_json() and "image_size" not in spec.canonical_json()
+@pytest.mark.parametrize("args,old_id", list(RUN_IDS_PROTOCOL_1.items()),
+                         ids=[a[0] + "-" + a[2] for a in RUN_IDS_PROTOCOL_1])
+def test_fixed_datasets_have_no_folder_fields_and_a_run_id_of_this_protocol(args, old_id):
+    """A fixed dataset's spec carries no image-folder fields; its id is the first 16 hex digits of the
+    SHA-256 of its canonical JSON, which names the protocol, so a protocol-1 result is never reused."""
+    import hashlib
+    import json
+
+    from bkdbench.specs.runspec import PROTOCOL
+
+    for split in ("every-class", "reference"):
+        spec = make_spec(*args, split=split)
+        text = spec.canonical_json()
+        assert spec.data_key is None and "data_key" not in text and "image_size" not in text
+        assert json.loads(text)["protocol"] == PROTOCOL == 2 and json.loads(text)["split"] == split
+        assert spec.run_id == hashlib.sha256(text.encode()).hexdigest()[:16] != old_id
 
 
 def test_different_folders_never_share_a_run_id(tmp_path):
@@ -381,7 +395,8 @@ def test_folder_info_sets_classes_statistics_and_defaults(tmp_path):
 
 
 def test_jpeg_suites_validate_without_data_and_expand_with_it(tmp_path):
-    write_folder(tmp_path, balanced(1, 1, classes=CIFAR10_CLASSES))
+    # 100 per class: IF 100 keeps int(100 / 100) = 1 image of the tail (fewer would empty it: refused)
+    write_folder(tmp_path, balanced(100, 1, classes=CIFAR10_CLASSES))
     for name in ("cifar10-jpeg-lt", "cifar10-jpeg-lt-cpu"):
         suite = load_suite(name)  # no folder needed to validate
         specs = suite.expand(data_dir=tmp_path)
@@ -425,6 +440,8 @@ def test_real_cifar10_jpeg_subset_loads_in_cifar_order_and_trains(cifar_jpeg_sub
     assert 40 < arrays.train_x.mean() < 200  # real photographs, not blank
     spec = make_spec("imagefolder", 2, "ce", epochs=1, model="resnet8", data_dir=cifar_jpeg_subset)
     result = train(spec, data_dir=cifar_jpeg_subset, device="cpu")
-    assert result.class_counts == longtail_counts(60, 10, 2)
+    # every-class split, V = min(20, 60 // 10) = 6: a class with u < 6 unused images gives 6 - u kept ones
+    assert result.class_counts == [n - max(0, 6 - (60 - n)) for n in longtail_counts(60, 10, 2)]
+    assert result.class_counts[:2] == [54, 54]  # 60 kept, 0 unused; 55 kept, 5 unused
     assert all(math.isfinite(result.metrics[k]) for k in ("top1", "val_top1", "ece", "nll"))
     assert len(result.metrics["per_class_acc"]) == 10

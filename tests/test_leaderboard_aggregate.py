@@ -1,4 +1,5 @@
 """summarise / paired_difference / labels against numbers worked out by hand."""
+import json
 import math
 
 import pandas as pd
@@ -150,3 +151,19 @@ def test_groups_made_from_each_sets_counts_label_rows_only_within_a_cell():
         row("subset-kd", 0, 70.0, imbalance=50.0, params='{"groups":"0,1,2,3,4|5,6,7,8,9"}')])], ignore_index=True)
     labels = list(with_labels(two_in_one_cell)["label"])
     assert labels[0] == "subset-kd (groups=0,1|2,3,4|5,6,7,8,9)" and labels[4] == "subset-kd (groups=0,1,2,3,4|5,6,7,8,9)"
+
+
+def test_the_retrain_command_of_a_reference_split_row_asks_for_that_split():
+    """The command a report shows trains the row's own run again: the default split is every-class,
+    so a reference-split row needs --split reference (else it names another run)."""
+    from bkdbench.leaderboard.tables import retrain_command
+    from bkdbench.specs import make_spec
+
+    base = {"dataset": "digits", "profile": "exp", "imbalance_factor": 10.0, "method": "ce", "seed": 1, "data_seed": 0,
+            "model": "cnn-small", "recipe": json.dumps({"name": "small"}), "epochs": 3, "params": "{}"}
+    for split in ("every-class", "reference"):
+        command = retrain_command({**base, "split": split})
+        assert ("--split reference" in command) == (split == "reference"), command
+        spec = make_spec("digits", 10, "ce", seed=1, epochs=3, split=split)
+        assert spec.split == split
+    assert make_spec("digits", 10, "ce", seed=1, epochs=3).split == "every-class"

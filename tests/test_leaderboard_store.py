@@ -38,7 +38,10 @@ def make_row(run_id, **overrides):
 
 def test_schema_has_exactly_the_documented_columns():
     assert store.SCHEMA_VERSION == 1
-    assert len(store.COLUMNS) == 43  # the 38 of DESIGN.md plus the shot thresholds, `extra`, `data_key` and `history`
+    assert len(store.COLUMNS) == 45  # the 38 of DESIGN.md plus the shot thresholds, `extra`, `data_key`, `history`, `split`, `workers`
+    assert store.SCHEMA.field("split").type == pa.string() and store.SCHEMA.field("split").nullable
+    assert store.COLUMNS[-2] == "split"  # added late and nullable: older files read back (as "reference")
+    assert store.COLUMNS[-1] == "workers" and store.SCHEMA.field("workers").nullable  # null: one process
     assert store.SCHEMA.field("many_threshold").type == pa.int64()
     assert store.SCHEMA.field("per_class_acc").type == pa.list_(pa.float64())
     assert store.SCHEMA.field("class_counts").type == pa.list_(pa.int64())
@@ -151,7 +154,16 @@ def test_file_uri_root(tmp_path):
 
 def test_check_writable(tmp_path):
     store.check_writable(tmp_path / "new" / "leaderboard")
-    assert tree(tmp_path / "new") == ["leaderboard/"]  # made, and the probe in it removed
+    assert tree(tmp_path) == []  # proved at the nearest existing folder, nothing made, the probe removed
+    (tmp_path / "old").mkdir()
+    store.check_writable(tmp_path / "old")
+    assert tree(tmp_path) == ["old/"]
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o555)
+    if not os.access(readonly, os.W_OK):  # root ignores the mode (CI runs as root)
+        with pytest.raises(store.LeaderboardError, match="cannot write"):
+            store.check_writable(readonly / "new" / "leaderboard")
+        assert tree(readonly) == []
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(store.LeaderboardError, match="cannot write"):

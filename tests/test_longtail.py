@@ -228,3 +228,16 @@ def test_digits_shots_use_its_thresholds():
     data = load_longtail("digits", 10)
     # many > 50: 100, 77, 59; few < 15: 12, 10; the rest medium.
     assert data.shots == {"many": [0, 1, 2], "medium": [3, 4, 5, 6, 7], "few": [8, 9]}
+
+
+def test_validation_shortfall_by_hand():
+    from bkdbench.data.longtail import validation_shortfall
+
+    # CIFAR-10-LT IF100: only the head (5000 of 5000 kept, 0 unused) falls short of V = 20
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert validation_shortfall([5000] * 10, counts, 20) == [20] + [0] * 9
+    # CIFAR-100-LT IF10: classes 0 and 1 keep 500 and 488 of 500 (0 and 12 unused): short 20 and 8
+    counts100 = [int(500 * 0.1 ** (i / 99)) for i in range(100)]
+    assert validation_shortfall([500] * 100, counts100, 20)[:3] == [20, 8, 0]
+    # a class never gives its last training image: 3 kept, 0 unused, V = 5 → 2
+    assert validation_shortfall([3], [3], 5) == [2]

@@ -8,7 +8,7 @@ import torch
 from bkdbench.methods import Method, MethodError, build, names, register, validate_params
 
 COUNTS = [500, 200, 80, 20, 5]
-ALL = ["balanced-softmax", "bkd", "breadcrumb", "cbd", "ce", "crt", "dive", "dkd", "drw", "focal", "kd", "ldam", "ldam-drw",
+ALL = ["balanced-softmax", "bkd", "breadcrumb", "cbd", "cbd-linear", "ce", "ce-cosine20", "crt", "dive", "dkd", "drw", "focal", "kd", "ldam", "ldam-drw",
        "logit-adjust", "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "ssd-lt", "ssd-lt-stage1", "ssd-lt-stage2",
        "subset-kd", "tau-norm"]
 
@@ -60,7 +60,7 @@ def test_validate_params_fills_defaults_with_plain_values():
         "alpha": 1.0, "temperature": 2.0, "beta": 0.9999, "cb_start": 0.0,
         "ce_weighting": "instance", "kd_weighting": "class-balanced", "renormalize": True}
     assert validate_params("kd", alpha=0.5) == {
-        "alpha": 0.5, "temperature": 2.0, "beta": 0.9999, "cb_start": 0.0, "weighted_ce": False}
+        "alpha": 0.5, "temperature": 2.0, "beta": 0.9999, "cb_start": 0.8, "weighted_ce": False}
     assert validate_params("drw") == {"beta": 0.9999, "cb_start": 0.8}
     assert validate_params("ldam-drw") == {"max_m": 0.5, "s": 30.0, "beta": 0.9999, "cb_start": 0.8}
     assert validate_params("focal") == {"gamma": 1.0}
@@ -76,13 +76,14 @@ def test_method_attributes():
     for name in ALL:
         m = build(name, COUNTS)
         assert isinstance(m, Method) and m.name == name
-        assert m.head == ("cosine" if name.startswith("ldam") else "linear")
+        assert m.head == ("cosine" if name.startswith("ldam") or name in ("cbd", "ce-cosine20") else "linear")
         decoupled = name in ("crt", "lws", "tau-norm", "ssd-lt-stage2")  # stage-2 methods: class-balanced, stage 1 as "teacher"
-        assert m.sampler == ("class-balanced" if decoupled or name == "cbd" else "instance")
-        assert m.needs_teacher == (name in ("kd", "bkd", "subset-kd", "cbd", "dive", "dkd", "ssd-lt") or decoupled)
+        assert m.sampler == ("class-balanced" if decoupled or name in ("cbd", "cbd-linear") else "instance")
+        assert m.needs_teacher == (name in ("kd", "bkd", "subset-kd", "cbd", "cbd-linear", "dive", "dkd", "ssd-lt") or decoupled)
         assert m.stage1 == decoupled
-        assert m.teacher_method == {"dive": "balanced-softmax", "ssd-lt": "ssd-lt-stage2", "ssd-lt-stage2": "ssd-lt-stage1"}.get(name, "ce")
-        assert m.uses_features == (name in ("cbd", "breadcrumb"))
+        assert m.teacher_method == {"dive": "balanced-softmax", "ssd-lt": "ssd-lt-stage2", "ssd-lt-stage2": "ssd-lt-stage1",
+                                    "cbd": "ce-cosine20"}.get(name, "ce")
+        assert m.uses_features == (name in ("cbd", "cbd-linear", "breadcrumb"))
         assert m.views == (2 if name == "ssd-lt-stage1" else 1) and m.trains == (name != "tau-norm")
         assert torch.equal(m.class_counts, torch.tensor(COUNTS))
     assert build("drw", COUNTS, epochs=50).cb_epoch == 40

@@ -76,8 +76,9 @@ def test_grouped_pack_equals_separate_runs(kd_pack):
 def test_grouped_resnet_with_cosine_head_equals_separate_runs():
     """Option-A shortcuts padded per group, wide BatchNorm and the grouped cosine head (LDAM). With
     the default scale s=30 this 2-epoch digits run is chaotic (two separate runs that differ only in
-    memory layout end 0.03 apart), so the students use s=5 and s=10, where rounding stays rounding."""
-    specs = students("ldam", [{"max_m": 0.3, "s": 5.0}, {"max_m": 0.5, "s": 10.0}], model="resnet8")
+    memory layout end 0.03 apart), so the students use s=5 and s=7, where rounding stays rounding (s=10
+    drifted 0.03 once the first epoch's warm-up ramped per step)."""
+    specs = students("ldam", [{"max_m": 0.3, "s": 5.0}, {"max_m": 0.5, "s": 7.0}], model="resnet8")
     separate = [train(s, device="cpu") for s in specs]
     packed = train_packed(specs, device="cpu", strategy="grouped")
     for p, s in zip(packed, separate):
@@ -173,17 +174,58 @@ def test_grouped_packer_refuses_a_model_it_would_pack_wrongly():
 
 @pytest.mark.parametrize("change,field", [
     (dict(seed=1), "seed"), (dict(epochs=EPOCHS + 1), "epochs"), (dict(imbalance_factor=50), "imbalance_factor"),
-    (dict(data_seed=3), "data_seed"), (dict(model="resnet8"), "model"), (dict(method="bkd"), "method"),
+    (dict(data_seed=3), "data_seed"), (dict(model="resnet8"), "model"),
+    (dict(method="ce"), "teacher"),  # a student and a run without a teacher: other initial weights and batches
+    (dict(method="dive"), "teacher"),  # DiVE distils from a Balanced-Softmax teacher, KD from a CE one
 ])
-def test_specs_that_differ_beyond_method_params_are_refused(change, field):
+def test_specs_that_differ_beyond_method_and_params_are_refused(change, field):
     base = dict(dataset="digits", imbalance_factor=10, method="kd", epochs=EPOCHS)
     other = {**base, **change}
     a = make_spec(base.pop("dataset"), base.pop("imbalance_factor"), base.pop("method"), **base)
     b = make_spec(other.pop("dataset"), other.pop("imbalance_factor"), other.pop("method"), **other)
-    with pytest.raises(ValueError, match=f"differ only in method parameters.*{field}"):
+    with pytest.raises(ValueError, match=f"differ only in their method and its parameters.*{field}"):
         check_packable([a, b])
-    with pytest.raises(ValueError, match="differ only in method parameters"):
+    with pytest.raises(ValueError, match="differ only in their method and its parameters"):
         train_packed([a, b], device="cpu")  # refused before any work
+
+
+@pytest.mark.parametrize("methods,field", [
+    (("ce", "ldam"), "head"),  # LDAM's cosine classifier is another network
+    (("ce", "ldam-drw"), "head"),
+])
+def test_methods_that_need_another_network_are_not_packed_together(methods, field):
+    specs = [make_spec("digits", 10, m, epochs=EPOCHS) for m in methods]
+    with pytest.raises(ValueError, match=f"differ only in their method and its parameters.*{field}"):
+        check_packable(specs)
+
+
+MIXED_PLAIN = ("ce", "reweight-cb", "balanced-softmax", "focal")  # one seed, no teacher: one signature
+
+
+def test_a_pack_of_different_methods_equals_their_separate_runs():
+    """CE, class-balanced re-weighting, Balanced Softmax and focal loss of one seed in one loop pack:
+    each ends bit for bit where its own ``train`` run ends (same initial weights, same batches, its own
+    loss), and the four really are different runs."""
+    specs = [make_spec("digits", 10, m, epochs=EPOCHS) for m in MIXED_PLAIN]
+    check_packable(specs)
+    separate = [train(s, device="cpu") for s in specs]
+    packed = train_packed(specs, device="cpu", strategy="loop")
+    for p, s in zip(packed, separate):
+        assert_same_run(p, s, rtol=0, atol=0)
+    weights = [r.state_dict["fc.weight"] for r in packed]
+    assert all(not torch.equal(weights[0], w) for w in weights[1:])
+
+
+def test_students_of_different_methods_share_one_teacher_in_a_pack(kd_pack):
+    """KD, BKD and DKD students of one CE teacher: one teacher forward per batch for all three, each
+    student exactly its separate run."""
+    specs, teacher, _ = kd_pack
+    mixed = [specs[0], make_spec("digits", 10, "bkd", epochs=EPOCHS), make_spec("digits", 10, "dkd", epochs=EPOCHS)]
+    assert len({s.teacher.run_id for s in mixed}) == 1
+    separate = [train(s, device="cpu", teacher_state=teacher) for s in mixed]
+    packed = train_packed(mixed, teacher_state=teacher, device="cpu", strategy="loop")
+    for p, s in zip(packed, separate):
+        assert_same_run(p, s, rtol=0, atol=0)
 
 
 def test_empty_repeated_and_teacherless_packs_are_refused():

@@ -59,6 +59,27 @@ def test_runs_that_cannot_be_packed_stay_single_and_k_below_one_is_refused():
         pack_groups(teachers, 0)
 
 
+def test_the_demo_suite_packs_methods_of_one_seed_and_teacher_and_plans_plain_runs_beside_the_teachers(tmp_path):
+    """digits-lt (2 IFs × 6 methods × 3 seeds): per (IF, seed), CE, CB re-weighting and Balanced Softmax
+    share a trial beside the CE teachers, LDAM-DRW (cosine head) trains alone, and KD and BKD (one CE
+    teacher) share a trial after them: 6 × 3 = 18 trials for 36 runs, each run once."""
+    from bkdbench.orchestrate.runner import plan_runs
+    from bkdbench.specs.suites import load_suite
+
+    specs = load_suite("digits-lt").expand()
+    plan = plan_runs(specs, tmp_path / "results")
+    assert plan.stage_names == ["teachers", "runs"]
+    assert sorted({s.method for s in plan.stages[0]}) == ["balanced-softmax", "ce", "ldam-drw", "reweight-cb"]
+    assert sorted({s.method for s in plan.stages[1]}) == ["bkd", "kd"]
+    groups = [pack_groups(stage, 4) for stage in plan.stages]
+    methods = [sorted(sorted(s.method for s in g) for g in stage) for stage in groups]
+    assert methods[0] == [["balanced-softmax", "ce", "reweight-cb"]] * 6 + [["ldam-drw"]] * 6
+    assert methods[1] == [["bkd", "kd"]] * 6
+    for group in (g for stage in groups for g in stage):
+        assert len({(s.imbalance_factor, s.seed) for s in group}) == 1
+    assert sorted(s.run_id for stage in groups for g in stage for s in g) == sorted(s.run_id for s in specs)
+
+
 def test_pack_events_and_outcomes_are_per_run():
     units = {"pack-x": ["a", "b"], "c": ["c"]}
     seen = []

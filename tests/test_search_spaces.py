@@ -159,10 +159,11 @@ def test_a_range_with_illegal_interior_values_is_refused(tmp_path, param):
 def test_grace_period_waits_for_class_balanced_weighting():
     assert make_spec("digits", 10, "bkd", epochs=40).params["cb_start"] == 0.8  # digits' bkd default
     assert grace_period(make_spec("digits", 10, "bkd", epochs=40)) == round(0.8 * 40) + 1 == 33
-    assert grace_period(make_spec("digits", 10, "bkd", epochs=40, params={"cb_start": 0})) == 1
-    assert grace_period(make_spec("digits", 10, "bkd", epochs=40, params={"cb_start": 10})) == 11  # absolute epoch
+    # Without deferred weighting the rung waits for the first ×0.01 drop (epoch round(0.8 · 40) = 32) all the same
+    assert grace_period(make_spec("digits", 10, "bkd", epochs=40, params={"cb_start": 0})) == 33
+    assert grace_period(make_spec("digits", 10, "bkd", epochs=40, params={"cb_start": 10})) == 33  # absolute epoch
     assert grace_period(make_spec("digits", 10, "ldam-drw", epochs=40)) == 33  # DRW: 0.8 by default
-    assert grace_period(make_spec("digits", 10, "focal", epochs=40)) == 1  # no deferred weighting
+    assert grace_period(make_spec("digits", 10, "focal", epochs=40)) == 33  # no deferred weighting
     assert grace_period(make_spec("digits", 10, "bkd", epochs=3, params={"cb_start": 5})) == 3  # never past max_t
 
 

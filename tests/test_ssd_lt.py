@@ -158,20 +158,23 @@ def test_the_three_stages_are_runs_of_their_own():
 
 
 def test_a_suite_plans_stage_one_then_two_then_the_students(tmp_path):
+    """Stage I first (with the CE run, which needs no teacher and so does not wait), then stage II,
+    then the stage-III students."""
     from bkdbench.orchestrate.runner import plan_runs
 
     students = [make_spec("digits", 10, "ssd-lt", epochs=2, params={"temperature": t}) for t in (2.0, 4.0)]
     ce = make_spec("digits", 10, "ce", epochs=2)
     plan = plan_runs([*students, ce], tmp_path)
     assert plan.stage_names == ["teachers", "teachers-2", "runs"]
-    assert [s.method for s in plan.stages[0]] == ["ssd-lt-stage1"] and [s.method for s in plan.stages[1]] == ["ssd-lt-stage2"]
-    assert {s.run_id for s in plan.stages[2]} == {s.run_id for s in [*students, ce]}
+    assert [s.method for s in plan.stages[0]] == ["ssd-lt-stage1", "ce"]
+    assert [s.method for s in plan.stages[1]] == ["ssd-lt-stage2"]
+    assert {s.run_id for s in plan.stages[2]} == {s.run_id for s in students}
 
 
 def test_ssd_lt_cannot_be_packed():
     from bkdbench.training.packed import check_packable
 
-    with pytest.raises(ValueError, match="training step of its own"):
+    with pytest.raises(ValueError, match="training step or network modules of its own"):
         check_packable([make_spec("digits", 10, "ssd-lt", epochs=2, params={"temperature": t}) for t in (2.0, 4.0)])
 
 

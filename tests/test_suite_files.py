@@ -19,7 +19,7 @@ from bkdbench.specs.suites import load_suite, suite_names
 from helpers.cli import run_cli
 from helpers.files import assert_nothing_written, snapshot, tree, write_suite
 
-SHIPPED = {"digits-lt": 36, "cifar-lt": 144, "fashion-lt": 30}
+SHIPPED = {"digits-lt": 36, "cifar-lt": 144, "fashion-lt": 30, "imagenet-lt": 8, "places-lt": 6, "inat18": 6}
 
 GOOD = dict(datasets=["digits"], imbalance=[10], methods=["ce"], seeds=1, epochs=2)
 
@@ -114,6 +114,9 @@ BAD_FILES = {
     "bad-method-param": ({**GOOD, "methods": [{"method": "bkd", "params": {"temperature": -1}}]},
                          ["temperature"]),
     "not-a-mapping": ("- digits\n- ce\n", []),
+    "zero-seeds": ({**GOOD, "seeds": 0}, ["key 'seeds'", "at least 1"]),
+    "empty-seed-list": ({**GOOD, "seeds": []}, ["key 'seeds'", "non-empty"]),
+    "repeated-seed": ({**GOOD, "seeds": [1, 1]}, ["key 'seeds'", "without repeats"]),
 }
 
 
@@ -169,10 +172,9 @@ def test_missing_dataset_files(tmp_path, results, no_ray):
     empty = tmp_path / "empty"
     empty.mkdir()
     suite = write_suite(tmp_path / "cifar.yaml", **{**GOOD, "datasets": ["cifar10"]})
-    # `run` proves the results folder writable (making its empty teachers/ and experiments/) before
-    # it reads the data: no file may appear, in the results or in the data folder.
-    line = run_bad(["run", "--suite", str(suite), "--data-dir", str(empty), "--results", str(results)], results,
-                   allow_empty_folders=True)
+    # `run` proves the results folder writable before it reads the data, without creating it: no file
+    # and no folder may appear, in the results or in the data folder.
+    line = run_bad(["run", "--suite", str(suite), "--data-dir", str(empty), "--results", str(results)], results)
     assert "bkdbench data download" in line
     assert tree(empty) == []  # not even a folder in the data folder
 

@@ -6,6 +6,7 @@ started in a session of its own so that SIGINT reaches it alone (like one Ctrl-C
 it started is killed by PID if the test ends early."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -306,3 +307,34 @@ def test_local_run_starts_its_own_ray(tmp_path, monkeypatch):
     address = args[0] if args else kwargs.get("address")
     joined = canonicalize_bootstrap_address(address, kwargs.get("_temp_dir"))
     assert joined is None, f"ray.init(address={address!r}) joins {joined} instead of starting a local Ray"
+
+
+# --- 1b. packed trials write the rows separate trials write ----------------------------------
+
+PACK_COLUMNS = ("run_id", "status", "method", "params", "seed", "teacher_run_id", "top1", "val_top1", "many", "medium",
+                "few", "top1_best_epoch", "best_epoch", "nll", "ece", "suite")
+
+
+def test_a_suite_packed_by_default_writes_the_rows_of_one_trial_per_run(tmp_path):
+    """Five methods of one seed: by default CE, CB re-weighting and Balanced Softmax share a trial beside
+    the teacher stage and KD and BKD share one after it (2 trials); ``--pack 1`` trains 5 trials. On
+    CPU a pack runs each member's exact operations, so every row is the same number for number."""
+    suite = write_suite(tmp_path / "mix.yaml", datasets=["digits"], imbalance=[10],
+                        methods=["ce", "reweight-cb", "balanced-softmax", "kd", "bkd"], seeds=1, epochs=3)
+    got = {}
+    for name, extra in (("packed", []), ("separate", ["--pack", "1"])):
+        results = tmp_path / name
+        code, out = run_logged(["run", "--suite", str(suite), "--results", str(results), *extra], tmp_path / f"{name}.log")
+        assert code == 0, out
+        trials = re.search(r"trained 5 run\(s\) in [\d.]+ s \((\d+) Ray trials\)", " ".join(out.split()))
+        assert trials and int(trials.group(1)) == (2 if name == "packed" else 5), out
+        assert re.search(r"time: planning [\d.]+ s · Ray start [\d.]+ s · teachers [\d.]+ s · students", " ".join(out.split())), out
+        got[name] = rows_of(results).set_index("run_id", drop=False).sort_index()
+    packed, separate = got["packed"], got["separate"]
+    assert len(packed) == 5 and list(packed.run_id) == list(separate.run_id)
+    for col in PACK_COLUMNS:
+        assert packed[col].tolist() == separate[col].tolist(), col
+    for a, b in zip(packed.per_class_acc, separate.per_class_acc):
+        assert list(a) == list(b)
+    for a, b in zip(packed.history, separate.history):  # JSON text: one entry per epoch
+        assert [h["train_loss"] for h in json.loads(a)] == [h["train_loss"] for h in json.loads(b)]

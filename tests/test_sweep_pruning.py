@@ -66,8 +66,10 @@ ASHA_EPOCHS = 6
 
 @pytest.fixture(scope="module")
 def ray_searches(tmp_path_factory):
-    """Two searches in one in-process Ray session: focal with ASHA (grace period 1, rungs at 1 and
-    3 of 6 epochs: ASHA stops trials here), and an ldam-drw space whose every trial diverges."""
+    """Two searches in one in-process Ray session: focal with ASHA on a copy of focal.yaml that sets
+    ``asha_before_lr_drop`` (grace period 1, rungs at 1 and 3 of 6 epochs: ASHA stops trials here; the
+    shipped file waits for the drop at epoch round(0.8·6) = 5, so its only rung is the last epoch), and
+    an ldam-drw space whose every trial diverges."""
     from bkdbench.orchestrate.ray_session import ray_session
     from bkdbench.orchestrate.sweep import run_search
 
@@ -76,6 +78,8 @@ def ray_searches(tmp_path_factory):
     diverge_file = results.parent / "diverge.yaml"
     diverge_file.write_text("method: ldam-drw\ndescription: a cosine scale so large that training diverges\n"
                             "params:\n  s: {type: float, low: 1.0e+29, high: 1.0e+30, log: true}\n")
+    early_file = results.parent / "focal-early.yaml"
+    early_file.write_text(load_space("focal")[1].read_text() + "asha_before_lr_drop: true\n")
     ray_tmp = ray_tmpdir()
     out = {}
     with pytest.MonkeyPatch.context() as mp:
@@ -86,7 +90,7 @@ def ray_searches(tmp_path_factory):
         try:
             with ray_session(None, log_file=results / "ray.log"):
                 for key, method, space_file, scheduler, epochs, trials in (
-                        ("asha", "focal", None, "asha", ASHA_EPOCHS, 8),
+                        ("asha", "focal", str(early_file), "asha", ASHA_EPOCHS, 8),
                         ("diverge", "ldam-drw", str(diverge_file), "none", 2, 2)):
                     space, file = load_space(method, space_file)
                     base = make_spec("digits", 10, method, epochs=epochs, params=space.fixed)
@@ -102,7 +106,7 @@ def ray_searches(tmp_path_factory):
                         error = exc
                     study = optuna.load_study(study_name=cfg.sweep_id,
                                               storage=study_storage(results / "sweeps" / cfg.sweep_id))
-                    out[key] = SimpleNamespace(study=study, events=events, error=error, base=base, cfg=cfg)
+                    out[key] = SimpleNamespace(study=study, events=events, error=error, base=base, cfg=cfg, space=space)
         finally:
             sweep_mod.set_listener(None)
             cleanup_ray_tmp(ray_tmp)
@@ -129,7 +133,7 @@ def _optuna_trial_for(study, params):
 def test_asha_stops_trials_in_this_setting(ray_searches):
     asha = ray_searches["asha"]
     assert asha.error is None, asha.error
-    assert grace_period(asha.base) == 1
+    assert grace_period(asha.base, asha.space) == 1 and grace_period(asha.base) == ASHA_EPOCHS
     ray_trials = _ray_trials(asha.events)
     assert len(ray_trials) == 8
     stopped = [t for t, (epoch, _) in ray_trials.items() if epoch < ASHA_EPOCHS - 1]

@@ -84,7 +84,8 @@ def test_check_teacher_fits():
     student = make_spec("digits", 10, "bkd", epochs=3)
     check_teacher_fits(student, student.teacher)  # its own default teacher fits
     for change, key in ((dict(dataset="fashion-mnist"), "dataset"), (dict(imbalance_factor=50), "imbalance_factor"),
-                        (dict(data_seed=1), "data_seed"), (dict(profile="step"), "profile")):
+                        (dict(data_seed=1), "data_seed"), (dict(profile="step"), "profile"),
+                        (dict(split="reference"), "split")):  # it trained on the student's validation images
         kw = {"dataset": "digits", "imbalance_factor": 10, "epochs": 3, **change}
         wrong = make_spec(kw.pop("dataset"), kw.pop("imbalance_factor"), "ce", **kw)
         with pytest.raises(TeacherError, match=key) as err:

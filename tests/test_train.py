@@ -47,22 +47,84 @@ def test_reference_schedule_every_epoch():
 
 def test_twenty_epoch_budget_keeps_the_shape():
     recipe = get_recipe("reference")
-    assert recipe.milestones(20) == (1, 16, 18)
-    # the same rule compressed: warm-up 1 epoch, ×0.01 after 16, ×0.01 again after 18
+    assert recipe.milestones(20) == (0.5, 16, 18)
+    # the same rule compressed: the five warm-up stairs in the first half epoch (10 batches: 5 warm-up
+    # batches, one per stair), ×0.01 after 16, ×0.01 again after 18
+    assert recipe.epoch_lrs(0, 20, 10) == pytest.approx([0.02, 0.04, 0.06, 0.08] + [0.1] * 6, rel=1e-12)
     expected = [0.1] * 16 + [0.1 * 1e-2] * 2 + [0.1 * 1e-4] * 2
-    assert [recipe.lr_at(e, 20) for e in range(20)] == pytest.approx(expected, rel=1e-12)
+    assert [recipe.epoch_lrs(e, 20, 10)[-1] for e in range(20)] == pytest.approx(expected, rel=1e-12)
+    assert all(len(set(recipe.epoch_lrs(e, 20, 10))) == 1 for e in range(1, 20))
 
 
-@pytest.mark.parametrize("name", ["small", "fashion", "reference"])
+def test_reference_warmup_per_batch_is_per_epoch_at_200_epochs():
+    recipe = get_recipe("reference")
+    for e in range(7):  # every batch of an epoch gets the reference's per-epoch value
+        assert recipe.epoch_lrs(e, 200, 97) == [pytest.approx(reference_lr(e), rel=1e-12)] * 97
+
+
+@pytest.mark.parametrize("epochs,steps,stairs", [
+    # 5/200 of 40·8 = 8 warm-up batches: stair k/5 covers batches [1.6(k-1), 1.6k)
+    (40, 8, [1, 1, 2, 2, 3, 4, 4, 5]),
+    # 10 epochs, 8 batches: 2 warm-up batches at 0 and 2.5 stairs
+    (10, 8, [1, 3, 5, 5, 5, 5, 5, 5]),
+    # 100 epochs, 4 batches: 2.5 epochs = 10 warm-up batches, two per stair, over epochs 0-2
+    (100, 4, [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5, 5]),
+])
+def test_short_budgets_ramp_within_their_first_epochs(epochs, steps, stairs):
+    recipe = get_recipe("reference")
+    got = [lr for e in range(len(stairs) // steps) for lr in recipe.epoch_lrs(e, epochs, steps)]
+    assert got == pytest.approx([0.1 * k / 5 for k in stairs], rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["small", "fashion", "reference", "cpu-short"])
 @pytest.mark.parametrize("epochs", [10, 40, 200])
 def test_every_recipe_has_warmup_then_two_decays(name, epochs):
     recipe = get_recipe(name)
-    lrs = [recipe.lr_at(e, epochs) for e in range(epochs)]
-    warm = max(1, round(5 / 200 * epochs))
-    assert lrs[:warm] == pytest.approx([recipe.lr * (e + 1) / warm for e in range(warm)])
-    distinct = sorted(set(round(v / recipe.lr, 12) for v in lrs[warm - 1 :]), reverse=True)
+    steps = 8
+    lrs = [lr for e in range(epochs) for lr in recipe.epoch_lrs(e, epochs, steps)]
+    warm = epochs * steps * 5 // 200  # batches
+    assert lrs[0] == pytest.approx(recipe.lr / 5) and lrs[warm - 1] <= recipe.lr == lrs[warm]
+    assert all(a <= b for a, b in zip(lrs[:warm], lrs[1 : warm + 1]))
+    distinct = sorted(set(round(v / recipe.lr, 12) for v in lrs[warm:]), reverse=True)
     assert distinct == [1.0, 0.01, 0.0001]
     assert lrs[-1] == pytest.approx(recipe.lr * 1e-4)
+
+
+def test_cosine_schedule_matches_torch_cosine_annealing():
+    """schedule="cosine" without warm-up is torch's CosineAnnealingLR(T_max=E, eta_min=0) stepped once
+    per epoch (the decoupling code's stage-2 recipe); computed here by torch itself."""
+    from bkdbench.specs.recipes import Recipe
+
+    recipe = Recipe("cos", epochs=10, batch_size=32, lr=0.2, warmup_frac=0.0, schedule="cosine")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10, eta_min=0)
+    expected = []
+    for _ in range(10):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert [recipe.lr_at(e, 10) for e in range(10)] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert expected[-1] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 9 / 10)))
+
+
+def test_cosine_schedule_after_reference_warmup():
+    from bkdbench.specs.recipes import Recipe
+
+    recipe = Recipe("cos", epochs=200, batch_size=128, lr=0.1, schedule="cosine")
+    # hand-written: 5 warm-up epochs lr·(e+1)/5, then 0.05·(1 + cos(π·e/200))
+    expected = [0.1 * (e + 1) / 5 for e in range(5)] + [0.05 * (1 + math.cos(math.pi * e / 200)) for e in range(5, 200)]
+    assert [recipe.lr_at(e, 200) for e in range(200)] == pytest.approx(expected, rel=1e-12)
+    assert recipe.lr_at(100, 200) == pytest.approx(0.05)
+
+
+def test_step_is_the_default_schedule_and_unknown_schedules_fail():
+    from bkdbench.specs.recipes import Recipe
+
+    assert Recipe("x", epochs=10, batch_size=32, lr=0.1).schedule == "step"
+    cosine = {"imagenet-lt", "inat18", "places-lt"}  # the large benchmarks: the decoupling code's cosine
+    assert all(get_recipe(n).schedule == ("cosine" if n in cosine else "step") for n in recipe_names())
+    with pytest.raises(RecipeError, match="unknown schedule 'linear'"):
+        Recipe("x", epochs=10, batch_size=32, lr=0.1, schedule="linear")
 
 
 def test_unknown_recipe_lists_names():
@@ -132,6 +194,11 @@ def test_distillation_gets_a_ce_teacher_of_the_same_run(method):
     (dict(recipe="quick"), ["quick", "reference", "small", "fashion"]),
     (dict(profile="linear"), ["linear", "exp", "step"]),
     (dict(imbalance_factor=0.5), ["0.5"]),
+    # digits' head keeps 100 images: int(100 / IF) is 0 for IF > 100 (exp: the tail; step: half the classes)
+    (dict(imbalance_factor=1e9), ["1e+09", "classes 3..9", "largest factor", "100"]),
+    (dict(imbalance_factor=101), ["101", "classes 9..9", "100"]),
+    (dict(imbalance_factor=101, profile="step"), ["classes 5..9"]),
+    (dict(imbalance_factor=float("inf")), ["finite"]),
     (dict(epochs=0), ["epochs"]),
     (dict(epochs=-3), ["epochs"]),
     (dict(method="focal", params={"gama": 1.0}), ["gama", "gamma"]),
@@ -196,12 +263,31 @@ def test_result_carries_every_metric(ce_run):
     assert m["top1_best_epoch"] == max(test_curve) and test_curve[m["best_epoch"]] == max(test_curve)
     assert test_curve[-1] == m["top1"]
     assert [h["epoch"] for h in ce_run.history] == list(range(15))
-    recipe = get_recipe("small")
-    assert [h["lr"] for h in ce_run.history] == [recipe.lr_at(e, 15) for e in range(15)]
+    # "small" (lr 0.05) over 15 epochs of 7 batches: warm-up = 5/200 of 105 batches = 2.625 batches,
+    # stairs 1/5, 2/5, 4/5 for batches 0-2 then 1; history's lr is the epoch's mean over its batches.
+    # Decays at round(0.8·15) = 12 and round(0.9·15) = 14.
+    expected = [0.05 * (0.2 + 0.4 + 0.8 + 4) / 7] + [0.05] * 11 + [0.05e-2] * 2 + [0.05e-4]
+    assert [h["lr"] for h in ce_run.history] == pytest.approx(expected, rel=1e-12)
     assert ce_run.class_counts == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
     assert all(h["images"] == 403 for h in ce_run.history)
     row = ce_run.to_row(suite="unit")
     assert row["run_id"] == ce_run.spec.run_id and row["top1"] == m["top1"] and row["suite"] == "unit"
+
+
+def test_the_optimizer_warms_up_per_batch(monkeypatch):
+    """The rate each batch actually steps with: "small" (lr 0.05) over 8 epochs of 7 digits batches has a
+    5/200·56 = 1.4-batch warm-up: batch 0 at stair 1/5, batch 1 at stair floor(5/1.4)+1 = 4 (of 5)."""
+    used, real_step = [], train_module.train_step
+
+    def spy(model, optimizer, *args, **kwargs):
+        used.append(optimizer.param_groups[0]["lr"])
+        return real_step(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", spy)
+    result = train(make_spec("digits", 10, "ce", epochs=8), device="cpu", evaluate_test=False)
+    assert used[:8] == pytest.approx([0.01, 0.04] + [0.05] * 6, rel=1e-12) and len(used) == 56
+    assert result.history[0]["lr"] == pytest.approx((0.01 + 0.04 + 0.25) / 7, rel=1e-12)
+    assert used[-7:] == pytest.approx([0.05e-4] * 7, rel=1e-12)
 
 
 def test_evaluate_test_false_never_touches_test_images(monkeypatch):

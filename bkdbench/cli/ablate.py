@@ -10,7 +10,8 @@ import typer
 
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import TrackingOpt, parse_imbalances, parse_tracking, start_tracking
+from bkdbench.cli.options import (SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
+                                  parse_tracking, start_tracking)
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +37,7 @@ def ablate(
                              "(one batch stream and teacher forward for all); each keeps its own row. A packed trial "
                              "checkpoints the whole pack."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    split: Optional[str] = SplitOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
 ):
@@ -53,12 +55,13 @@ def ablate(
     try:
         settings = variants(method, parse_grid(grid or []), preset)
         specs = ablation_specs(method, settings, dataset, parse_imbalances(imbalance) or [], seeds, epochs, model, recipe,
-                               data_dir=data_dir)
+                               data_dir=data_dir, split=parse_split(split) or "every-class")
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)
         for name in dataset:
             get_dataset(name).load(data_dir)  # imagefolder: make_spec above has decoded it already
+        note_reference_split(specs, data_dir)
     except (AblationError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
     if not specs:

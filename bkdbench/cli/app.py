@@ -47,5 +47,24 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """Benchmarks and hyperparameter search for long-tailed image classification (BKD and baselines)."""
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console script. A usage error (unknown option, a value out of its range) is one line on
+    stderr and exit status 2, like every other bad input, instead of click's boxed usage text."""
+    import sys
+
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click
+    from typer.exceptions import Abort
+
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `bkdbench`, `bkdbench plot`: the help, as click shows it
+        print(exc.ctx.get_help())
+        sys.exit(2)
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "bkdbench"
+        print(f"error: {exc.format_message()} (see `{where} --help`)", file=sys.stderr)
+        sys.exit(2)
+    except Abort:  # Ctrl-C outside a command's own handling
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

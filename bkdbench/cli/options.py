@@ -9,10 +9,42 @@ from bkdbench.cli.console import fail
 
 ResultsOpt = typer.Option(None, "--results", "--storage", help="Results folder or s3://, gs:// URI (default $BKDBENCH_RESULTS or ./results).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder holding the dataset files.")
+SplitOpt = typer.Option(None, "--split", help="How validation is drawn: every-class (default: V images in every class; "
+                        "a class short of unused images, CIFAR's head, gives the last of its kept ones) or reference "
+                        "(the reference training set exactly; classes without unused images have no validation).")
 TrackingOpt = typer.Option(None, "--tracking", help="Mirror every run to mlflow[:URI] (default URI: $MLFLOW_TRACKING_URI, "
                            "else sqlite:///mlflow.db) or wandb[:PROJECT]. TensorBoard files are always written, under "
                            "<results>/experiments/tensorboard.")
 
+
+
+def parse_split(text: Optional[str]) -> Optional[str]:
+    """The validated ``--split`` value (None when not given: the default, or a suite's own)."""
+    from bkdbench.data.splits import SPLITS
+
+    if text is not None and text not in SPLITS:
+        fail(f"--split takes one of: {', '.join(SPLITS)} (got {text!r})")
+    return text
+
+
+def note_reference_split(specs, data_dir=None) -> None:
+    """Once: which classes a ``reference`` split leaves without validation images (CIFAR's head)."""
+    from bkdbench.cli.console import note
+    from bkdbench.data import dataset_info
+    from bkdbench.data.splits import REFERENCE, classes_without_validation
+
+    cells = sorted({(s.dataset, s.imbalance_factor, s.profile, s.image_size) for s in specs if s.split == REFERENCE},
+                   key=str)
+    missing = []
+    for dataset, factor, profile, image_size in cells:
+        info = dataset_info(dataset, data_dir, image_size)
+        classes = classes_without_validation(info, factor, profile, data_dir)
+        if classes:
+            missing.append(f"{dataset}-LT IF{factor:g} ({len(classes)} of {info.num_classes or '?'} classes: "
+                           f"{','.join(map(str, classes[:10]))}{',...' if len(classes) > 10 else ''})")
+    if missing:
+        note("--split reference: validation covers only the classes with unused training images; no validation "
+             "images for " + "; ".join(missing))
 
 
 def method_params(**values) -> dict:

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from bkdbench.cli.console import console, fail
-from bkdbench.cli.results import DatasetOpt, ImbalanceOpt, ResultsOpt, SuiteOpt, _load, _say_empty
+from bkdbench.cli.results import (DatasetOpt, ImbalanceOpt, ResultsOpt, SplitFilterOpt, SuiteOpt, _check_split,
+                                  _load, _say_empty)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,13 +32,16 @@ def report(
                            "the method at its defaults).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for index.html, its figures and runs.json.")] = Path("report"),
     results: ResultsOpt = None,
+    split: SplitFilterOpt = None,
 ) -> None:
     """Write one self-contained HTML page: leaderboard, comparisons, plots, provenance."""
+    _check_split(split)
     if sum(x is not None for x in (suite, sweep, ablation)) > 1:
         fail("choose one of --suite, --sweep and --ablation")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; name a folder")
-    filters = dict(suite=suite, dataset=dataset, imbalance_factor=imbalance, method=method, ablation_id=ablation)
+    filters = dict(suite=suite, dataset=dataset, imbalance_factor=imbalance, method=method, ablation_id=ablation,
+                   split=split)
     record = _sweep_record(results, sweep) if sweep else None
     folder, rows = _load(results, **filters)
     if record is not None:

@@ -23,6 +23,15 @@ MetricOpt = Annotated[str, typer.Option(
     "--metric", help="top1, top1_best_epoch, val_top1, many, medium, few, ece or nll.")]
 
 
+SplitFilterOpt = Annotated[Optional[str], typer.Option(
+    "--split", help="Only runs with this validation split: every-class or reference.")]
+
+
+def _check_split(split: Optional[str]) -> None:
+    if split is not None and split not in ("every-class", "reference"):
+        _fail(f"--split takes every-class or reference (got {split!r})")
+
+
 def _fail(message: str) -> None:
     """One clear line on stderr, exit status 2, no traceback."""
     Console(stderr=True).print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -32,9 +41,8 @@ def _fail(message: str) -> None:
 def _load(results: Optional[str], **filters):
     """Validated leaderboard folder and its rows; warns once about unreadable files."""
     from bkdbench.leaderboard.aggregate import keyed_datasets, select_dataset
-    from bkdbench.leaderboard.store import LeaderboardError, read_rows
-
     from bkdbench.leaderboard.manifest import suite_run_ids
+    from bkdbench.leaderboard.store import LeaderboardError, filter_rows, read_rows
 
     try:
         root = results_dir(results)
@@ -46,7 +54,10 @@ def _load(results: Optional[str], **filters):
         dataset = filters.get("dataset")
         if dataset:  # `imagefolder@1a2b3c4d` is one folder's runs: the store knows only `imagefolder`
             filters = {**filters, "dataset": dataset.split("@")[0]}
-        rows, skipped = read_rows(folder, **filters)
+        every, skipped = read_rows(folder)  # once: the extra-teacher rule looks at rows the filters drop
+        rows = filter_rows(every, **filters)
+        if not suite:  # CBD's extra CE teachers are no CE seeds (a suite's manifest never lists them)
+            rows = _without_extra_teachers(every, rows)
         if dataset:
             rows = rows.loc[select_dataset(keyed_datasets(rows), dataset).index].reset_index(drop=True)
         if members is not None:
@@ -58,6 +69,17 @@ def _load(results: Optional[str], **filters):
             f"warning: skipped {len(skipped)} unreadable leaderboard file(s): {', '.join(skipped)}",
             markup=False, highlight=False, soft_wrap=True)
     return folder, rows
+
+
+def _without_extra_teachers(every, rows):
+    """``rows`` without CBD's extra teachers, found in ``every`` row (their students may be filtered
+    out of ``rows``, e.g. by --method ce)."""
+    from bkdbench.leaderboard.store import extra_teacher_ids
+
+    if rows.empty:
+        return rows
+    extra = extra_teacher_ids(every)
+    return rows[~rows["run_id"].isin(extra)].reset_index(drop=True) if extra else rows
 
 
 def _say_empty(folder, **filters) -> None:
@@ -81,12 +103,13 @@ def leaderboard(suite: SuiteOpt = None, dataset: DatasetOpt = None, imbalance: I
                 method: Annotated[Optional[str], typer.Option("--method", help="Only this method.")] = None,
                 metric: MetricOpt = "top1",
                 fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex or csv.")] = "table",
-                results: ResultsOpt = None) -> None:
+                results: ResultsOpt = None, split: SplitFilterOpt = None) -> None:
     """Show mean ± std over seeds per method and imbalance factor, one table per dataset."""
     _check_metric(metric)
     if fmt not in FORMATS:
         _fail(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    filters = dict(suite=suite, dataset=dataset, imbalance_factor=imbalance, method=method)
+    _check_split(split)
+    filters = dict(suite=suite, dataset=dataset, imbalance_factor=imbalance, method=method, split=split)
     folder, rows = _load(results, **filters)
 
     from bkdbench.leaderboard import render

@@ -9,8 +9,10 @@ import typer
 
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import TrackingOpt, parse_imbalances, parse_tracking, start_tracking
+from bkdbench.cli.options import (SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
+                                  parse_tracking, start_tracking)
 
+AUTO_PACK = 4  # runs per trial by default (docs/performance.md: what packing saves, on CPU and for the demo)
 SuiteOpt = typer.Option("digits-lt", "--suite", "-s", help="Suite name (see `bkdbench suites`) or a YAML file.")
 
 
@@ -29,7 +31,7 @@ def suites():
     for col in ("name", "runs", "runs on", "description"):
         table.add_column(col)
     for name in suite_names():
-        s = load_suite(name)
+        s = load_suite(name, check_names=False)  # the shipped suites' names are checked by the tests
         table.add_row(name, str(s.size()), s.runs_on, s.description)
     console.print(table)
 
@@ -41,8 +43,8 @@ def run(
     method: Optional[list[str]] = typer.Option(None, "--method", "-m", help="Only these methods (repeatable)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Only the first N seeds."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the epoch budget (smoke runs)."),
-    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="CPUs per trial (fractions allowed)."),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per trial, e.g. 0.25."),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="CPUs per trial (fractions allowed); per worker with --workers-per-trial N > 1."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per trial, e.g. 0.25; per worker with --workers-per-trial N > 1."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this suite."),
     force: bool = typer.Option(False, "--force", help="Retrain runs that are already in the leaderboard."),
@@ -51,8 +53,12 @@ def run(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
+    pack: Optional[int] = typer.Option(None, "--pack", min=1, help=f"Runs per Ray trial, trained as one pack (runs of one seed and teacher that differ only in method or loss parameters share batches and the teacher's forward; rows are those of separate runs). Default {AUTO_PACK}; 1 trains every run in a trial of its own."),
+    split: Optional[str] = SplitOpt,
+    workers_per_trial: int = typer.Option(1, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP; NCCL on GPUs, gloo on CPU): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). See docs/cluster.md."),
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
+    phases = Phases()
     from bkdbench.data import DataError, get_dataset
     from bkdbench.leaderboard.store import LeaderboardError, check_writable
     from bkdbench.paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
@@ -63,10 +69,13 @@ def run(
     if epochs is not None and epochs <= 0:
         fail(f"epochs must be > 0 (got {epochs})")
     tracker = parse_tracking(tracking)
+    from bkdbench.cli.decoding import show_decoding_progress
+
+    show_decoding_progress()  # a large benchmark's first load decodes its store: a bar with images/s
     try:
         s = load_suite(suite)
         specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=method, seeds=seeds, epochs=epochs,
-                         data_dir=data_dir)
+                         data_dir=data_dir, split=parse_split(split))
         if not specs:
             fail(f"the filters leave no runs of suite {s.name}")
         root = results_dir(results)
@@ -74,6 +83,7 @@ def run(
             check_writable(folder)
         for name in sorted({sp.dataset for sp in specs}):
             get_dataset(name).load(data_dir)  # missing or corrupt data fails now, not inside a trial
+        note_reference_split(specs, data_dir)
     except (SuiteError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
@@ -86,19 +96,25 @@ def run(
     from bkdbench.orchestrate.ray_session import StorageError, ray_session
 
     plan = plan_runs(specs, root, force=force)
-    record_suite_runs(root, s.name, [sp.run_id for sp in plan.specs])
+    pack = pack or AUTO_PACK
+    members = [sp.run_id for sp in plan.specs]  # recorded once Ray accepted the storage (nothing written before)
     console.print(f"suite [bold]{s.name}[/]: {len(plan.specs)} runs, {len(plan.skipped)} already in the leaderboard "
                   f"(skipped{'' if not plan.skipped else '; --force retrains them'}), {plan.todo} to train"
                   + (f" in {len(plan.stages)} stages (teachers first)" if len(plan.stages) > 1 else ""))
-    started = time.perf_counter()
+    phases.end("planning")
     if plan.todo:
         log = mirror(experiments_dir(root) / s.name) / "ray.log"  # a log stays on this machine
         try:
             with ray_session(address, log_file=log, storage=root), LiveView(plan.todo) as view:
+                phases.end("Ray start")
+                record_suite_runs(root, s.name, members)
                 outcome = run_plan(plan, root, name=s.name, tags={"suite": s.name}, cpus_per_trial=cpus_per_trial,
                                    gpus_per_trial=gpus_per_trial, resume=resume, force=force,
                                    max_failures=max_failures, checkpoint_every=checkpoint_every,
-                                   data_dir=data_dir, on_event=view.event)
+                                   data_dir=data_dir, on_event=view.event, pack=pack,
+                                   workers=workers_per_trial)
+                phases.took(plan.seconds)
+            phases.end("Ray stop")
         except Interrupted as exc:
             fail(f"interrupted: {exc}. Finished runs are saved; continue with "
                  f"`bkdbench run --suite {suite} --resume` (same filters)", code=130)
@@ -111,16 +127,60 @@ def run(
                  f"free space or fix {root}, then `--resume`", code=1)
         failed = {k: v for k, v in outcome.items()
                   if v.get("status") == "failed" or (v.get("error") and v.get("status") != "skipped")}
-        wall = time.perf_counter() - started
-        console.print(f"trained {plan.todo - len(failed)} run(s) in {wall:.1f} s; Ray log: {log}")
+        console.print(f"trained {plan.todo - len(failed)} run(s) in {sum(plan.seconds.values()):.1f} s "
+                      f"({plan.trials} Ray trials); Ray log: {log}")
         for run_id, info in failed.items():
             note(f"failed {run_id}: {info.get('error')}")
         # A diverged run is a result (recorded as failed); a trial that crashed past its retries is not.
         crashed = [k for k, v in failed.items() if v.get("status") not in ("failed", "skipped")]
+    else:
+        record_suite_runs(root, s.name, members)
     _show_leaderboard(root, s.name)
+    phases.end("leaderboard")
+    console.print(phases.line())
+    _next_commands(s, specs, results)
     if plan.todo and crashed:
         fail(f"{len(crashed)} trial(s) crashed after {max_failures} restarts (see the Ray log); "
              f"fix the cause and rerun with --resume", code=1)
+
+
+class Phases:
+    """Where a command's wall time went: ``end(name)`` closes a phase at now, ``took`` adds phases
+    timed elsewhere (the stages); ``line()`` is the one line printed at the end."""
+
+    def __init__(self):
+        self.start = self.mark = time.perf_counter()
+        self.parts: list[tuple[str, float]] = []
+
+    def end(self, name: str) -> None:
+        now = time.perf_counter()
+        self.parts.append((name, now - self.mark))
+        self.mark = now
+
+    def took(self, stages: dict[str, float]) -> None:
+        """The stages' own times, and what was left of the time since the last mark (Tune's set-up)."""
+        now = time.perf_counter()
+        self.parts += [("students" if name == "runs" else name, sec) for name, sec in stages.items()]
+        self.parts.append(("Tune set-up", max(0.0, now - self.mark - sum(stages.values()))))
+        self.mark = now
+
+    def line(self) -> str:
+        parts = " · ".join(f"{name} {sec:.1f} s" for name, sec in self.parts)
+        return f"[dim]time: {parts} · total {time.perf_counter() - self.start:.1f} s[/]"
+
+
+def _next_commands(suite, specs, results: Optional[str]) -> None:
+    """Three commands that work as printed on what this suite just wrote: a sweep, a comparison, a plot."""
+    methods = {sp.method for sp in specs}
+    first = specs[0]
+    where = f" --results {results}" if results else ""
+    tuned = "bkd" if "bkd" in methods else first.method
+    factor = max(sp.imbalance_factor for sp in specs if sp.dataset == first.dataset)
+    pair = ("bkd", "ce") if {"bkd", "ce"} <= methods else (sorted(methods) + sorted(methods))[:2]
+    lines = [f"bkdbench sweep {tuned} --dataset {first.dataset} --imbalance {factor:g} --trials 8{where}",
+             f"bkdbench compare {pair[0]} {pair[1]} --dataset {first.dataset}{where}",
+             f"bkdbench plot summary --suite {suite.name}{where} --out {suite.name}-summary.png"]
+    console.print("next:\n" + "\n".join(f"  [bold]{line}[/]" for line in lines))
 
 
 def _show_leaderboard(root, suite: str) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from bkdbench.cli.console import console, fail
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import parse_tracking, start_tracking
+from bkdbench.cli.options import SplitOpt, note_reference_split, parse_split, parse_tracking, start_tracking
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +39,7 @@ def sweep(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    split: Optional[str] = SplitOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = typer.Option(None, "--tracking", help="Mirror the teacher, the search trials (not packed "
                                            "ones) and the final test runs to mlflow[:URI] or wandb[:PROJECT]."),
@@ -76,10 +77,12 @@ def sweep(
         if scheduler not in ("asha", "none"):
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of: asha, none")
         space_def, space_file = load_space(method, str(space) if space else None)
-        base = make_spec(dataset, imbalance, method, seed=seed, epochs=epochs, params=space_def.fixed, data_dir=data_dir)
+        base = make_spec(dataset, imbalance, method, seed=seed, epochs=epochs, params=space_def.fixed, data_dir=data_dir,
+                         split=parse_split(split) or "every-class")
         for folder in (leaderboard_dir(root), teachers_dir(root), root / "sweeps"):
             check_writable(folder)
         get_dataset(dataset).load(data_dir)
+        note_reference_split([base], data_dir)
     except (SpaceError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
@@ -96,7 +99,7 @@ def sweep(
 
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
-                      epochs=base.epochs, data_seed=base.data_seed)
+                      epochs=base.epochs, data_seed=base.data_seed, split=base.split)
     folder = sweep_dir(root, cfg.sweep_id)
     study = open_study(cfg.sweep_id, folder, optuna_storage)
     if study.get_trials(deepcopy=False) and not resume:

@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import check_device as _check_device, console, fail, note
-from bkdbench.cli.options import DataDirOpt, ResultsOpt, TrackingOpt, method_params, parse_tracking, start_tracking
+from bkdbench.cli.options import (DataDirOpt, ResultsOpt, SplitOpt, TrackingOpt, method_params, note_reference_split,
+                                  parse_split, parse_tracking, start_tracking)
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +41,7 @@ def train(
     force: bool = typer.Option(False, "--force", help="Train even if this run is already in the leaderboard."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="imagefolder: resize every image to N×N (needed when sizes differ)."),
     data_dir: Optional[Path] = DataDirOpt,
+    split: Optional[str] = SplitOpt,
     results: Optional[str] = ResultsOpt,  # a str: Path would mangle a URI
     tracking: Optional[str] = TrackingOpt,
 ):
@@ -52,6 +54,9 @@ def train(
     from bkdbench.methods.params import parse_assignments
 
     tracker = parse_tracking(tracking)
+    from bkdbench.cli.decoding import show_decoding_progress
+
+    show_decoding_progress()  # a large benchmark's first load decodes its store: a bar with images/s
     params = method_params(alpha=alpha, temperature=temperature, beta=beta, gamma=gamma, max_m=max_m, s=s,
                            tau=tau, cb_start=cb_start)
     try:
@@ -65,13 +70,15 @@ def train(
         imbalance = "natural"
     try:
         spec = make_spec(dataset, imbalance, method, seed=seed, data_seed=data_seed, profile=profile, model=model,
-                         recipe=recipe, epochs=epochs, params=params, data_dir=data_dir, image_size=image_size)
+                         recipe=recipe, epochs=epochs, params=params, data_dir=data_dir, image_size=image_size,
+                         split=parse_split(split) or "every-class")
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root)):
             check_writable(folder)
         # Missing or corrupt files fail here, before any training (an image folder is decoded and cached now).
         dataset_info(dataset, data_dir, image_size).load(data_dir)
         _check_device(device)
+        note_reference_split([spec], data_dir)
     except (SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 

@@ -1,8 +1,7 @@
 """Datasets (one file each, registering itself), the long-tail construction and the device loader."""
-from . import cifar, digits, fashion, imagefolder  # noqa: F401  (registration)
+from . import cifar, digits, fashion, imagefolder, imagenet_lt, inat18, places_lt  # noqa: F401  (registration)
 from .longtail import longtail_counts, longtail_indices, shot_split, unused_indices, validation_indices
 from .registry import DataError, DatasetInfo, ImageArrays, dataset_info, dataset_names, get_dataset, register_dataset
-from .loader import DeviceLoader, normalize, random_crop_flip
 from .splits import NATURAL, LongTailData, kept_class_counts, load_longtail, natural_imbalance, restrict_classes
 
 __all__ = [
@@ -10,3 +9,13 @@ __all__ = [
     "NATURAL", "dataset_info", "load_longtail", "longtail_counts", "longtail_indices", "natural_imbalance", "kept_class_counts", "restrict_classes", "register_dataset", "shot_split",
     "unused_indices", "validation_indices",
 ]
+
+
+def __getattr__(name: str):
+    """The device loader imports torch: loaded on first use, so that listing datasets (``bkdbench data
+    list``, suite files) stays torch-free."""
+    if name in ("DeviceLoader", "normalize", "random_crop_flip"):
+        from . import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

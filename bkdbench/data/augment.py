@@ -177,3 +177,23 @@ def moco_v2_view(images: torch.Tensor, generator: torch.Generator, *, scale: tup
         mirror = torch.rand(n, generator=generator, device=dev) < 0.5
         x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)
     return x.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def simclr_color_jitter(images: torch.Tensor, generator: torch.Generator, *, strength: float = 1.0,
+                        jitter_p: float = 0.8, gray_p: float = 0.2) -> torch.Tensor:
+    """SimCLR's colour distortion on a uint8 batch, returned as uint8 of the same shape: colour jitter
+    (brightness, contrast, saturation 0.8·strength, hue 0.2·strength; SimCLR v2's multiplicative
+    brightness, the order random) with probability ``jitter_p``, then grayscale with probability
+    ``gray_p``, each drawn per image. The official CBD code's ``add_color_jitter`` is this with
+    strength 1 (its input_pipeline.py, through simclr's data_util). One-channel images get brightness
+    and contrast only (see the module docstring)."""
+    n, c = images.shape[:2]
+    dev = images.device
+    x = images.float().div_(255.0)
+    s = strength
+    x = color_jitter(x, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, generator,
+                     apply=torch.rand(n, generator=generator, device=dev) < jitter_p)
+    if c == 3:
+        to_gray = torch.rand(n, generator=generator, device=dev) < gray_p
+        x = torch.where(to_gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+    return x.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)

@@ -3,7 +3,8 @@
 Split (fixed, independent of the data seed): per class, a permutation from RandomState(2024);
 the first 50 images of each class form the balanced test set (500 images), the rest (124–133 per
 class) the training pool that the long-tail profile subsamples with n_max = 100. Validation:
-10 per class from the pool images the subsample did not keep (every class has at least 24).
+10 per class from the pool images the subsample did not keep (every class has at least 24), so both
+splits (``every-class``, ``reference``) give the same 100 validation images and the reference training set.
 """
 from __future__ import annotations
 

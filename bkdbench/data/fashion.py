@@ -84,7 +84,8 @@ register_dataset(
         std=(0.3530,),
         load=lambda root=None: _load(Path(root).expanduser() if root else None),
         locate=_locate,
-        # n_max below the 6,000 per class so the head class also leaves images for validation.
+        # n_max below the 6,000 per class so the head class also leaves images for validation: every
+        # class gives 100 unused images, under either split, and the training set is the reference one.
         n_max=5000,
         val_per_class=100,
         pad=2,

@@ -30,8 +30,10 @@ their run ids are unchanged.
 Long-tailed subsets (splits.py). A balanced folder is subsampled like CIFAR (``longtail_indices``,
 n_max = the largest training class); ``natural`` keeps every training image, needs ``val/``, and is
 recorded as profile "natural" with the folder's own n_max / n_min (2 decimals) as imbalance factor.
-Validation: ``val/`` when present, else up to ``val_per_class`` = min(200, max(1, n_max // 10)) unused
-training images per class (CIFAR-10's 200, CIFAR-100's 50). Augmentation: crop with
+Validation: ``val/`` when present, else ``val_per_class`` = min(20, max(1, n_max // 10)) training
+images per class (20 as for CIFAR and ImageNet-LT's val), from the images the subsample did not keep;
+under the default ``every-class`` split a class without enough of them (the head, which keeps its
+whole folder) makes up the shortfall from the last of its kept images. Augmentation: crop with
 max(1, side // 8) pixels of padding (4 for 32×32) and horizontal flip.
 """
 from __future__ import annotations
@@ -318,7 +320,7 @@ def folder_info(root: Optional[Path], image_size: Optional[int] = None) -> Datas
         load=lambda _root=None: arrays,
         locate=lambda _root=None: (True, str(data.root)),
         n_max=n_max,
-        val_per_class=min(200, max(1, n_max // 10)),
+        val_per_class=min(20, max(1, n_max // 10)),
         pad=max(1, min(height, width) // 8),
         hflip=True,
         default_model="resnet32",
@@ -352,7 +354,7 @@ register_dataset(
         load=lambda root=None: load_folder(_need_root(root)).arrays,
         locate=_locate,
         n_max=None,
-        val_per_class=200,
+        val_per_class=20,
         pad=4,
         hflip=True,
         default_model="resnet32",

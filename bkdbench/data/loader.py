@@ -8,7 +8,12 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from .augment import simclr_color_jitter
+from .imagenet_augment import eval_view, gather, train_view
+from .shards import iter_shards, num_batches
+
 SAMPLERS = ("instance", "class-balanced")
+AUGMENTATIONS = ("crop-flip", "imagenet")  # DatasetInfo.augmentation
 
 
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -44,7 +49,11 @@ class DeviceLoader:
     shuffled DataLoader does; ``drop_last`` skips it); ``class-balanced`` draws a class uniformly,
     then an image of that class uniformly, as many draws as there are images. With ``second_view``
     (a function of the batch's uint8 images and the loader's generator) each batch comes with a
-    second, differently augmented view: (view 1, labels, view 2).
+    second, differently augmented view: (view 1, labels, view 2). ``augmentation="imagenet"`` (the
+    large benchmarks) replaces crop-with-padding by random-resized crops of ``image_size``, flip and
+    colour jitter (imagenet_augment.py); images left in host memory (``device`` set) are gathered per batch.
+    ``color_jitter`` adds SimCLR's colour distortion (augment.simclr_color_jitter) to every training
+    batch after the crop and flip (CBD's jittered teachers).
     """
 
     def __init__(
@@ -62,13 +71,27 @@ class DeviceLoader:
         augment: bool = True,
         drop_last: bool = False,
         second_view: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
+        augmentation: str = "crop-flip",
+        image_size: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        color_jitter: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        self.images, self.labels = images, labels
-        self.device = images.device
+        if augmentation not in AUGMENTATIONS or (augmentation == "imagenet" and not image_size):
+            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)} ('imagenet' needs image_size)")
+        # ``device`` may differ from the images' (a store too large for it, imagenet_augment.place):
+        # each batch is then gathered from host memory; labels and augmentation live on ``device``.
+        self.device = torch.device(device) if device is not None else images.device
+        self.images, self.labels = images, labels.to(self.device)
+        labels = self.labels
+        self.augmentation, self.image_size = augmentation, image_size
         self.batch_size, self.pad, self.hflip, self.sampler, self.augment = batch_size, pad, hflip, sampler, augment
-        self.drop_last, self.second_view = drop_last, second_view
+        self.drop_last, self.second_view, self.color_jitter = drop_last, second_view, color_jitter
+        # Several workers (world_size > 1): each yields its shard of every global batch (shards.py).
+        self.rank, self.world_size, self.global_batch = rank, world_size, batch_size
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -81,6 +104,8 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         n = len(self.labels)
+        if self.world_size > 1:
+            return num_batches(n, self.batch_size, self.drop_last, self.world_size)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _indices(self) -> torch.Tensor:
@@ -93,13 +118,34 @@ class DeviceLoader:
         return self._order[self._starts[cls] + offset]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self.world_size > 1:
+            return iter_shards(self, normalize)
+        return self._global_batches()
+
+    def _global_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         idx = self._indices()
+        host = self.images.device.type == "cpu" and self.device.type != "cpu"  # (cuda vs cuda:0 is not host)
+        idx_host = idx.cpu() if host else None  # one host sync per epoch, not per batch
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             take = idx[start : start + self.batch_size]
-            raw = self.images[take]
-            x = random_crop_flip(raw, self.pad, self.hflip, self.generator) if self.augment else raw
+            raw = gather(self.images, idx_host[start : start + self.batch_size], self.device) if host else self.images[take]
+            if self.augmentation == "imagenet":
+                x = (train_view(raw, self.generator, self.image_size, hflip=self.hflip) if self.augment
+                     else eval_view(raw, self.image_size))
+            else:
+                x = random_crop_flip(raw, self.pad, self.hflip, self.generator) if self.augment else raw
+            if self.color_jitter and self.augment:
+                x = simclr_color_jitter(x, self.generator)
             if self.second_view is None:
                 yield normalize(x, self.mean, self.std), self.labels[take]
             else:
-                key = self.second_view(raw, self.generator)
+                # imagenet: the second view is made from the evaluation crop, so both views are image_size
+                source = eval_view(raw, self.image_size) if self.augmentation == "imagenet" else raw
+                key = self.second_view(source, self.generator)
                 yield normalize(x, self.mean, self.std), self.labels[take], normalize(key, self.mean, self.std)
+
+    def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """An evaluation batch of uint8 images (on any device) on the loader's device, with the
+        evaluation transform of its augmentation (imagenet: resize + centre crop; crop-flip: none)."""
+        x = x.to(self.device, non_blocking=True)
+        return eval_view(x, self.image_size) if self.augmentation == "imagenet" else x

@@ -79,14 +79,41 @@ def _split(targets: np.ndarray, imbalance_factor, profile, data_seed, n_max):
 
 
 def validation_indices(unused: list[np.ndarray], per_class: int) -> np.ndarray:
-    """A balanced validation split from images the subsample did not keep.
+    """The ``reference`` split's validation images: only images the subsample did not keep.
 
     Rule: each class gives its first ``per_class`` unused images (already shuffled by the data
     seed). A class that kept (almost) all its images -- CIFAR's head class keeps every one --
     gives what it has, possibly none; balanced validation accuracy then averages over the classes
     present. Training images are never reused for validation and the test set is never touched.
+    The default split (``every_class_split``) fills such classes from their kept images instead.
     """
     return np.concatenate([idx[:per_class] for idx in unused]).astype(np.int64)
+
+
+def validation_shortfall(class_sizes: Sequence[int], kept_counts: Sequence[int], per_class: int) -> list[int]:
+    """Per class, how many of its kept images the every-class split moves to validation: what its
+    unused images (class size − kept) lack of ``per_class``, but never its last training image."""
+    return [max(0, min(per_class - (size - kept), kept - 1)) for size, kept in zip(class_sizes, kept_counts)]
+
+
+def every_class_split(targets: Sequence[int], kept: np.ndarray, unused: list[np.ndarray],
+                      per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices) with ``per_class`` validation images in every class.
+
+    ``kept`` is ``longtail_indices``' output (class by class, reference order) and ``unused`` is
+    ``unused_indices``'. Each class gives its first ``per_class`` unused images; a class with fewer
+    (CIFAR's head keeps all of its images) makes up the shortfall with the *last* of its kept images
+    in the reference order, so the training set is the reference one except in those classes, by at
+    most ``per_class`` images each, and a class always keeps at least one training image.
+    """
+    labels = np.asarray(targets)[kept]
+    train, val = [], []
+    for label, rest in enumerate(unused):
+        own = kept[labels == label]  # this class's kept images, still in the reference order
+        short = max(0, min(per_class - len(rest), len(own) - 1))
+        train.append(own[:len(own) - short])
+        val.append(np.concatenate([rest[:per_class], own[len(own) - short:]]))
+    return np.concatenate(train).astype(np.int64), np.concatenate(val).astype(np.int64)
 
 
 def shot_split(class_counts: Sequence[int], many: int = 100, few: int = 20) -> dict[str, list[int]]:

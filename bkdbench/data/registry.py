@@ -56,6 +56,11 @@ class DatasetInfo:
     # builds that folder's own DatasetInfo (classes, counts, mean/std, ``data_key``).
     resolve: Optional[Callable[[Optional[Path], Optional[int]], "DatasetInfo"]] = None
     data_key: Optional[str] = None  # content hash of a resolved folder: part of every run id on it
+    # How DeviceLoader augments: "crop-flip" (pad-and-crop, flip: the CIFAR recipe) or "imagenet"
+    # (random-resized crop to image_size, flip, colour jitter; evaluation resize + centre crop; imagenet_augment.py).
+    augmentation: str = "crop-flip"
+    # A set that is long-tailed already (ImageNet-LT, Places-LT, iNat18): only the natural profile.
+    natural_only: bool = False
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}

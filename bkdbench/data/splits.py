@@ -6,6 +6,13 @@ is the set's own n_max / n_min, rounded to 2 decimals (``natural_imbalance``). V
 dataset's own split when it has one (an image folder's ``val/``), else up to ``val_per_class`` of
 the training images the subsample did not keep -- so ``natural``, which keeps them all, needs one.
 Shot splits (many/medium/few) always come from the counts actually kept.
+
+Splits (``split``, part of a run's identity): ``every-class`` (the default) gives every class
+``val_per_class`` validation images, a class with fewer unused images (CIFAR's head) making up the
+shortfall from the last of its kept images (``every_class_split``); ``reference`` keeps the
+reference training set index-identical and validates only on unused images, so a class without
+any (CIFAR's head) has no validation image. A dataset with a validation split of its own (an image
+folder's ``val/``) and the ``natural`` profile use that split either way.
 """
 from __future__ import annotations
 
@@ -15,10 +22,26 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .longtail import longtail_counts, longtail_indices, shot_split, unused_indices, validation_indices
+from .longtail import (every_class_split, longtail_counts, longtail_indices, shot_split, unused_indices,
+                       validation_indices, validation_shortfall)
 from .registry import DataError, DatasetInfo, ImageArrays, dataset_info
 
 NATURAL = "natural"  # keep the training set as it is
+EVERY_CLASS, REFERENCE = "every-class", "reference"
+SPLITS = (EVERY_CLASS, REFERENCE)  # how validation is drawn (module docstring); EVERY_CLASS is the default
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    return split
+
+
+def check_profile(info: DatasetInfo, profile: str) -> None:
+    """A set that is long-tailed already (``natural_only``) is used as it is, never subsampled."""
+    if info.natural_only and profile != NATURAL:
+        raise DataError(f"{info.name} is long-tailed already and is used as it is: pass --imbalance natural "
+                        f"(not the {profile} profile)")
 
 
 @dataclass
@@ -67,8 +90,11 @@ def load_longtail(
     data_dir: Optional[Path] = None,
     *,
     image_size: Optional[int] = None,
+    split: str = EVERY_CLASS,
 ) -> LongTailData:
+    check_split(split)
     info = dataset_info(dataset, data_dir, image_size)
+    check_profile(info, profile)
     arrays = info.load(Path(data_dir) if data_dir else None)
     targets = arrays.train_y
     if profile == NATURAL:
@@ -80,13 +106,17 @@ def load_longtail(
     if arrays.val_x is not None:
         val_x, val_y = arrays.val_x, arrays.val_y
     else:
-        val = validation_indices(unused_indices(targets, imbalance_factor, profile, data_seed, n_max=info.n_max),
-                                 info.val_per_class)
+        unused = unused_indices(targets, imbalance_factor, profile, data_seed, n_max=info.n_max)
+        if split == EVERY_CLASS:
+            kept, val = every_class_split(targets, kept, unused, info.val_per_class)
+        else:
+            val = validation_indices(unused, info.val_per_class)
         val_x, val_y = arrays.train_x[val], targets[val]
     num_classes = len(arrays.classes)
     return LongTailData(
         info=info,
-        train_x=arrays.train_x[kept],
+        # natural keeps everything: no copy, so a memory-mapped store (splitlist.py) stays on disk
+        train_x=arrays.train_x if profile == NATURAL else arrays.train_x[kept],
         train_y=targets[kept].astype(np.int64),
         val_x=np.asarray(val_x),
         val_y=np.asarray(val_y).astype(np.int64),
@@ -98,13 +128,35 @@ def load_longtail(
 
 
 def kept_class_counts(info: DatasetInfo, imbalance_factor: float, profile: str = "exp",
-                      data_dir: Optional[Path] = None) -> list[int]:
+                      data_dir: Optional[Path] = None, split: str = EVERY_CLASS) -> list[int]:
     """Training images per class that ``load_longtail`` keeps, without building the subsample: a
     method whose teachers depend on the counts (class subsets by shot) plans them from this."""
+    check_split(split)
     if profile == NATURAL:
         arrays = info.load(Path(data_dir) if data_dir else None)
         return np.bincount(arrays.train_y, minlength=len(arrays.classes)).tolist()
-    return longtail_counts(info.n_max, info.num_classes, imbalance_factor, profile)
+    counts = longtail_counts(info.n_max, info.num_classes, imbalance_factor, profile)
+    if split == REFERENCE:
+        return counts
+    arrays = info.load(Path(data_dir) if data_dir else None)
+    if arrays.val_x is not None:  # the dataset's own validation split: nothing moves
+        return counts
+    sizes = np.bincount(arrays.train_y, minlength=len(counts)).tolist()
+    return [n - short for n, short in zip(counts, validation_shortfall(sizes, counts, info.val_per_class))]
+
+
+def classes_without_validation(info: DatasetInfo, imbalance_factor: float, profile: str = "exp",
+                               data_dir: Optional[Path] = None) -> list[int]:
+    """The classes that the ``reference`` split leaves without a validation image (every unused
+    image of theirs kept: CIFAR's head class); [] where the dataset has its own validation split."""
+    if profile == NATURAL:
+        return []
+    arrays = info.load(Path(data_dir) if data_dir else None)
+    if arrays.val_x is not None:
+        return []
+    counts = longtail_counts(info.n_max, len(arrays.classes), imbalance_factor, profile)
+    sizes = np.bincount(arrays.train_y, minlength=len(counts)).tolist()
+    return [label for label, (size, n) in enumerate(zip(sizes, counts)) if size <= n]
 
 
 def restrict_classes(data: LongTailData, classes: Sequence[int]) -> LongTailData:

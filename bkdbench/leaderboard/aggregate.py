@@ -55,7 +55,9 @@ def _params(row: Mapping) -> dict:
 # Parameters a method makes explicit from each long-tailed set's counts (class-subset KD's shot
 # groups): different per imbalance factor by construction, so they tell rows apart only within a cell.
 DATA_DERIVED = frozenset({"groups"})
-SETUP = ("model", "epochs")  # not method parameters, but a different value is a different configuration
+# Not method parameters, but a different value is a different configuration (a smoke run, the other
+# validation split: its training set differs in the classes it takes validation images from).
+SETUP = ("model", "epochs", "split")
 
 
 def keyed_datasets(df: pd.DataFrame) -> pd.DataFrame:

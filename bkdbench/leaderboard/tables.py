@@ -137,6 +137,8 @@ def retrain_command(row) -> str:
     if recipe.get("name"):
         parts += ["--recipe", str(recipe["name"])]
     parts += ["--epochs", str(int(row["epochs"]))]
+    if row.get("split") == "reference":  # the default is every-class
+        parts += ["--split", "reference"]
     for name, value in sorted((_json_or_none(row.get("params")) or {}).items()):
         if name == "classes":  # a class-subset teacher: trained by its student's run, not on its own
             continue

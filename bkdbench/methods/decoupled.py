@@ -3,13 +3,40 @@ Recognition", ICLR 2020): keep the representation of a plain CE model (stage 1) 
 its classifier (stage 2). The stage-1 model is found or trained like a teacher (a CE run of the same
 model, data and seed, cached by run id); stage 2 trains for ``stage2_fraction`` of that budget.
 
-- ``crt``: freeze the backbone (BatchNorm statistics too), re-initialise the linear classifier and
-  retrain it with class-balanced sampling and plain CE.
-- ``lws``: freeze everything; learn one scale f_j per class on the classifier weights,
-  z_j = f_j · w_jᵀx + b_j (the bias is kept as trained), with class-balanced sampling.
-- ``tau-norm``: no training; w̃_j = w_j / ‖w_j‖^τ (bias kept). τ is chosen on the balanced
-  validation split from 0, 0.1, …, 2 (never the test set) unless given (``tau: auto`` by
-  default); the chosen τ is reported in the leaderboard's ``extra`` column.
+- ``crt``: freeze the backbone's weights, re-initialise the linear classifier and retrain it with
+  class-balanced sampling and plain CE.
+- ``lws``: freeze everything; learn one scale f_j per class on the classifier's output, bias
+  included: z_j = f_j·(w_jᵀx + b_j), with class-balanced sampling.
+- ``tau-norm``: no training; w̃_j = w_j / ‖w_j‖^τ. τ is chosen on the balanced validation split from
+  0, 0.1, …, 2 (never the test set) unless given (``tau: auto`` by default); the chosen τ is reported
+  in the leaderboard's ``extra`` column. ``bias: keep`` (default) keeps the stage-1 bias,
+  ``bias: drop`` predicts from w̃_jᵀx alone.
+
+Checked against the authors' code (facebookresearch/classifier-balancing, and BagofTricks-LT's
+re-implementation, zhangyongshun/BagofTricks-LT):
+
+- LWS: ``models/TauNormClassifier.py`` computes ``x = self.fc(x); x *= self.scales`` (fc frozen), so
+  the scale multiplies the bias too; BagofTricks-LT's ``lib/modules/classifier_ops.py`` ``LWS`` does
+  the same. (SSD-LT's stage II shares ``ScaledLinear``.)
+- τ-norm's bias: Kang's ``tau_norm.py`` loads ``fc.bias`` but scores ``dotproduct_similarity(feat,
+  pnorm(weights, p))``: no bias (``bias: drop``). BagofTricks-LT's ``lib/net/network.py``
+  ``load_model(tau_norm=True)`` normalises only ``classifier.weight`` and loads the bias unchanged
+  (``bias: keep``, bkdbench's default). Both use the grid ``np.linspace(0, 2, 21)``; Kang prints test
+  accuracy for each τ, bkdbench chooses on validation.
+- BatchNorm in stage 2: Kang's ``run_networks.py`` freezes the feature model's parameters
+  (``requires_grad = False`` for ``fix: true``) but calls ``model.train()`` on every network each
+  epoch, so the frozen backbone's BatchNorm running statistics are re-estimated on the class-balanced
+  batches (BagofTricks-LT's ``lib/core/function.py`` also calls ``model.train()`` unless
+  ``EVAL_MODE``). ``bn_stats: re-estimate`` (default) does the same; ``bn_stats: frozen`` keeps stage
+  1's statistics (``model.eval()`` on the backbone). Weights and BatchNorm affine parameters stay frozen
+  either way.
+- Epoch length: Kang's ``ClassAwareSampler`` nominally yields max_j n_j · C draws, but
+  ``run_networks.py`` ends each epoch after ``epoch_steps = int(N / batch_size)`` batches (N the
+  long-tailed training-set size: "based on actual number of training data instead of oversampled data
+  number"). bkdbench's stage 2 draws N class-balanced samples per epoch and drops the last partial
+  batch: ⌊N/B⌋ batches of B, the same count. (Within an epoch the authors cycle through shuffled
+  classes and each class's shuffled images, 4 per class in a row on ImageNet-LT; bkdbench draws the
+  class and the image uniformly at random.)
 """
 
 from __future__ import annotations
@@ -29,11 +56,16 @@ TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))
 
 class Stage2Params(MethodParams):
     stage2_fraction: float = Field(0.1, gt=0, le=1, description="stage-2 epochs as a fraction of stage 1's")
+    bn_stats: Literal["re-estimate", "frozen"] = Field(
+        "re-estimate", description="the frozen backbone's BatchNorm statistics: re-estimated on the class-balanced "
+                                   "batches (Kang's model.train()) or kept from stage 1")
 
 
 class TauNormParams(MethodParams):
     tau: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = Field(
         "auto", description="norm exponent; 'auto' = chosen on the validation split")
+    bias: Literal["keep", "drop"] = Field(
+        "keep", description="the stage-1 bias: kept (BagofTricks-LT) or dropped (Kang's tau_norm.py)")
 
 
 class _Decoupled(Method):
@@ -42,6 +74,7 @@ class _Decoupled(Method):
     needs_teacher = True
     stage1 = True  # the "teacher" is this run's starting point, not a distillation target
     sampler = "class-balanced"
+    drop_last = True  # ⌊N/B⌋ batches per epoch, as Kang's epoch_steps (module docstring)
 
     def loss(self, logits, targets, *, epoch=0, teacher_logits=None) -> torch.Tensor:
         return F.cross_entropy(float_logits(logits), targets)
@@ -53,8 +86,11 @@ class _Decoupled(Method):
         return []
 
     def set_train_mode(self, model: nn.Module) -> None:
-        model.eval()  # the frozen backbone keeps its BatchNorm statistics
-        model.fc.train()
+        if self.params.bn_stats == "re-estimate":
+            model.train()  # as Kang's run_networks.py: frozen weights, BatchNorm statistics re-estimated
+        else:
+            model.eval()  # the frozen backbone keeps stage 1's BatchNorm statistics
+            model.fc.train()
 
 
 @register("crt")
@@ -71,8 +107,8 @@ class ClassifierRetraining(_Decoupled):
 
 
 class ScaledLinear(nn.Module):
-    """A frozen linear classifier whose class vectors are scaled by learnable f_j: z_j = f_j·w_jᵀx + b_j
-    (LWS as here), or with ``scale_bias`` the whole output z_j = f_j·(w_jᵀx + b_j) (SSD-LT's stage II)."""
+    """A frozen linear classifier scaled by learnable f_j: with ``scale_bias`` the whole output
+    z_j = f_j·(w_jᵀx + b_j) (LWS and SSD-LT's stage II, as their authors), else z_j = f_j·w_jᵀx + b_j."""
 
     def __init__(self, linear: nn.Linear, scale_bias: bool = False):
         super().__init__()
@@ -98,7 +134,7 @@ class LearnableWeightScaling(_Decoupled):
 
     @classmethod
     def restructure(cls, model):
-        model.fc = ScaledLinear(model.fc)
+        model.fc = ScaledLinear(model.fc, scale_bias=True)  # Kang's TauNormClassifier.py: fc(x) * scales
 
 
 @register("tau-norm")
@@ -108,9 +144,15 @@ class TauNormalisation(_Decoupled):
     Params = TauNormParams
     trains = False
 
+    def set_train_mode(self, model):
+        model.eval()  # nothing trains; the stage-1 model is used as it is
+
     def finalize(self, model, validate):
         weight = model.fc.weight.detach().clone()
         norms = weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if self.params.bias == "drop" and model.fc.bias is not None:
+            with torch.no_grad():
+                model.fc.bias.zero_()  # Kang's tau_norm.py scores features·w̃ᵀ without the bias
 
         def apply(tau: float) -> None:
             with torch.no_grad():

@@ -81,6 +81,9 @@ class BalancedKD(Method):
 
 class KDParams(_DistillParams):
     weighted_ce: bool = False
+    # With weighted_ce, the CE weights switch on at 80% of the budget (epoch 160 of 200), as the
+    # reference's KD baseline (its DRW rule); cb_start=0 weights CE from the first epoch.
+    cb_start: CbStart = 0.8
 
 
 @register("kd")
@@ -93,6 +96,9 @@ class VanillaKD(BalancedKD):
     weighted_ce=True uses class-balanced weights (beta, from cb_epoch) in the CE term. It is off by
     default because the BKD reference student script silently forced that re-weighting, so its "KD"
     baseline was not vanilla KD; here the variant is explicit. beta and cb_start only matter then.
+    cb_start defaults to 0.8 (weights from epoch 160 of 200): the reference script's DRW rule, which
+    it forces on CIFAR-10 (train_student.py lines 124-127, REFERENCE.md §4). On CIFAR-100 it forces
+    Reweight, weights from epoch 0: pass cb_start=0 to reproduce that baseline.
     """
 
     Params = KDParams

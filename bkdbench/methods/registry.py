@@ -96,6 +96,9 @@ class Method:
     trains: ClassVar[bool] = True  # False: no epochs at all (τ-norm only changes the stage-1 classifier)
     drop_last: ClassVar[bool] = False  # skip each epoch's last partial batch (SSD-LT's fixed-size queue)
     views: ClassVar[int] = 1  # 2: the loader also yields ``second_view`` of each batch (SSD-LT stage I)
+    # True: the loader adds SimCLR colour jitter to every training batch (augment.simclr_color_jitter);
+    # set per run from a method parameter (CBD's jittered teachers, ``ce-cosine20``'s ``color_jitter``).
+    color_jitter: bool = False
     Params: ClassVar[type[MethodParams]] = MethodParams
 
     # ------------------------------------------------ hooks (defaults: a plain single-model loss)

@@ -61,16 +61,20 @@ def run_and_record(
     bf16: bool = False,
     compile: bool = False,
     tracking: Optional[Tracking] = None,
+    distributed=None,
 ) -> RunResult:
     """Train ``spec`` and write its leaderboard row (a failed row, then re-raise, if it diverges).
     CE runs double as teachers, so their weights are cached by run id. Each epoch and the final row
-    are mirrored to TensorBoard and to ``tracking`` (MLflow or W&B) when given."""
+    are mirrored to TensorBoard and to ``tracking`` (MLflow or W&B) when given. ``distributed``
+    (training.distributed.Distributed): rank 0 of a multi-worker run (orchestrate/workers.py); the
+    other ranks call ``train`` themselves and record nothing."""
     tags = tags or {}
     teacher_state = teacher_state_for(spec, results)
     tracker = RunTracker(spec, tags, tracking, tensorboard_dir(results, tags), resumed=checkpoint is not None)
     try:
         result = train(spec, report=tracker.wrap(report), data_dir=data_dir, device=device,
-                       teacher_state=teacher_state, checkpoint=checkpoint, bf16=bf16, compile=compile)
+                       teacher_state=teacher_state, checkpoint=checkpoint, bf16=bf16, compile=compile,
+                       **({"distributed": distributed} if distributed is not None else {}))
     except TrainingDiverged as exc:
         row = failed_row(spec, str(exc), **tags)
         write_row(leaderboard_dir(results), row)

@@ -1,5 +1,7 @@
-"""Which runs share a packed trial: runs that differ only in method parameters (``packed.check_packable``),
-up to K per trial. Each run still gets its own leaderboard row; only the scheduling unit changes.
+"""Which runs share a packed trial: runs that differ only in their method or its parameters and ask the
+same of the network and the loader (``packed.pack_signature``: CE, re-weighting and Balanced Softmax of
+one seed; KD and BKD students of one teacher), up to K per trial. Each run still gets its own
+leaderboard row, identical to the one it gets alone; only the scheduling unit changes.
 
 A trial is named by a key: a single run's key is its run id (so ``--pack 1`` is exactly the unpacked
 experiment), a pack's key is a hash of its members' run ids (stable across invocations, so an
@@ -19,26 +21,22 @@ RUNS = "runs"  # a packed trial's final result: {run_id: status} of its members
 
 
 def packable(spec: RunSpec) -> bool:
-    from ..training.packed import check_packable
+    from ..training.packed import pack_refusal
 
-    try:
-        check_packable([spec])  # refuses methods train_packed cannot train (features, stage-1 models, ...)
-    except ValueError:
-        return False
-    return True
+    return pack_refusal(spec) is None  # train_packed cannot train features, stage-1 models, ...
 
 
 def pack_groups(specs: list[RunSpec], pack: int) -> list[list[RunSpec]]:
-    """``specs`` cut into trials: packable runs that differ only in method parameters in groups of at
-    most ``pack``, split as evenly as possible (5 runs, K=4: 3 + 2, so neither trial waits on the
-    other for long); everything else alone. Groups come in the order of their first run."""
+    """``specs`` cut into trials: packable runs with one ``pack_signature`` in groups of at most
+    ``pack``, split as evenly as possible (5 runs, K=4: 3 + 2, so neither trial waits on the other for
+    long); everything else alone. Groups come in the order of their first run."""
     if pack < 1:
         raise ValueError(f"--pack must be at least 1 (got {pack})")
+    from ..training.packed import pack_signature
+
     buckets: dict[str, list[RunSpec]] = {}
     for spec in specs:
-        alike = spec.run_id
-        if pack > 1 and packable(spec):
-            alike = json.dumps(spec.model_dump(mode="json", exclude={"params"}), sort_keys=True)
+        alike = pack_signature(spec) if pack > 1 and packable(spec) else spec.run_id
         buckets.setdefault(alike, []).append(spec)
     groups = []
     for members in buckets.values():

@@ -1,13 +1,15 @@
-"""Run a list of RunSpecs as Ray Tune trials: teachers first, then everything else.
+"""Run a list of RunSpecs as Ray Tune trials: teachers first, then their students.
 
 Stage 1 trains the teachers the students need and that are not cached yet (a suite's CE runs
-double as teachers: same spec, same run id); stage 2 trains the rest. Runs already finished in the
+double as teachers: same spec, same run id), and beside them every run that needs no teacher
+trained now; the last stage trains the students (a teacher's own teacher adds a stage before). Runs already finished in the
 leaderboard are skipped unless ``force``. Each stage is one Tune experiment under
 ``<results>/experiments/<name>/{teachers,runs}`` that ``resume=True`` restores (``Tuner.restore``).
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -53,6 +55,8 @@ class Plan:
     skipped: list[RunSpec]
     stages: list[list[RunSpec]] = field(default_factory=list)
     stage_names: list[str] = field(default_factory=list)  # "teachers", "runs": stable across resumes
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage, filled by run_plan
+    trials: int = 0  # Ray trials run_plan made of the stages (fewer than runs when packed)
 
     def all_specs(self) -> dict[str, str]:
         """Every spec this plan knows (finished ones and teachers too), by run id: a restored
@@ -84,10 +88,17 @@ def plan_runs(specs: list[RunSpec], results: "Location | str", force: bool = Fal
 
     for s in todo:
         visit(s)
-    stage2 = [s for s in todo if s.run_id not in teachers]
-    by_level = [[t for t in teachers.values() if level[t.run_id] == n] for n in range(max(level.values(), default=-1) + 1)]
-    named = [("teachers" if n == 0 else f"teachers-{n + 1}", st) for n, st in enumerate(by_level)] + [("runs", stage2)]
-    named = [(name, st) for name, st in named if st]
+    depth = max(level.values(), default=-1) + 1  # stages of teachers
+    stages: list[list[RunSpec]] = [[t for t in teachers.values() if level[t.run_id] == n] for n in range(depth)]
+    stages.append([])  # "runs"
+    for s in todo:
+        if s.run_id not in teachers:
+            # As early as its teachers allow: a run that needs none trains beside the first teachers
+            # (and may share their packed trials) instead of waiting for them.
+            pending = [level[t.run_id] for t in s.all_teachers if t.run_id in teachers]
+            stages[min(depth, 1 + max(pending, default=-1))].append(s)
+    names = ["teachers" if n == 0 else f"teachers-{n + 1}" for n in range(depth)] + ["runs"]
+    named = [(name, st) for name, st in zip(names, stages) if st]
     return Plan(specs=unique, skipped=skipped, stages=[st for _, st in named], stage_names=[n for n, _ in named])
 
 
@@ -156,12 +167,17 @@ def run_plan(
     data_dir: Optional[Path] = None,
     on_event: Optional[Event] = None,
     pack: int = 1,
+    workers: int = 1,
 ) -> dict[str, dict]:
     """Run every stage; returns the last result of each trial by run id. Raises Interrupted when a
     stage ends with unfinished trials (Ctrl-C): the caller tells the user to ``--resume``.
     ``pack`` > 1: runs that differ only in method parameters share trials, up to ``pack`` each
     (``packs.pack_units``, ``packed_trial.train_unit``); every run still gets its own row."""
+    # ``workers`` > 1: each trial trains one run on that many Ray Train workers (orchestrate/workers.py);
+    # cpus/gpus_per_trial are then per worker, and runs are not packed.
+    pack = 1 if workers > 1 else pack
     stage_units = [pack_units(stage, pack) for stage in plan.stages]
+    plan.trials = sum(len(units) for units in stage_units)
     set_listener(per_run_events(on_event, {k: v for units in stage_units for k, v in units.items()}))
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     outcome: dict[str, dict] = {}
@@ -169,7 +185,13 @@ def run_plan(
     root = experiments_dir(results) / name
     known = plan.all_specs()
     for stage_name, units in zip(plan.stage_names, stage_units):
-        if pack > 1:
+        trial_resources = resources
+        if workers > 1:
+            from .workers import concurrent_trials, driver_resources, train_trial_workers, worker_trial_options
+
+            trial_fn, packs = train_trial_workers, worker_trial_options(workers, root / stage_name, max_failures)
+            trial_resources = driver_resources(resources)
+        elif pack > 1:
             from .packed_trial import train_unit
 
             trial_fn, packs = train_unit, {"units": units}
@@ -180,7 +202,7 @@ def run_plan(
                                  tagged=[s.run_id for s in plan.specs],
                                  checkpoint_every=checkpoint_every, force=force,
                                  data_dir=str(data_dir) if data_dir else None, **packs),
-            resources,
+            trial_resources,
         )
         path = root / stage_name
         # A URI goes to Tune prefix-stripped with its filesystem, so its endpoint options reach Tune.
@@ -196,7 +218,8 @@ def run_plan(
             tuner = tune.Tuner(
                 trainable,
                 param_space={"run_id": tune.grid_search(list(units)), "resources": resources},
-                tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config["run_id"]),
+                tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config["run_id"],
+                                            max_concurrent_trials=concurrent_trials(workers, resources) if workers > 1 else None),
                 run_config=tune.RunConfig(
                     name=stage_name, storage_path=root.tune_storage()[0], storage_filesystem=tune_fs,
                     verbose=0, callbacks=[_Events()],
@@ -205,6 +228,7 @@ def run_plan(
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 ),
             )
+        tick = time.perf_counter()
         grid = tuner.fit()
         if restored and any(_checkpoint_lost(result) for result in grid):
             # The saved state named a checkpoint Tune had already replaced: the driver died between
@@ -212,6 +236,7 @@ def run_plan(
             # to object storage). Those trials train again from the start.
             tuner = tune.Tuner.restore(tune_path, trainable, restart_errored=True, storage_filesystem=tune_fs)
             grid = tuner.fit()
+        plan.seconds[stage_name] = time.perf_counter() - tick
         unfinished = []
         for result in grid:
             metrics = result.metrics or {}

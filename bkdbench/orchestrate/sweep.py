@@ -3,8 +3,12 @@ validation split only; the best configuration is then re-run with several seeds 
 
 Honesty rules built in: search trials train with ``evaluate_test=False`` (the test images are
 never evaluated); a trial that ASHA stops early is told to Optuna as PRUNED, not COMPLETE with a
-truncated score (Ray's OptunaSearch would do the latter); ASHA's first rung comes after the epoch
-where class-balanced weighting switches on, so no trial is judged before its method is active.
+truncated score (Ray's OptunaSearch would do the latter). A search trial reports to Tune only on its
+recipe's evaluation epochs (every ``eval_every`` and the last), so ASHA and Optuna never see a missing
+validation score, and ASHA counts time in epochs trained (``EPOCHS_DONE``). Rungs (``grace_period``):
+the first comes one epoch after class-balanced weighting switches on and, unless the search space sets
+``asha_before_lr_drop``, one epoch after the first learning-rate drop; it is rounded up to an
+evaluation epoch, so every rung (g, 3g, 9g, ...) falls on one.
 With ``--pack K`` one Ray trial asks Optuna for K configurations, trains them as one pack (shared
 batches and teacher forward), still with ``evaluate_test=False``, and tells each configuration its own
 validation score as its own Optuna trial; ASHA is off for packs, since it would stop or keep all K
@@ -54,11 +58,14 @@ class SweepConfig:
     seed: int = 0
     epochs: Optional[int] = None
     data_seed: int = 0
+    split: str = "every-class"  # RunSpec.split of every trial and final run
 
     @property
     def sweep_id(self) -> str:
         """Same search, same id (the trial count is not part of it, so more trials extend a sweep)."""
         identity = {k: v for k, v in asdict(self).items() if k != "space_file"}  # the content hash counts, not the path
+        if identity["split"] == "reference":  # as every sweep made before the field existed: same id
+            del identity["split"]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.method}-{self.dataset}-if{self.imbalance:g}-{digest}"
 
@@ -69,6 +76,9 @@ def space_hash(path: Path) -> str:
 
 def sweep_dir(results: "Location | str", sweep_id: str) -> Location:
     return Location(results) / "sweeps" / sweep_id
+
+
+EPOCHS_DONE = "epochs_done"  # ASHA's time attribute: epochs trained when the result was reported
 
 
 def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[str] = None,
@@ -87,7 +97,10 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
     spec = spec.model_copy(update={"params": validate_params(spec.method, **{**spec.params, **sampled})})
 
     def report(metrics: dict, _make_checkpoint) -> None:
-        out = {METRIC: metrics.get(METRIC), "train_loss": metrics["train_loss"], "epoch": metrics["epoch"]}
+        if metrics.get(METRIC) is None:
+            return  # not an evaluation epoch: nothing for ASHA or Optuna to judge (rungs sit on evaluations)
+        out = {METRIC: metrics[METRIC], "train_loss": metrics["train_loss"], "epoch": metrics["epoch"],
+               EPOCHS_DONE: metrics["epoch"] + 1}
         if metrics["epoch"] == spec.epochs - 1:
             out[FINISHED] = True  # part of the last epoch's report: ASHA stops trials at max_t
         tune.report(out)
@@ -105,13 +118,29 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
     tracker.finish({"val_top1": result.metrics.get("val_top1"), "train_seconds": result.train_seconds})
 
 
-def grace_period(spec: RunSpec) -> int:
-    """ASHA's first rung: one epoch after class-balanced weighting switches on (if it ever does). Read
-    from the parameters, not a method built for made-up class counts (class-subset KD's groups name
-    real classes, and an image folder's class count is not known here)."""
-    cb_start = spec.params.get("cb_start")
-    cb_epoch = resolve_cb_epoch(cb_start, spec.epochs) if cb_start is not None else 0
-    return max(1, min(spec.epochs, cb_epoch + 1))
+def grace_period(spec: RunSpec, space: Optional[SearchSpace] = None) -> int:
+    """ASHA's first rung, in epochs trained: the latest of
+    - one epoch after class-balanced weighting switches on (``cb_start``; the latest value the space
+      searches, when it searches it), so no trial is judged before its method is active;
+    - one epoch after the recipe's first learning-rate drop (step schedule), unless ``space`` sets
+      ``asha_before_lr_drop``: validation accuracy jumps at the ×0.01 drop and the order of
+      configurations there is not the order they end in;
+    rounded up to an evaluation epoch (a multiple of the recipe's ``eval_every``; the last epoch always
+    evaluates), so that this rung and every later one (×3) falls on an epoch with a validation score.
+    Read from the parameters, not a method built for made-up class counts (class-subset KD's groups
+    name real classes, and an image folder's class count is not known here)."""
+    from ..specs.recipes import get_recipe
+
+    starts = [spec.params.get("cb_start")]
+    if space is not None and "cb_start" in space.params:
+        starts += space.params["cb_start"].probe_values() + [space.params["cb_start"].high]
+    rung = max([1] + [resolve_cb_epoch(c, spec.epochs) + 1 for c in starts if c is not None])
+    recipe = get_recipe(spec.recipe)
+    if recipe.schedule == "step" and not (space is not None and space.asha_before_lr_drop):
+        rung = max(rung, recipe.milestones(spec.epochs)[1] + 1)
+    every = recipe.eval_every
+    rung = -(-rung // every) * every  # the next evaluation epoch
+    return min(spec.epochs, rung)
 
 
 def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Path, *, trials: int,
@@ -139,8 +168,8 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
         searcher = PrunedAwareOptunaSearch(**searcher_args)
     scheduler = None
     if cfg.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
-                                  grace_period=grace_period(base), reduction_factor=3)
+        scheduler = ASHAScheduler(time_attr=EPOCHS_DONE, max_t=base.epochs,
+                                  grace_period=grace_period(base, space), reduction_factor=3)
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, base=base.canonical_json(), results=str(Location(results)),
                              data_dir=str(data_dir) if data_dir else None,
@@ -182,7 +211,8 @@ def final_specs(base: RunSpec, params: dict, seeds: int, data_dir: Optional[Path
     """The configuration re-run for the test set with seeds 0..seeds-1."""
     return [make_spec(base.dataset, base.imbalance_factor, base.method, seed=s, data_seed=base.data_seed,
                       profile=base.profile, model=base.model, recipe=base.recipe, epochs=base.epochs,
-                      params=params, data_dir=data_dir, image_size=base.image_size) for s in range(seeds)]
+                      params=params, data_dir=data_dir, image_size=base.image_size, split=base.split)
+            for s in range(seeds)]
 
 
 def run_finals(base: RunSpec, best_params: dict, results: Path, sweep_id: str, seeds: int, **kwargs) -> dict:

@@ -3,7 +3,11 @@ shape (warm-up, two ×0.01 steps) at fractions of the epoch budget, so a 20-epoc
 recipe is the same schedule compressed."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+SCHEDULES = ("step", "cosine")
 
 
 @dataclass(frozen=True)
@@ -14,26 +18,58 @@ class Recipe:
     lr: float
     momentum: float = 0.9
     weight_decay: float = 2e-4
-    warmup_frac: float = 5 / 200  # 5 warm-up epochs of 200
+    # Warm-up: the first warmup_frac of the training steps, in warmup_stairs equal stairs lr·k/stairs
+    # (k = 1..stairs). At 200 epochs that is the reference's lr·(e+1)/5 for epochs e < 5 exactly; a
+    # shorter budget ramps within its first epoch(s) (20 epochs: five stairs over the first half epoch).
+    warmup_frac: float = 5 / 200
     milestones_frac: tuple[float, float] = (160 / 200, 180 / 200)
     lr_decay: float = 0.01  # applied at each milestone (×0.01, then ×0.01 again)
     eval_every: int = 1
+    # "step": the reference's two ×lr_decay steps at milestones_frac. "cosine": after warm-up, epoch e
+    # runs at lr·½(1+cos(π·e/E)), i.e. torch's CosineAnnealingLR(T_max=E, eta_min=0) stepped once
+    # per epoch (the decoupling code's recipe); milestones_frac and lr_decay are then unused.
+    schedule: str = "step"
+    warmup_stairs: int = 5
 
-    def milestones(self, epochs: int) -> tuple[int, int, int]:
-        """(warm-up epochs, first decay epoch, second decay epoch) for an ``epochs`` budget."""
-        warm = max(1, round(self.warmup_frac * epochs))
-        return warm, round(self.milestones_frac[0] * epochs), round(self.milestones_frac[1] * epochs)
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise RecipeError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.warmup_stairs < 1 or not 0 <= self.warmup_frac < 1:
+            raise RecipeError("warmup_stairs must be >= 1 and warmup_frac in [0, 1)")
 
-    def lr_at(self, epoch: int, epochs: int) -> float:
-        """Learning rate of 0-based ``epoch``: lr·(e+1)/warm during warm-up, as the reference does."""
-        warm, m1, m2 = self.milestones(epochs)
-        if epoch + 1 <= warm:
-            return self.lr * (epoch + 1) / warm
+    def warmup_epochs(self, epochs: int) -> Fraction:
+        """The warm-up's length in epochs, exactly (a fraction for short budgets: 1/2 at 20 epochs)."""
+        return Fraction(self.warmup_frac).limit_denominator(10**6) * epochs
+
+    def milestones(self, epochs: int) -> tuple[float, int, int]:
+        """(warm-up length in epochs, first decay epoch, second decay epoch) for an ``epochs`` budget."""
+        warm = self.warmup_epochs(epochs)
+        return (int(warm) if warm.denominator == 1 else float(warm),
+                round(self.milestones_frac[0] * epochs), round(self.milestones_frac[1] * epochs))
+
+    def lr_at(self, epoch: int, epochs: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        """Learning rate of batch ``step`` (0-based) of 0-based ``epoch``, an epoch having
+        ``steps_per_epoch`` batches (the default 1: the epoch's first batch, or the reference's
+        per-epoch rule where warm-up stairs are whole epochs, as at 200 epochs)."""
+        warm = self.warmup_epochs(epochs)
+        done = Fraction(epoch * steps_per_epoch + step, steps_per_epoch)  # epochs trained before this batch
+        if done < warm:
+            return self.lr * (math.floor(done * self.warmup_stairs / warm) + 1) / self.warmup_stairs
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+        _, m1, m2 = self.milestones(epochs)
         if epoch >= m2:
             return self.lr * self.lr_decay**2
         if epoch >= m1:
             return self.lr * self.lr_decay
         return self.lr
+
+    def epoch_lrs(self, epoch: int, epochs: int, steps_per_epoch: int) -> list[float]:
+        """The learning rate of each of the epoch's batches (they differ only during warm-up)."""
+        steps = max(1, steps_per_epoch)
+        if epoch >= self.warmup_epochs(epochs):
+            return [self.lr_at(epoch, epochs)] * steps
+        return [self.lr_at(epoch, epochs, s, steps) for s in range(steps)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,12 +85,28 @@ RECIPES = {
         # Real 32×32 images on a 2-core CPU (the cifar10-jpeg-lt-cpu suite): the reference's optimiser
         # and batch, 10 epochs, validation/test every 5 (and at the end). Timing in that suite file.
         Recipe("cpu-short", epochs=10, batch_size=128, lr=0.1, eval_every=5),
+        # The large benchmarks, as the decoupling code (facebookresearch/classifier-balancing) trains its
+        # instance-balanced stage 1: SGD momentum 0.9, cosine to 0 per epoch (coslr: true, endlr: 0.0), no
+        # warm-up. ImageNet-LT: config/ImageNet_LT/feat_uniform.yaml (90 epochs, batch 512, lr 0.2, wd 5e-4).
+        Recipe("imagenet-lt", epochs=90, batch_size=512, lr=0.2, weight_decay=5e-4, warmup_frac=0.0, schedule="cosine"),
+        # iNat18: config/iNaturalist18/feat_unifrom.yaml (sic; 90 epochs, batch 512, lr 0.2, wd 1e-4).
+        Recipe("inat18", epochs=90, batch_size=512, lr=0.2, weight_decay=1e-4, warmup_frac=0.0, schedule="cosine"),
+        # Places-LT fine-tunes an ImageNet-pretrained ResNet-152 (--pretrained); the repository ships no
+        # stage-1 config for it, only config/Places_LT/cls_crt.yaml and cls_lws.yaml: batch 256, wd 5e-4,
+        # cosine to 0, backbone lr 0.01 (classifier 0.1; one lr here for both), 10 epochs per classifier
+        # stage. 30 epochs for the whole fine-tuning is OLTR's Places-LT stage 1 (not checked here).
+        Recipe("places-lt", epochs=30, batch_size=256, lr=0.01, weight_decay=5e-4, warmup_frac=0.0, schedule="cosine"),
     )
 }
 
 
 class RecipeError(ValueError):
     pass
+
+
+def history_lr(lrs: list[float]) -> float:
+    """An epoch's ``lr`` in run histories: the mean over its batches (the one rate outside warm-up)."""
+    return lrs[0] if min(lrs) == max(lrs) else math.fsum(lrs) / len(lrs)
 
 
 def get_recipe(name: str) -> Recipe:

@@ -9,6 +9,31 @@ Data from a user's folder (``imagefolder``): ``data_key`` is the folder's conten
 datasets and are then left out of the canonical JSON, which keeps those run ids what they were.
 ``imbalance_factor="natural"`` keeps a long-tailed folder as it is: the spec says profile "natural"
 and the folder's own n_max / n_min (2 decimals), so the IF column stays a number.
+
+``split`` says how validation is drawn (``bkdbench.data.splits``): ``"every-class"`` (default, V
+images in every class, a class short of unused images giving the last of its kept ones) or
+``"reference"`` (the reference training set, index-identical; validation only from unused images).
+Teachers carry their student's split (make_spec builds them from the same values, and a teacher
+that saw the student's validation images leaks).
+
+``PROTOCOL`` is part of every run id: it names the version of what a spec's fields mean and is
+bumped whenever the same spec would now train differently, so that a result of the old procedure is
+never taken for one of the new (the leaderboard skips finished run ids, and teachers are cached by
+run id). Version 2: the short-budget warm-up actually ramps (per step), validation covers every
+class by default, students draw their own seeds, the decoupled classifiers follow Kang et al.
+
+Seeds (``init_seed``, ``order_seed``): a run that distils from, or starts from, other runs
+(``all_teachers`` non-empty) is a "student"; its initial weights and its batch order /
+augmentation stream come from seeds derived from (seed, role) with SHA-256, so that a student with
+seed s neither starts from its teacher's initial weights nor replays its teacher's batches. Every
+other run (CE, focal, re-weighting, Balanced Softmax, ...) uses ``seed`` itself, as before. Runs of
+one role and seed share both seeds, so KD and BKD students of seed s still start alike and see the
+same batches (paired comparisons; one packed trial). SSD-LT's stages II/III and the decoupled
+stage-2 methods (cRT, LWS, τ-norm) count as students too: they start from a stage-1 model's
+weights, and with the plain seed their loader would replay stage 1's batch order and augmentations
+from epoch 0 (and a re-initialised classifier would be stage 1's initial one); deriving costs
+nothing and keeps one rule for every run with a prerequisite. CBD's extra teachers are CE runs with
+seeds s + 1000·k and stay plain runs (role "run").
 """
 from __future__ import annotations
 
@@ -16,7 +41,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +53,14 @@ class SpecError(ValueError):
 
 
 class RunSpec(BaseModel):
+    """One run. ``split`` and the derived seeds ``init_seed`` / ``order_seed`` are explained in the
+    module docstring. In short: ``role`` is "student" exactly when ``all_teachers`` is non-empty, and
+    that includes SSD-LT's stages II/III and the decoupled stage-2 methods (cRT, LWS, τ-norm), whose
+    "teacher" is the stage-1 model they start from. Chosen so because with the plain seed such a run
+    would replay its stage 1's batch order and augmentations from epoch 0 (the same loader seed) and
+    re-initialise any new classifier exactly as stage 1's was; deriving leaves their behaviour
+    otherwise alone and keeps one rule for every run with a prerequisite."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     dataset: str
@@ -45,6 +78,8 @@ class RunSpec(BaseModel):
     train_classes: Optional[tuple[int, ...]] = None  # train (and evaluate) on these classes only, relabelled 0..k-1
     data_key: Optional[str] = None  # content hash of an image folder (None: a fixed dataset)
     image_size: Optional[int] = Field(None, gt=0)  # an image folder resized to N×N (None: as it is)
+    split: Literal["every-class", "reference"] = "every-class"  # how validation is drawn (module docstring)
+    protocol: Literal[2] = 2  # PROTOCOL (module docstring): part of the run id, never set by hand
 
     @field_validator("params")
     @classmethod
@@ -64,6 +99,21 @@ class RunSpec(BaseModel):
         return f"{self.method}{subset} on {self.dataset}-LT {factor} seed {self.seed}"
 
     @property
+    def role(self) -> str:
+        """``"student"`` when the run needs other runs first (teachers or a stage-1 model), else ``"run"``."""
+        return "student" if self.all_teachers else "run"
+
+    @property
+    def init_seed(self) -> int:
+        """torch's seed for the initial weights (module docstring): ``seed`` for a plain run."""
+        return _derived_seed(self.seed, self.role, "init")
+
+    @property
+    def order_seed(self) -> int:
+        """The loader's seed (batch order, crops, flips, sampler): ``seed`` for a plain run."""
+        return _derived_seed(self.seed, self.role, "order")
+
+    @property
     def all_teachers(self) -> list["RunSpec"]:
         """Every run this one needs first, in order: its teachers (or its stage-1 model)."""
         return list(self.teachers) if self.teachers else ([self.teacher] if self.teacher else [])
@@ -80,6 +130,15 @@ class RunSpec(BaseModel):
 
 
 _OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes")  # fields added later: absent keeps older run ids unchanged
+PROTOCOL = 2  # see the module docstring: bump it (and RunSpec.protocol) when an unchanged spec would train differently
+
+
+def _derived_seed(seed: int, role: str, purpose: str) -> int:
+    """``seed`` for a plain run; for a student a stable 31-bit hash of (seed, role, purpose)."""
+    if role == "run":
+        return seed
+    digest = hashlib.sha256(f"bkdbench:{role}:{purpose}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**31
 
 
 def _without_unset(fields: dict) -> dict:
@@ -106,6 +165,7 @@ def make_spec(
     teacher: Optional[RunSpec] = None,
     data_dir: Optional[Union[str, Path]] = None,
     image_size: Optional[int] = None,
+    split: str = "every-class",
 ) -> RunSpec:
     """Resolve every default (dataset → model/recipe, recipe → epochs, method → parameters) and
     validate names and ranges. A distilling method gets its teacher: a run of the same model,
@@ -114,12 +174,18 @@ def make_spec(
 
     ``imagefolder`` needs ``data_dir`` (its folder is decoded, or read from the cache, to learn its
     classes and content key); ``image_size`` resizes it. ``imbalance_factor="natural"`` (or
-    ``profile="natural"``) keeps the training set as it is and records its own imbalance factor."""
+    ``profile="natural"``) keeps the training set as it is and records its own imbalance factor.
+    ``split``: "every-class" or "reference" (module docstring); teachers get the same."""
     from bkdbench.data import NATURAL, DataError, dataset_info, natural_imbalance
+    from bkdbench.data.splits import check_split
 
     try:
+        check_split(split)
         info = dataset_info(dataset, data_dir, image_size)
         imbalance_factor, profile = _imbalance(imbalance_factor, profile)
+        from bkdbench.data.splits import check_profile
+
+        check_profile(info, profile)  # ImageNet-LT & co.: natural only
         if profile == NATURAL:
             own = natural_imbalance(info, data_dir)
             if imbalance_factor is not None and abs(imbalance_factor - own) > 0.005:
@@ -130,21 +196,23 @@ def make_spec(
         raise SpecError(str(exc)) from None
     model, rec, resolved, needs_teacher = _resolve_names(info, method, model, recipe, epochs, params)
     _check_ranges(imbalance_factor, epochs, profile)
+    _check_counts(info, imbalance_factor, profile)
     common = dict(
         dataset=dataset, imbalance_factor=float(imbalance_factor), profile=profile, data_seed=data_seed,
         model=model, recipe=rec.name, epochs=epochs or rec.epochs, seed=seed, data_key=info.data_key,
-        image_size=image_size,
+        image_size=image_size, split=split,
     )
     from bkdbench.methods import MethodError, method_class
 
     cls, teachers = method_class(method), None
     try:
         # e.g. class-subset KD turns its "shots" grouping into explicit class lists from this data's counts
-        resolved = cls.resolve_for_data(resolved, lambda: _shots(info, imbalance_factor, profile, data_dir))
+        resolved = cls.resolve_for_data(resolved, lambda: _shots(info, imbalance_factor, profile, data_dir, split))
         if needs_teacher and teacher is None and method_class(cls.teacher_method).needs_teacher:
             # a teacher with a teacher of its own (SSD-LT's stages): made like any run of that method
             base = make_spec(dataset, imbalance_factor, cls.teacher_method, seed=seed, data_seed=data_seed, profile=profile,
-                             model=model, recipe=rec.name, epochs=common["epochs"], data_dir=data_dir, image_size=image_size)
+                             model=model, recipe=rec.name, epochs=common["epochs"], data_dir=data_dir, image_size=image_size,
+                             split=split)
             teachers = cls.teacher_specs(base, resolved)
             teacher = None if teachers else base
         elif needs_teacher and teacher is None:
@@ -153,6 +221,9 @@ def make_spec(
             teacher = None if teachers else base
         elif needs_teacher and cls.teacher_specs(teacher, resolved):
             raise SpecError(f"{method} plans its own teachers; it does not take a single given teacher")
+        elif needs_teacher and any(t.split != split for t in (*teacher.prerequisites, teacher)):
+            raise SpecError(f"teacher {teacher.run_id} was trained with the {teacher.split!r} validation split, "
+                            f"the student uses {split!r}: it may have trained on the student's validation images")
         elif not needs_teacher:
             teacher = None
     except (DataError, MethodError) as exc:
@@ -166,10 +237,10 @@ def make_spec(
                    **common)
 
 
-def _shots(info, imbalance_factor: float, profile: str, data_dir) -> dict[str, list[int]]:
+def _shots(info, imbalance_factor: float, profile: str, data_dir, split: str) -> dict[str, list[int]]:
     from bkdbench.data import kept_class_counts, shot_split
 
-    counts = kept_class_counts(info, imbalance_factor, profile, data_dir)
+    counts = kept_class_counts(info, imbalance_factor, profile, data_dir, split)
     return shot_split(counts, info.many_threshold, info.few_threshold)
 
 
@@ -193,8 +264,15 @@ def check_spec(
     except DataError as exc:
         raise SpecError(str(exc)) from None
     factor, profile = _imbalance(imbalance_factor, profile)
+    from bkdbench.data.splits import check_profile
+
+    try:
+        check_profile(info, profile)
+    except DataError as exc:
+        raise SpecError(str(exc)) from None
     _resolve_names(info, method, model, recipe, epochs, params)
     _check_ranges(factor, epochs, profile)
+    _check_counts(info, factor, profile)
 
 
 def _imbalance(imbalance_factor: Union[float, str], profile: str) -> tuple[Optional[float], str]:
@@ -243,6 +321,23 @@ def _check_ranges(imbalance_factor: Optional[float], epochs: Optional[int], prof
         raise SpecError(f"unknown long-tail profile {profile!r}; choose one of: {', '.join((*PROFILES, NATURAL))}")
 
 
+def _check_counts(info, imbalance_factor: Optional[float], profile: str) -> None:
+    """An imbalance factor so large that the tail keeps no image is refused before any work: every
+    method needs each class in training (the reference truncates n_max·IF^(-i/(C-1)) to an integer)."""
+    from bkdbench.data import NATURAL, longtail_counts
+
+    unread = info.resolve is not None and info.data_key is None  # an image folder not read yet (a suite file)
+    if profile == NATURAL or imbalance_factor is None or unread or not info.n_max or not info.num_classes:
+        return  # a folder kept as it is, or one whose counts are known only once it is read
+    counts = longtail_counts(info.n_max, info.num_classes, imbalance_factor, profile)
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if empty:
+        raise SpecError(
+            f"imbalance factor {imbalance_factor:g} leaves {info.name} classes {empty[0]}..{empty[-1]} with no training "
+            f"image ({profile} profile, head class {info.n_max} images): the largest factor that keeps one image in "
+            f"every class is {info.n_max} (the tail keeps int(n_max / IF) images)")
+
+
 def _teacher_params(method: str) -> dict:
     from bkdbench.methods import validate_params
 
@@ -260,7 +355,7 @@ def spec_columns(spec: RunSpec) -> dict:
         "run_id": spec.run_id, "dataset": spec.dataset, "data_key": spec.data_key, "imbalance_factor": spec.imbalance_factor,
         "profile": spec.profile, "data_seed": spec.data_seed, "model": spec.model, "method": spec.method,
         "params": _params_column(spec), "recipe": {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs},
-        "epochs": spec.epochs, "seed": spec.seed,
+        "epochs": spec.epochs, "seed": spec.seed, "split": spec.split,
         "teacher_run_id": ",".join(t.run_id for t in spec.all_teachers) or None,
     }
 

@@ -5,6 +5,8 @@ names end in a ``SuiteError`` naming the file and the offending key. ``Suite.exp
 RunSpecs (with their teachers), optionally filtered. A suite on ``imagefolder`` is validated without
 its folder; ``expand(data_dir=...)`` reads the folder (``bkdbench run --data-dir``) for the specs'
 content key and class count. ``imbalance`` may list ``natural`` (a folder kept as it is).
+``split`` (default ``every-class``; ``reference`` keeps the reference training sets exactly) says how
+validation is drawn for every run of the suite, teachers included; ``expand(split=...)`` overrides it.
 """
 from __future__ import annotations
 
@@ -41,9 +43,19 @@ class Suite(BaseModel):
     seeds: Union[int, list[int]] = 3
     data_seed: int = 0
     profile: str = "exp"
+    split: Literal["every-class", "reference"] = "every-class"
     model: Optional[str] = None
     recipe: Optional[str] = None
     epochs: Optional[int] = Field(None, gt=0)
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, v: Union[int, list[int]]) -> Union[int, list[int]]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"seeds is a number of seeds (at least 1) or a list of seeds (got {v})")
+        if isinstance(v, list) and (not v or len(set(v)) != len(v) or min(v) < 0):
+            raise ValueError(f"a list of seeds must be non-empty, without repeats, each >= 0 (got {v})")
+        return v
 
     @field_validator("imbalance")
     @classmethod
@@ -68,15 +80,16 @@ class Suite(BaseModel):
         seeds: Optional[int] = None,
         epochs: Optional[int] = None,
         data_dir: Optional[Path] = None,
+        split: Optional[str] = None,
     ) -> list[RunSpec]:
         """RunSpecs of the suite (filters narrow it; ``epochs`` overrides the budget for smoke runs;
-        ``data_dir`` is where the data lives, needed by ``imagefolder``)."""
+        ``data_dir`` is where the data lives, needed by ``imagefolder``; ``split`` overrides the suite's)."""
         from bkdbench.data.imagefolder import scan_once
 
         with scan_once():  # one listing of an image folder for all the suite's specs
-            return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir)
+            return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir, split or self.split)
 
-    def _expand(self, datasets, imbalance, methods, seeds, epochs, data_dir) -> list[RunSpec]:
+    def _expand(self, datasets, imbalance, methods, seeds, epochs, data_dir, split) -> list[RunSpec]:
         chosen_seeds = self.seed_list()[:seeds] if seeds is not None else self.seed_list()
         specs = []
         for dataset in self.datasets:
@@ -93,6 +106,7 @@ class Suite(BaseModel):
                             dataset, factor, entry.method, seed=seed, data_seed=self.data_seed,
                             profile=self.profile, model=self.model, recipe=self.recipe,
                             epochs=epochs or self.epochs, params=entry.params, data_dir=data_dir,
+                            split=split,
                         ))
         return specs
 
@@ -124,11 +138,15 @@ def suite_path(name_or_path: str) -> Path:
     return packaged
 
 
-def load_suite(name_or_path: str) -> Suite:
-    """Load and validate a suite (by packaged name or file path), including every name it uses."""
+def load_suite(name_or_path: str, *, check_names: bool = True) -> Suite:
+    """Load and validate a suite (by packaged name or file path), including every name it uses.
+    ``check_names=False`` checks the file's keys and types only: checking method and dataset names
+    imports their registries (and torch), which listing the shipped suites does not need."""
     path = suite_path(name_or_path)
     suite = load_yaml_model(path, Suite, SuiteError,
                             "a suite file is a mapping of keys (name, datasets, imbalance, methods, ...)")
+    if not check_names:
+        return suite
     try:  # names and parameter ranges of every combination (data is read only when the suite runs)
         suite.check()
     except SpecError as exc:

@@ -1,4 +1,5 @@
-"""Packed training: K students that differ only in loss parameters (α, T, β, ...) trained at once.
+"""Packed training: K students that differ only in their method or its parameters (CE, re-weighting and
+Balanced Softmax of one seed; KD and BKD students of one teacher; α, T, β, ...) trained at once.
 
 The students share each augmented batch, one teacher forward per batch and one optimizer step
 (SGD with momentum and weight decay is elementwise, so one SGD over all students is K independent
@@ -15,6 +16,7 @@ launches of a small network; no GPU figure exists yet, and ``benchmarks/gpu_chec
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from datetime import datetime, timezone
@@ -28,7 +30,7 @@ from bkdbench.data import DeviceLoader, normalize
 from bkdbench.training.evaluate import classification_metrics, predict
 from bkdbench.methods import build as build_method
 from bkdbench.models.packing import pack_models, resolve_strategy
-from bkdbench.specs.recipes import get_recipe
+from bkdbench.specs.recipes import get_recipe, history_lr
 from bkdbench.specs import RunSpec
 from bkdbench.training.train import (RunResult, TrainingDiverged, device_name, _layout, build_model, channels_last_for,
                     device_splits, frozen_teacher, load_run_data, training_device)
@@ -65,26 +67,51 @@ def packed_step(pack: nn.Module, optimizer: torch.optim.Optimizer, methods: Sequ
 # ---------------------------------------------------------------- training
 
 
-def check_packable(specs: Sequence[RunSpec]) -> None:
-    """Students of one pack must be the same run except for the method's parameters."""
-    if len(specs) == 0:
-        raise ValueError("train_packed needs at least one spec")
+def pack_refusal(spec: RunSpec) -> Optional[str]:
+    """Why ``spec`` cannot be a member of a pack, or None when it can."""
     from bkdbench.methods import Method, method_class
 
-
-    cls = method_class(specs[0].method)
+    cls = method_class(spec.method)
     own_step = cls.train_step is not Method.train_step  # two views, a momentum encoder, two heads (SSD-LT)
-    if cls.uses_features or cls.stage1 or own_step or specs[0].teachers or specs[0].train_classes:
-        raise ValueError(f"{specs[0].method} cannot be packed (it needs features, several teachers, a stage-1 model, "
-                         "a training step of its own or a class subset): train its runs separately")
-    base = specs[0].model_dump(exclude={"params"})
+    own_head = cls.attach is not Method.attach  # packed students are built without attach (ce-cosine20's scale)
+    if cls.uses_features or cls.stage1 or own_step or own_head or spec.teachers or spec.train_classes:
+        return (f"{spec.method} cannot be packed (it needs features, several teachers, a stage-1 model, "
+                "a training step or network modules of its own or a class subset): train its runs separately")
+    return None
+
+
+def pack_signature(spec: RunSpec) -> str:
+    """What members of one pack must share: everything in the spec but the method and its parameters
+    (data, split, model, recipe, epochs, seed, teacher) and what the method asks of the network and the
+    loader (head, sampler, last partial batch). CE, re-weighting, focal and Balanced Softmax runs of one
+    seed share a signature; KD, BKD and DKD students of one teacher share another; LDAM's cosine head
+    has its own. The loader's seed comes from the spec (``order_seed``), so one signature is one
+    batch order."""
+    from bkdbench.methods import method_class
+
+    cls = method_class(spec.method)
+    fields = spec.model_dump(mode="json", exclude={"params", "method"})
+    traits = {"head": cls.head, "sampler": cls.sampler, "drop_last": cls.drop_last,
+              "order_seed": getattr(spec, "order_seed", spec.seed)}
+    return json.dumps({"spec": fields, "method": traits}, sort_keys=True)
+
+
+def check_packable(specs: Sequence[RunSpec]) -> None:
+    """Students of one pack must be packable methods with one ``pack_signature``."""
+    if len(specs) == 0:
+        raise ValueError("train_packed needs at least one spec")
+    for spec in specs:
+        refusal = pack_refusal(spec)
+        if refusal:
+            raise ValueError(refusal)
+    base = json.loads(pack_signature(specs[0]))
     seen = {specs[0].run_id: 0}
     for i, spec in enumerate(specs[1:], start=1):
-        other = spec.model_dump(exclude={"params"})
-        differ = sorted(key for key in base if base[key] != other[key])
+        other = json.loads(pack_signature(spec))
+        differ = sorted(key for part in ("spec", "method") for key in base[part] if base[part][key] != other[part][key])
         if differ:
-            raise ValueError(f"packed students may differ only in method parameters; spec {i} ({spec.label()}) "
-                             f"differs from spec 0 in {', '.join(differ)}: train those separately")
+            raise ValueError(f"packed students may differ only in their method and its parameters; spec {i} "
+                             f"({spec.label()}) differs from spec 0 in {', '.join(differ)}: train those separately")
         if spec.run_id in seen:
             raise ValueError(f"spec {i} repeats spec {seen[spec.run_id]} (same run {spec.run_id}); pack each run once")
         seen[spec.run_id] = i
@@ -102,7 +129,8 @@ def train_packed(
     bf16: bool = False,
     strategy: str = "auto",
 ) -> list[RunResult]:
-    """Train the students ``specs`` (identical except for method parameters, else ValueError) as one
+    """Train the students ``specs`` (identical except for the method and its parameters,
+    with one ``pack_signature``, else ValueError) as one
     pack and return one RunResult per spec, each what ``train(spec)`` would give (up to float
     rounding with ``grouped``). Arguments mean what they mean for ``train``; ``report`` gets the list
     of the students' metrics each epoch; ``checkpoint`` (from its ``make_checkpoint``) resumes a pack.
@@ -117,22 +145,24 @@ def train_packed(
     recipe = get_recipe(spec0.recipe)
     data = load_run_data(spec0, data_dir)
     info, num_classes = data.info, len(data.classes)
-    methods = [build_method(s.method, data.class_counts, epochs=s.epochs, **s.params) for s in specs]
-    method0 = methods[0]
+    methods = [build_method(s.method, data.class_counts, epochs=s.epochs, batch_size=recipe.batch_size, **s.params)
+               for s in specs]
+    method0 = methods[0]  # its sampler is every member's (pack_signature)
 
     students = [build_model(s, num_classes, info.channels, m.head, device) for s, m in zip(specs, methods)]
     teacher = None
-    if method0.needs_teacher:
+    if any(m.needs_teacher for m in methods):  # the members' one teacher (pack_signature)
         if teacher_state is None:
             raise ValueError(f"{spec0.method} needs a teacher: pass teacher_state (see bkdbench.training.teachers)")
         teacher = frozen_teacher(spec0.teacher, teacher_state, num_classes, info.channels, device)
 
     train_x, train_y, splits = device_splits(data, device, evaluate_test)
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, info.mean, info.std, pad=info.pad, hflip=info.hflip,
-                          sampler=method0.sampler, seed=spec0.seed)
+                          sampler=method0.sampler, seed=spec0.order_seed,
+                          augmentation=info.augmentation, image_size=info.image_size, device=device)
     mean, std = loader.mean, loader.std
     nhwc = channels_last_for(device)
-    prepare = lambda x: _layout(normalize(x, mean, std), nhwc)  # noqa: E731
+    prepare = lambda x: _layout(normalize(loader.eval_batch(x), mean, std), nhwc)  # noqa: E731
     model = pack_models(students, prepare(train_x[:2]), strategy)
     if nhwc:
         model = model.to(memory_format=torch.channels_last)  # the layout build_model gives one student
@@ -163,13 +193,15 @@ def train_packed(
     seen = sum(h["images"] for h in histories[0])
     last_eval: list[dict] = []
     for epoch in range(start_epoch, spec0.epochs):
-        lr = recipe.lr_at(epoch, spec0.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lrs = recipe.epoch_lrs(epoch, spec0.epochs, len(loader))  # one per batch: they differ only in warm-up
+        lr = history_lr(lrs)
         model.train()
         tick = time.perf_counter()
         loss_sum = torch.zeros(k, device=device)
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader):
+            if step == 0 or lrs[step] != lrs[step - 1]:  # a Python float, no host sync
+                for group in optimizer.param_groups:
+                    group["lr"] = lrs[step]
             losses = packed_step(model, optimizer, methods, _layout(x, nhwc), y, epoch=epoch, teacher=teacher,
                                  autocast=autocast)
             loss_sum += losses * len(y)

@@ -24,7 +24,7 @@ def check_teacher_fits(student: RunSpec, teacher: RunSpec) -> None:
     """The teacher must predict the student's classes and must have been trained on the student's own
     long-tailed set: another subsample (or another image folder) could contain the student's
     validation images."""
-    for key in ("dataset", "data_key", "imbalance_factor", "profile", "data_seed"):
+    for key in ("dataset", "data_key", "imbalance_factor", "profile", "data_seed", "split"):
         if getattr(student, key) != getattr(teacher, key):
             raise TeacherError(
                 f"teacher {teacher.run_id} does not fit the student: {key} is {getattr(teacher, key)!r}, "

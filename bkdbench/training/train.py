@@ -19,11 +19,13 @@ from typing import Callable, Optional
 import torch
 
 from bkdbench.data import DataError, DeviceLoader, load_longtail, normalize, restrict_classes
+from bkdbench.data.imagenet_augment import place
+from bkdbench.training import distributed as ddp
 from bkdbench.training.evaluate import classification_metrics, predict
 from bkdbench.methods import build as build_method, method_class
 from bkdbench.models import create_model
 from bkdbench.provenance import provenance
-from bkdbench.specs.recipes import get_recipe
+from bkdbench.specs.recipes import get_recipe, history_lr
 from bkdbench.specs import RunSpec, spec_columns
 
 Report = Callable[[dict, Callable[[], dict]], None]
@@ -46,6 +48,7 @@ class RunResult:
     started_at: datetime
     finished_at: datetime
     extra: Optional[dict] = None  # what a method chose while training (e.g. τ-norm's τ, chosen on validation)
+    workers: int = 1  # data-parallel workers that trained the run (training/distributed.py)
 
     def to_row(self, **tags) -> dict:
         """A leaderboard row (plain Python values) for this run; ``tags`` sets suite/sweep_id/..."""
@@ -57,6 +60,7 @@ class RunResult:
             "device": self.device, "torch_version": torch.__version__,
             "started_at": self.started_at, "finished_at": self.finished_at,
             "extra": json.dumps(self.extra, sort_keys=True) if self.extra else None, **provenance(), **tags,
+            **({"workers": self.workers} if self.workers > 1 else {}),  # one worker: the row as before
         }
 
 
@@ -81,7 +85,7 @@ def channels_last_for(device: torch.device) -> bool:
 
 
 def build_model(spec: RunSpec, num_classes: int, channels: int, head: str, device: torch.device) -> torch.nn.Module:
-    torch.manual_seed(spec.seed)  # same seed, same initial weights
+    torch.manual_seed(spec.init_seed)  # same spec, same initial weights (a student's differ from its teacher's)
     model = create_model(spec.model, num_classes, channels, head=head).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last_for(device) else model
 
@@ -98,7 +102,7 @@ def load_run_data(spec: RunSpec, data_dir: Optional[Path]):
     """The long-tailed data of ``spec`` (only its ``train_classes`` when set); refuses an image folder
     whose contents are not the run's."""
     data = load_longtail(spec.dataset, spec.imbalance_factor, spec.profile, spec.data_seed, data_dir,
-                         image_size=spec.image_size)
+                         image_size=spec.image_size, split=spec.split)
     if data.info.data_key != spec.data_key:  # an image folder's contents are part of the run's identity
         raise DataError(f"{data_dir} holds other images than run {spec.run_id} was made for (content key "
                         f"{data.info.data_key}, the run's {spec.data_key}); make the run again for this folder")
@@ -128,11 +132,12 @@ def frozen_teachers(spec: RunSpec, states, num_classes: int, channels: int, devi
 def device_splits(data, device: torch.device, evaluate_test: bool):
     """(train images, train labels, {"val": ..., "test": ...}) as tensors on ``device``; the test split
     only when it may be evaluated."""
-    to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    to_dev = lambda a: place(a, device)  # noqa: E731  (a store too large for the device stays in host memory)
+    train_x = to_dev(data.train_x)  # first: the largest, and the one gathered every step
     splits = {"val": (to_dev(data.val_x), to_dev(data.val_y))}
     if evaluate_test:
         splits["test"] = (to_dev(data.test_x), to_dev(data.test_y))
-    return to_dev(data.train_x), to_dev(data.train_y), splits
+    return train_x, to_dev(data.train_y), splits
 
 
 def train(
@@ -146,11 +151,15 @@ def train(
     evaluate_test: bool = True,
     bf16: bool = False,
     compile: bool = False,
+    distributed: Optional[ddp.Distributed] = None,
 ) -> RunResult:
     """Train ``spec`` and return its result. ``checkpoint`` (from ``make_checkpoint``) resumes a run;
     ``evaluate_test=False`` never touches the test split (hyperparameter search);
     ``bf16`` turns on bf16 autocast on CPU (always on for CUDA); ``compile`` trains through
-    ``torch.compile(model)`` (evaluation uses the plain model; the weights are the same tensors)."""
+    ``torch.compile(model)`` (evaluation uses the plain model; the weights are the same tensors).
+    ``distributed``: this worker's rank and the world size of an initialised process group; several
+    workers train one run data-parallel (training/distributed.py); None is one process."""
+    dist_ = distributed or ddp.SINGLE
     started = datetime.now(timezone.utc)
     device, autocast = training_device(device, bf16)
     recipe = get_recipe(spec.recipe)
@@ -159,6 +168,8 @@ def train(
     method = build_method(spec.method, data.class_counts, epochs=spec.epochs, batch_size=recipe.batch_size, **spec.params)
 
     model = build_model(spec, num_classes, info.channels, method.head, device)
+    if dist_.active and dist_.sync_batchnorm:
+        model = ddp.convert_batchnorm(model, device)  # statistics over the global batch
     trainable = list(model.parameters()) + method.attach(model)  # e.g. CBD's projection, a second head
     teacher = None
     if method.needs_teacher:
@@ -171,11 +182,14 @@ def train(
 
     train_x, train_y, splits = device_splits(data, device, evaluate_test)
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, info.mean, info.std, pad=info.pad, hflip=info.hflip,
-                          sampler=method.sampler, seed=spec.seed, drop_last=method.drop_last,
-                          second_view=method.second_view if method.views == 2 else None)
+                          sampler=method.sampler, seed=spec.order_seed, drop_last=method.drop_last,
+                          second_view=method.second_view if method.views == 2 else None,
+                          augmentation=info.augmentation, image_size=info.image_size, device=device,
+                          rank=dist_.rank, world_size=dist_.world_size,
+                          color_jitter=method.color_jitter)  # CBD's jittered teachers (ce-cosine20)
     mean, std = loader.mean, loader.std
     nhwc = channels_last_for(device)
-    prepare = lambda x: _layout(normalize(x, mean, std), nhwc)  # noqa: E731
+    prepare = lambda x: _layout(normalize(loader.eval_batch(x), mean, std), nhwc)  # noqa: E731
 
     # A method that trains nothing (τ-norm) still gets an optimizer, so checkpoints keep one shape.
     optimizer = torch.optim.SGD(trainable or [torch.zeros((), device=device, requires_grad=True)], lr=recipe.lr, momentum=recipe.momentum,
@@ -188,6 +202,10 @@ def train(
         loader.generator.set_state(checkpoint["loader_rng"])
         method.load_state_dict(checkpoint.get("method", {}))
         start_epoch, history, best = checkpoint["epoch"], list(checkpoint["history"]), dict(checkpoint["best"])
+    if dist_.active:  # after a restore: DDP starts every worker from rank 0's weights
+        ddp.check_supported(method, model, trainable)
+        step_model = ddp.wrap_model(model, dist_, device)
+        step_model = torch.compile(step_model) if compile else step_model
 
     def evaluate(split: str, module: Optional[torch.nn.Module] = None) -> dict:
         x, y = splits[split]
@@ -198,17 +216,23 @@ def train(
     train_seconds, seen = sum(h["seconds"] for h in history), sum(h["images"] for h in history)
     last_eval: dict = {}
     for epoch in range(start_epoch, spec.epochs if method.trains else start_epoch):
-        lr = recipe.lr_at(epoch, spec.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lrs = recipe.epoch_lrs(epoch, spec.epochs, len(loader))  # one per batch: they differ only in warm-up
+        lr = history_lr(lrs)
         method.set_train_mode(model)  # model.train(), or frozen parts kept in eval mode
         tick = time.perf_counter()
         loss_sum, images = torch.zeros((), device=device), 0
-        for x, y, *views in loader:
+        for step, (x, y, *views) in enumerate(loader):
+            if dist_.active:
+                ddp.set_shard_size(step_model, dist_, len(y), loader.global_batch)
+            if step == 0 or lrs[step] != lrs[step - 1]:  # a Python float, no host sync
+                for group in optimizer.param_groups:
+                    group["lr"] = lrs[step]
             loss = train_step(step_model, optimizer, method, _layout(x, nhwc), y, epoch=epoch, teacher=teacher,
                               autocast=autocast, views=[_layout(v, nhwc) for v in views])
             loss_sum += loss * len(y)
             images += len(y)
+        if dist_.active:
+            loss_sum, images = ddp.epoch_totals(loss_sum, images)
         train_loss = float(loss_sum) / max(images, 1)  # the one host sync of the epoch
         seconds = time.perf_counter() - tick
         if not math.isfinite(train_loss):
@@ -241,12 +265,15 @@ def train(
     final = dict(last_eval.get("test", {}))
     final.update(val_top1=last_eval["val"]["top1"], top1_best_epoch=best["top1"] if evaluate_test else None,
                  best_epoch=best["epoch"] if evaluate_test else None)
-    return RunResult(
+    result = RunResult(
         spec=spec, metrics=final, history=history, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         class_counts=list(data.class_counts), train_seconds=train_seconds,
         images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
         device=device_name(device), started_at=started, finished_at=datetime.now(timezone.utc), extra=extra,
     )
+    if dist_.active:
+        result.workers, result.device = dist_.world_size, ddp.device_names(result.device, dist_)
+    return result
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

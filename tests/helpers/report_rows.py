@@ -21,7 +21,7 @@ def row(run_id: str, method: str, seed: int, top1: float, *, params=None, histor
                "images": 407, **({"val_top1": top1 - 6 + 3 * e, "test_top1": top1 - 6 + 3 * e} if e else {})}
               for e in range(3)]
     return {"run_id": run_id, "status": "finished", "dataset": "digits", "imbalance_factor": 10.0, "profile": "exp",
-            "data_seed": 0, "model": "digits-cnn", "method": method, "params": params or {},
+            "data_seed": 0, "split": "every-class", "model": "digits-cnn", "method": method, "params": params or {},
             "recipe": {"name": "small", "epochs": 3}, "epochs": 3, "seed": seed, "top1": top1,
             "top1_best_epoch": top1 + 1, "val_top1": top1 - 1, "many": top1 + 10, "medium": top1, "few": top1 - 20,
             "ece": 30 - top1 / 5, "nll": 2.0 - top1 / 100, "per_class_acc": per_class, "class_counts": COUNTS,

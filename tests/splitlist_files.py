@@ -1,0 +1,61 @@
+"""Generated image trees in the exact layout of the decoupling code's split lists, for the split-list
+benchmarks (bkdbench/data/splitlist.py): varied sizes and aspect ratios, a grayscale JPEG, a CMYK
+JPEG and a PNG named .JPEG. Pixels are a per-image random pattern plus a class-dependent colour, so a
+small network can learn the classes in two epochs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIZES = ((40, 30), (30, 40), (48, 48), (64, 36), (36, 64), (50, 41))  # (width, height)
+
+
+def class_colour(label: int) -> np.ndarray:
+    rng = np.random.default_rng(1000 + label)
+    return rng.integers(30, 225, 3)
+
+
+def write_image(path: Path, label: int, index: int, kind: str = "rgb") -> None:
+    rng = np.random.default_rng(index * 7919 + label)
+    w, h = SIZES[index % len(SIZES)]
+    pixels = np.clip(class_colour(label)[None, None, :] + rng.integers(-30, 31, (h, w, 3)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(pixels, "RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "gray":
+        im.convert("L").save(path, "JPEG", quality=90)
+    elif kind == "cmyk":
+        im.convert("CMYK").save(path, "JPEG", quality=90)
+    elif kind == "png":
+        im.save(path, "PNG")  # a PNG under a .JPEG name, as a few ImageNet files are
+    else:
+        im.save(path, "JPEG", quality=90)
+
+
+def write_imagenet_lt(root: Path, counts=(12, 6, 3), val_per_class: int = 2, test_per_class: int = 3,
+                      splits_folder: str = "splits") -> dict:
+    """An ImageNet-LT-shaped tree under ``root`` with its three lists in ``root/splits_folder``.
+    Needs num_classes=len(counts) (tests patch the benchmark's class count). Returns the lists'
+    lines per split."""
+    lines = {"train": [], "val": [], "test": []}
+    special = {(0, 1): "gray", (1, 0): "cmyk", (2, 1): "png"}
+    for label, n in enumerate(counts):
+        wnid = f"n{label:08d}"
+        for i in range(n):
+            rel = f"train/{wnid}/{wnid}_{i}.JPEG"
+            write_image(root / rel, label, i, special.get((label, i), "rgb"))
+            lines["train"].append(f"{rel} {label}")
+        for i in range(val_per_class):
+            rel = f"train/{wnid}/{wnid}_val{i}.JPEG"
+            write_image(root / rel, label, 100 + i)
+            lines["val"].append(f"{rel} {label}")
+        for i in range(test_per_class):
+            rel = f"val/{wnid}/ILSVRC2012_val_{label:04d}{i:04d}.JPEG"
+            write_image(root / rel, label, 200 + i)
+            lines["test"].append(f"{rel} {label}")
+    folder = root / splits_folder if splits_folder else root
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, split_lines in lines.items():
+        (folder / f"ImageNet_LT_{split}.txt").write_text("\n".join(split_lines) + "\n")
+    return lines

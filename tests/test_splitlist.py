@@ -1,0 +1,227 @@
+"""The split-list benchmarks (ImageNet-LT, Places-LT, iNat18): reading the standard lists, the
+decoded memory-mapped store and its content-keyed cache, bad lists, and the registered datasets.
+Trees are generated (tests/splitlist_files.py); pixels are checked against Pillow directly."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bkdbench.data import DataError, dataset_info, get_dataset, load_longtail
+from bkdbench.data import splitlist
+from bkdbench.data.imagenet_lt import IMAGENET_LT
+from bkdbench.data.inat18 import INAT18
+from splitlist_files import write_image, write_imagenet_lt
+
+TINY = replace(IMAGENET_LT, num_classes=3)  # the ImageNet-LT lists' names and rules, 3 classes
+STORE = 32
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BKDBENCH_DECODE_WORKERS", "1")
+
+
+def pil_store(path: Path, size: int) -> np.ndarray:
+    """torchvision's Resize(size) + CenterCrop(size) on a PIL image, written out independently."""
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    if w <= h:
+        new = (size, int(size * h / w))
+    else:
+        new = (int(size * w / h), size)
+    im = im.resize(new, Image.BILINEAR)
+    w, h = im.size
+    crop = round(size * 0.875)  # the stored square holds the evaluation crop exactly where CenterCrop(crop) puts it
+    top = min(max(int(round((h - crop) / 2)) - int(round((size - crop) / 2)), 0), h - size)
+    left = min(max(int(round((w - crop) / 2)) - int(round((size - crop) / 2)), 0), w - size)
+    return np.asarray(im.crop((left, top, left + size, top + size))).transpose(2, 0, 1)
+
+
+def test_reads_lists_and_stores_every_image_as_pillow_would(tmp_path):
+    lines = write_imagenet_lt(tmp_path / "img")
+    listing = splitlist.scan(tmp_path / "img", TINY, STORE)
+    assert {s: len(e) for s, e in listing.splits.items()} == {"train": 21, "val": 6, "test": 9}
+    assert listing.classes == ("n00000000", "n00000001", "n00000002")
+    stored = splitlist.load_listing(listing)
+    assert stored.decoded
+    arrays = stored.arrays
+    assert arrays.train_x.shape == (21, 3, STORE, STORE) and arrays.train_x.dtype == np.uint8
+    assert isinstance(arrays.train_x, np.memmap)
+    assert arrays.train_y.tolist() == [int(line.split()[1]) for line in lines["train"]]
+    assert arrays.test_y.tolist() == [int(line.split()[1]) for line in lines["test"]]
+    for split, x in (("train", arrays.train_x), ("val", arrays.val_x), ("test", arrays.test_x)):
+        for row, line in enumerate(lines[split]):
+            np.testing.assert_array_equal(x[row], pil_store(tmp_path / "img" / line.split()[0], STORE))
+
+
+def test_grayscale_cmyk_and_png_named_jpeg_become_rgb(tmp_path):
+    write_imagenet_lt(tmp_path / "img")
+    x = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE)).arrays.train_x
+    gray = x[1]  # class 0, image 1: grayscale JPEG
+    assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()
+    assert Image.open(tmp_path / "img/train/n00000001/n00000001_0.JPEG").mode == "CMYK"
+    assert Image.open(tmp_path / "img/train/n00000002/n00000002_1.JPEG").format == "PNG"
+    assert x[12].std() > 0 and x[19].std() > 0  # the CMYK and the PNG rows hold pixels
+
+
+def test_second_load_is_a_cache_hit_and_touching_a_file_changes_the_key(tmp_path):
+    write_imagenet_lt(tmp_path / "img")
+    first = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
+    again = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
+    assert first.decoded and not again.decoded and again.folder == first.folder
+    target = tmp_path / "img/train/n00000000/n00000000_3.JPEG"
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    touched = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
+    assert touched.decoded and touched.folder != first.folder
+    other_size = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, 24))
+    assert other_size.decoded and other_size.arrays.train_x.shape[-1] == 24
+
+
+def test_an_interrupted_decode_leaves_nothing_that_is_trusted(tmp_path, monkeypatch):
+    write_imagenet_lt(tmp_path / "img")
+    listing = splitlist.scan(tmp_path / "img", TINY, STORE)
+    calls = {"n": 0}
+    real = splitlist.decode_store
+
+    def dies_on_the_tenth(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(splitlist, "decode_store", dies_on_the_tenth)
+    with pytest.raises(KeyboardInterrupt):
+        splitlist.load_listing(listing)
+    assert not (tmp_path / "cache").exists()  # the temporary folder went, and the folders made for it
+    monkeypatch.setattr(splitlist, "decode_store", real)
+    assert splitlist.load_listing(listing).decoded
+
+
+def test_a_process_pool_decodes_the_same_pixels(tmp_path, monkeypatch):
+    write_imagenet_lt(tmp_path / "img")
+    one = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE)).arrays
+    monkeypatch.setattr(splitlist, "_CHUNK", 4)
+    monkeypatch.setenv("BKDBENCH_DECODE_WORKERS", "2")
+    monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache2"))
+    seen = []
+    with splitlist.decode_progress(lambda what, done, total: seen.append((done, total))):
+        two = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
+    assert two.decoded
+    np.testing.assert_array_equal(np.asarray(two.arrays.train_x), np.asarray(one.train_x))
+    np.testing.assert_array_equal(np.asarray(two.arrays.test_x), np.asarray(one.test_x))
+    assert seen[0] == (0, 36) and seen[-1] == (36, 36) and len(seen) > 3
+
+
+BAD_LINES = [
+    ("train", "train/n00000000/n00000000_0.JPEG zero", "label 'zero' is not an integer"),
+    ("train", "train/n00000000/n00000000_0.JPEG 3", "label 3 is out of range 0..2"),
+    ("val", "train/n00000000/n00000000_val0.JPEG -1", "label -1 is out of range 0..2"),
+    ("test", "val/n00000000/missing.JPEG 0", "does not exist"),
+    ("train", "train/n00000000/n00000000_0.JPEG", "expected 'relative/path label'"),
+]
+
+
+@pytest.mark.parametrize("split,bad,message", BAD_LINES)
+def test_bad_lines_name_the_file_and_the_line(tmp_path, split, bad, message):
+    lines = write_imagenet_lt(tmp_path / "img")
+    path = tmp_path / "img/splits" / f"ImageNet_LT_{split}.txt"
+    body = lines[split][:2] + [bad] + lines[split][2:]
+    path.write_text("\n".join(body) + "\n")
+    with pytest.raises(DataError, match=f"{path}:3: .*{message}"):
+        splitlist.scan(tmp_path / "img", TINY, STORE)
+
+
+def test_duplicated_line_empty_list_and_missing_list(tmp_path):
+    lines = write_imagenet_lt(tmp_path / "img")
+    path = tmp_path / "img/splits/ImageNet_LT_train.txt"
+    path.write_text("\n".join(lines["train"] + [lines["train"][4]]) + "\n")
+    with pytest.raises(DataError, match=f"{path}:22: .* listed twice \\(first on line 5\\)"):
+        splitlist.scan(tmp_path / "img", TINY, STORE)
+    path.write_text("\n\n")
+    with pytest.raises(DataError, match=f"{path} is an empty list"):
+        splitlist.scan(tmp_path / "img", TINY, STORE)
+    path.unlink()
+    with pytest.raises(DataError, match="split list ImageNet_LT_train.txt not found"):
+        splitlist.scan(tmp_path / "img", TINY, STORE)
+
+
+def test_a_truncated_image_names_the_file_and_its_list_line(tmp_path):
+    write_imagenet_lt(tmp_path / "img")
+    target = tmp_path / "img/val/n00000001/ILSVRC2012_val_00010002.JPEG"
+    target.write_bytes(target.read_bytes()[:200])
+    listing = splitlist.scan(tmp_path / "img", TINY, STORE)
+    test_list = tmp_path / "img/splits/ImageNet_LT_test.txt"
+    with pytest.raises(DataError, match=f"{test_list}:6: {target} is not a readable image"):
+        splitlist.load_listing(listing)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_lists_found_in_the_root_and_a_leading_slash_is_ignored(tmp_path):
+    lines = write_imagenet_lt(tmp_path / "img", splits_folder="")
+    (tmp_path / "img/ImageNet_LT_val.txt").write_text("\n".join("/" + line for line in lines["val"]) + "\n")
+    listing = splitlist.scan(tmp_path / "img", TINY, STORE)
+    assert listing.splits["val"][0].rel == lines["val"][0].split()[0]
+
+
+def test_inat_validation_is_the_last_of_each_class_and_its_val_list_is_test(tmp_path):
+    counts = (25, 12, 2, 1)
+    root = tmp_path / "inat"
+    train, val = [], []
+    for label, n in enumerate(counts):
+        for i in range(n):
+            rel = f"train_val2018/Plantae/{label}/{i:03d}.jpg"
+            write_image(root / rel, label, i)
+            train.append(f"{rel} {label}")
+        rel = f"train_val2018/Plantae/{label}/val.jpg"
+        write_image(root / rel, label, 99)
+        val.append(f"{rel} {label}")
+    (root / "iNaturalist18_train.txt").write_text("\n".join(train) + "\n")
+    (root / "iNaturalist18_val.txt").write_text("\n".join(val) + "\n")
+    bench = replace(INAT18, num_classes=len(counts))
+    listing = splitlist.scan(root, bench, STORE)
+    held = {label: [e.rel for e in listing.splits["val"] if e.label == label] for label in range(len(counts))}
+    # min(3, max(1, n // 10)) for n >= 2: 25 → 2, 12 → 1, 2 → 1, 1 → 0; the last ones in list order
+    assert held == {0: ["train_val2018/Plantae/0/023.jpg", "train_val2018/Plantae/0/024.jpg"],
+                    1: ["train_val2018/Plantae/1/011.jpg"], 2: ["train_val2018/Plantae/2/001.jpg"], 3: []}
+    assert np.bincount([e.label for e in listing.splits["train"]]).tolist() == [23, 11, 1, 1]
+    assert [e.rel for e in listing.splits["test"]] == [line.split()[0] for line in val]
+    assert not {e.rel for e in listing.splits["train"]} & {e.rel for e in listing.splits["val"]}
+
+
+def test_registered_datasets_resolve_per_root_and_image_size(tmp_path):
+    for name, classes in (("imagenet-lt", 1000), ("places-lt", 365), ("inat18", 8142)):
+        info = get_dataset(name)
+        assert info.num_classes == classes and info.augmentation == "imagenet" and info.resolve is not None
+        assert info.mean == (0.485, 0.456, 0.406)
+    with pytest.raises(DataError, match="imagenet-lt needs its images: pass --data-dir ROOT"):
+        dataset_info("imagenet-lt", None, 28)
+    with pytest.raises(DataError, match="split list ImageNet_LT_train.txt not found"):
+        dataset_info("imagenet-lt", tmp_path, 28)
+
+
+def test_natural_profile_keeps_the_memory_map(tmp_path, monkeypatch):
+    write_imagenet_lt(tmp_path / "img")
+    bench = TINY
+    info = splitlist._resolved(bench, tmp_path / "img", 28)
+    assert info.image_size == 28 and info.n_max == 12 and info.data_key
+    monkeypatch.setattr("bkdbench.data.splits.dataset_info", lambda *a, **k: info)
+    data = load_longtail("imagenet-lt", 2.4, "natural", data_dir=tmp_path / "img", image_size=28)
+    assert isinstance(data.train_x, np.memmap) and data.class_counts == [12, 6, 3]
+    assert data.val_x.shape == (6, 3, 32, 32) and data.test_x.shape == (9, 3, 32, 32)
+    assert data.shots == {"many": [], "medium": [], "few": [0, 1, 2]}
+
+
+def test_the_large_sets_take_only_the_natural_profile():
+    from bkdbench.specs import SpecError, check_spec
+
+    for name in ("imagenet-lt", "places-lt", "inat18"):
+        check_spec(name, "natural", "bkd")
+        with pytest.raises(SpecError, match=f"{name} is long-tailed already .* pass --imbalance natural"):
+            check_spec(name, 10, "ce")
