@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from typer.exceptions import Abort
 
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="bkdbench", standalone_mode=False)
     except NoArgsIsHelpError as exc:  # `bkdbench`, `bkdbench plot`: the help, as click shows it
         print(exc.ctx.get_help())
         sys.exit(2)

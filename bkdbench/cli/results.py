@@ -165,6 +165,7 @@ def plot_per_class(dataset: DatasetOpt = None, imbalance: ImbalanceOpt = None, s
     """Per-class accuracy head → tail; one PNG per dataset and imbalance factor found."""
     if out and (dataset is None or imbalance is None):
         _fail("--out names one file: pass --dataset and --imbalance with it")
+    _check_out_file(out)
     folder, rows = _load(results, suite=suite, dataset=dataset, imbalance_factor=imbalance,
                          status="finished")
     if rows.empty:
@@ -194,6 +195,7 @@ def plot_summary(suite: SuiteOpt = None, metric: MetricOpt = "top1", results: Re
                  out: Annotated[Optional[str], typer.Option("--out", help="PNG path.")] = None) -> None:
     """Mean ± std per method and imbalance factor, one panel per dataset."""
     _check_metric(metric)
+    _check_out_file(out)
     folder, rows = _load(results, suite=suite, status="finished")
     if rows.empty:
         _say_empty(folder, suite=suite)
@@ -207,6 +209,26 @@ def plot_summary(suite: SuiteOpt = None, metric: MetricOpt = "top1", results: Re
     except (ValueError, OSError) as exc:
         _fail(str(exc))
     Console().print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _check_out_file(out: Optional[str]) -> None:
+    """``--out`` must name a file that can be written, checked before anything is read or drawn (and
+    without creating its folder: a refused command writes nothing)."""
+    import os
+    from pathlib import Path
+
+    if not out:
+        return
+    path = Path(out).expanduser()
+    if path.is_dir():
+        _fail(f"--out {out} is a folder; name a .png file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        _fail(f"--out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        _fail(f"--out {out}: cannot write in {parent}")
 
 
 def _plots_folder(results: Optional[str], out: Optional[str]):

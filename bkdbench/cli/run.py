@@ -77,7 +77,7 @@ def run(
         specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=method, seeds=seeds, epochs=epochs,
                          data_dir=data_dir, split=parse_split(split))
         if not specs:
-            fail(f"the filters leave no runs of suite {s.name}")
+            fail(_no_runs(s, dataset, parse_imbalances(imbalance), method))
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)
@@ -142,6 +142,19 @@ def run(
     if plan.todo and crashed:
         fail(f"{len(crashed)} trial(s) crashed after {max_failures} restarts (see the Ray log); "
              f"fix the cause and rerun with --resume", code=1)
+
+
+def _no_runs(suite, datasets, imbalances, methods) -> str:
+    """Which filter named nothing the suite has, and what it has."""
+    names = [m.method for m in suite.method_entries()]
+    for flag, asked, has in (("--dataset", datasets, suite.datasets), ("--imbalance", imbalances, suite.imbalance),
+                             ("--method", methods, names)):
+        missing = [a for a in asked or () if a not in has]
+        if missing:
+            show = lambda values: ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)  # noqa: E731
+            return (f"{flag} {show(missing)}: not in suite {suite.name} (it has {show(has)}); "
+                    "choose from those or another suite")
+    return f"the filters leave no runs of suite {suite.name}"
 
 
 class Phases:

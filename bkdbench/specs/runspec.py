@@ -197,6 +197,9 @@ def make_spec(
     model, rec, resolved, needs_teacher = _resolve_names(info, method, model, recipe, epochs, params)
     _check_ranges(imbalance_factor, epochs, profile)
     _check_counts(info, imbalance_factor, profile)
+    for name, value in (("seed", seed), ("data seed", data_seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SpecError(f"the {name} must be an integer >= 0 (got {value!r})")
     common = dict(
         dataset=dataset, imbalance_factor=float(imbalance_factor), profile=profile, data_seed=data_seed,
         model=model, recipe=rec.name, epochs=epochs or rec.epochs, seed=seed, data_key=info.data_key,
