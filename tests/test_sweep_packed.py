@@ -18,7 +18,7 @@ from bkdbench.specs import make_spec
 from helpers.cli import cli_app
 from helpers.files import nothing_written
 from helpers.processes import cleanup_ray_tmp
-from helpers.ray_tmp import ray_tmpdir
+from helpers.ray_tmp import in_process_ray_env, ray_tmpdir
 from helpers.sweeps import assert_numbering, load_study, watched_search
 
 
@@ -94,10 +94,7 @@ def test_packed_sweep_through_ray(tmp_path):
                       space_hash=space_hash(file), sampler="random", scheduler="none", epochs=2)
     events = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        mp.setenv("RAY_TMPDIR", ray_tmp)
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
+        in_process_ray_env(mp, ray_tmp)
         try:
             with ray_session(None, log_file=results / "ray.log"), nothing_written(results / "leaderboard"):
                 study = run_search(cfg, space, base, results, trials=3, concurrency=2, pack=2,

@@ -16,7 +16,7 @@ from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
 from helpers.processes import cleanup_ray_tmp
-from helpers.ray_tmp import ray_tmpdir
+from helpers.ray_tmp import in_process_ray_env, ray_tmpdir
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,10 +83,7 @@ def ray_searches(tmp_path_factory):
     ray_tmp = ray_tmpdir()
     out = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        mp.setenv("RAY_TMPDIR", ray_tmp)
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # ray_session sets these two for good:
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")  # set here, they are restored after the module
+        in_process_ray_env(mp, ray_tmp)
         try:
             with ray_session(None, log_file=results / "ray.log"):
                 for key, method, space_file, scheduler, epochs, trials in (

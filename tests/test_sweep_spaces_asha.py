@@ -19,7 +19,7 @@ from bkdbench.specs import make_spec
 from bkdbench.specs.search_spaces import load_space, space_names
 
 from helpers.processes import cleanup_ray_tmp
-from helpers.ray_tmp import ray_tmpdir
+from helpers.ray_tmp import in_process_ray_env, ray_tmpdir
 from helpers.sweeps import load_study
 
 EPOCHS = 6  # cpu-short on 6 epochs: evaluations after epochs 5 and 6
@@ -33,10 +33,7 @@ def ray_results(tmp_path_factory):
     results.mkdir(parents=True)
     ray_tmp = ray_tmpdir()
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        mp.setenv("RAY_TMPDIR", ray_tmp)
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
+        in_process_ray_env(mp, ray_tmp)
         try:
             with ray_session(None, log_file=results / "ray.log", storage=results):
                 _train_teachers(results)

@@ -60,3 +60,13 @@ def sessions_in_folders_made_since(count: int) -> list[str]:
 def _remove_all() -> None:
     for folder in _MADE:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def in_process_ray_env(mp, ray_tmp: str) -> None:
+    """With ``mp`` (a pytest MonkeyPatch context), the environment a test that calls ``ray_session`` in
+    its own process needs: a private temp folder, no cluster address, and the two variables that
+    ``ray_session`` would otherwise set for the rest of the test process (restored when ``mp`` ends)."""
+    mp.delenv("RAY_ADDRESS", raising=False)
+    mp.setenv("RAY_TMPDIR", ray_tmp)
+    mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
