@@ -28,8 +28,8 @@ def ablate(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
     model: Optional[str] = typer.Option(None, "--model"),
     recipe: Optional[str] = typer.Option(None, "--recipe"),
-    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="CPUs per trial; per worker with --workers-per-trial N > 1."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per trial; per worker with --workers-per-trial N > 1."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted ablation."),
     max_failures: int = typer.Option(2, "--max-failures", min=0),
@@ -40,6 +40,7 @@ def ablate(
     split: Optional[str] = SplitOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
+    workers_per_trial: int = typer.Option(1, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). See docs/cluster.md."),
 ):
     """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
     from bkdbench.data import DataError, get_dataset
@@ -91,7 +92,7 @@ def ablate(
                     LiveView(plan.todo) as view:
                 run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
-                         data_dir=data_dir, on_event=view.event, pack=pack)
+                         data_dir=data_dir, on_event=view.event, pack=pack, workers=workers_per_trial)
         except (Interrupted, KeyboardInterrupt):
             fail("interrupted; continue with the same command plus --resume", code=130)
         except StorageError as exc:

@@ -55,7 +55,7 @@ def run(
     tracking: Optional[str] = TrackingOpt,
     pack: Optional[int] = typer.Option(None, "--pack", min=1, help=f"Runs per Ray trial, trained as one pack (runs of one seed and teacher that differ only in method or loss parameters share batches and the teacher's forward; rows are those of separate runs). Default {AUTO_PACK}; 1 trains every run in a trial of its own."),
     split: Optional[str] = SplitOpt,
-    workers_per_trial: int = typer.Option(1, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP; NCCL on GPUs, gloo on CPU): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). See docs/cluster.md."),
+    workers_per_trial: Optional[int] = typer.Option(None, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP; NCCL on GPUs, gloo on CPU): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). Default: the suite's workers_per_trial (1). See docs/cluster.md."),
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
     phases = Phases()
@@ -112,7 +112,7 @@ def run(
                                    gpus_per_trial=gpus_per_trial, resume=resume, force=force,
                                    max_failures=max_failures, checkpoint_every=checkpoint_every,
                                    data_dir=data_dir, on_event=view.event, pack=pack,
-                                   workers=workers_per_trial)
+                                   workers=workers_per_trial or s.workers_per_trial)
                 phases.took(plan.seconds)
             phases.end("Ray stop")
         except Interrupted as exc:

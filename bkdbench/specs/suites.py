@@ -47,6 +47,9 @@ class Suite(BaseModel):
     model: Optional[str] = None
     recipe: Optional[str] = None
     epochs: Optional[int] = Field(None, gt=0)
+    # Data-parallel workers per trial (`bkdbench run --workers-per-trial`, which overrides it);
+    # an execution setting, not part of any run id.
+    workers_per_trial: int = Field(1, ge=1)
 
     @field_validator("seeds")
     @classmethod
