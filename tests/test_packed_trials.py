@@ -78,6 +78,10 @@ def test_the_demo_suite_packs_methods_of_one_seed_and_teacher_and_plans_plain_ru
     for group in (g for stage in groups for g in stage):
         assert len({(s.imbalance_factor, s.seed) for s in group}) == 1
     assert sorted(s.run_id for stage in groups for g in stage for s in g) == sorted(s.run_id for s in specs)
+    # `bkdbench run`'s default packs only students (their teacher's forward is shared): 24 + 6 trials
+    default = [pack_groups(stage, 4, students_only=True) for stage in plan.stages]
+    assert [len(g) for g in default[0]] == [1] * 24
+    assert sorted(sorted(s.method for s in g) for g in default[1]) == [["bkd", "kd"]] * 6
 
 
 def test_pack_events_and_outcomes_are_per_run():

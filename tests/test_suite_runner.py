@@ -315,14 +315,14 @@ PACK_COLUMNS = ("run_id", "status", "method", "params", "seed", "teacher_run_id"
                 "few", "top1_best_epoch", "best_epoch", "nll", "ece", "suite")
 
 
-def test_a_suite_packed_by_default_writes_the_rows_of_one_trial_per_run(tmp_path):
-    """Five methods of one seed: by default CE, CB re-weighting and Balanced Softmax share a trial beside
-    the teacher stage and KD and BKD share one after it (2 trials); ``--pack 1`` trains 5 trials. On
-    CPU a pack runs each member's exact operations, so every row is the same number for number."""
+def test_a_packed_suite_writes_the_rows_of_one_trial_per_run(tmp_path):
+    """Five methods of one seed: with ``--pack 4`` CE, CB re-weighting and Balanced Softmax share a trial
+    beside the teacher stage and KD and BKD share one after it (2 trials); ``--pack 1`` trains 5 trials.
+    On CPU a pack runs each member's exact operations, so every row is the same number for number."""
     suite = write_suite(tmp_path / "mix.yaml", datasets=["digits"], imbalance=[10],
                         methods=["ce", "reweight-cb", "balanced-softmax", "kd", "bkd"], seeds=1, epochs=3)
     got = {}
-    for name, extra in (("packed", []), ("separate", ["--pack", "1"])):
+    for name, extra in (("packed", ["--pack", "4"]), ("separate", ["--pack", "1"])):
         results = tmp_path / name
         code, out = run_logged(["run", "--suite", str(suite), "--results", str(results), *extra], tmp_path / f"{name}.log")
         assert code == 0, out

@@ -12,7 +12,7 @@ from bkdbench.cli.live import LiveView
 from bkdbench.cli.options import (SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
                                   parse_tracking, start_tracking)
 
-AUTO_PACK = 4  # runs per trial by default (docs/performance.md: what packing saves, on CPU and for the demo)
+AUTO_PACK = 4  # students per trial by default (docs/performance.md: what packing saves, on CPU and for the demo)
 SuiteOpt = typer.Option("digits-lt", "--suite", "-s", help="Suite name (see `bkdbench suites`) or a YAML file.")
 
 
@@ -53,7 +53,7 @@ def run(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
-    pack: Optional[int] = typer.Option(None, "--pack", min=1, help=f"Runs per Ray trial, trained as one pack (runs of one seed and teacher that differ only in method or loss parameters share batches and the teacher's forward; rows are those of separate runs). Default {AUTO_PACK}; 1 trains every run in a trial of its own."),
+    pack: Optional[int] = typer.Option(None, "--pack", min=1, help=f"Runs per Ray trial, trained as one pack: runs of one seed (and teacher) that differ only in method or loss parameters share batches and the teacher's forward; each keeps the row it gets alone. Default: students of one teacher (KD, BKD, DKD), up to {AUTO_PACK} a trial; K: every packable run; 1: none."),
     split: Optional[str] = SplitOpt,
     workers_per_trial: Optional[int] = typer.Option(None, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP; NCCL on GPUs, gloo on CPU): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). Default: the suite's workers_per_trial (1). See docs/cluster.md."),
 ):
@@ -96,6 +96,7 @@ def run(
     from bkdbench.orchestrate.ray_session import StorageError, ray_session
 
     plan = plan_runs(specs, root, force=force)
+    students_only = pack is None  # the default: docs/performance.md (packing runs without a teacher gained nothing)
     pack = pack or AUTO_PACK
     members = [sp.run_id for sp in plan.specs]  # recorded once Ray accepted the storage (nothing written before)
     console.print(f"suite [bold]{s.name}[/]: {len(plan.specs)} runs, {len(plan.skipped)} already in the leaderboard "
@@ -111,7 +112,7 @@ def run(
                 outcome = run_plan(plan, root, name=s.name, tags={"suite": s.name}, cpus_per_trial=cpus_per_trial,
                                    gpus_per_trial=gpus_per_trial, resume=resume, force=force,
                                    max_failures=max_failures, checkpoint_every=checkpoint_every,
-                                   data_dir=data_dir, on_event=view.event, pack=pack,
+                                   data_dir=data_dir, on_event=view.event, pack=pack, pack_students_only=students_only,
                                    workers=workers_per_trial or s.workers_per_trial)
                 phases.took(plan.seconds)
             phases.end("Ray stop")

@@ -26,17 +26,20 @@ def packable(spec: RunSpec) -> bool:
     return pack_refusal(spec) is None  # train_packed cannot train features, stage-1 models, ...
 
 
-def pack_groups(specs: list[RunSpec], pack: int) -> list[list[RunSpec]]:
+def pack_groups(specs: list[RunSpec], pack: int, students_only: bool = False) -> list[list[RunSpec]]:
     """``specs`` cut into trials: packable runs with one ``pack_signature`` in groups of at most
     ``pack``, split as evenly as possible (5 runs, K=4: 3 + 2, so neither trial waits on the other for
-    long); everything else alone. Groups come in the order of their first run."""
+    long); everything else alone. ``students_only``: only runs with a teacher are packed (their teacher
+    then runs once per batch for the whole pack: the gain packing is measured to give on CPU, where a
+    pack of runs without a teacher does the same work as separate trials; docs/performance.md). Groups come in the order of their first run."""
     if pack < 1:
         raise ValueError(f"--pack must be at least 1 (got {pack})")
     from ..training.packed import pack_signature
 
     buckets: dict[str, list[RunSpec]] = {}
     for spec in specs:
-        alike = pack_signature(spec) if pack > 1 and packable(spec) else spec.run_id
+        wanted = pack > 1 and packable(spec) and (spec.teacher is not None or not students_only)
+        alike = pack_signature(spec) if wanted else spec.run_id
         buckets.setdefault(alike, []).append(spec)
     groups = []
     for members in buckets.values():
@@ -63,9 +66,9 @@ def unit_key(group: list[RunSpec]) -> str:
     return f"pack-{digest}"
 
 
-def pack_units(specs: list[RunSpec], pack: int) -> dict[str, list[str]]:
+def pack_units(specs: list[RunSpec], pack: int, students_only: bool = False) -> dict[str, list[str]]:
     """Trial key → the run ids it trains, in ``specs`` order."""
-    return {unit_key(g): [s.run_id for s in g] for g in pack_groups(specs, pack)}
+    return {unit_key(g): [s.run_id for s in g] for g in pack_groups(specs, pack, students_only)}
 
 
 def per_run_events(on_event: Optional[Event], units: dict[str, list[str]]) -> Optional[Event]:

@@ -168,15 +168,17 @@ def run_plan(
     on_event: Optional[Event] = None,
     pack: int = 1,
     workers: int = 1,
+    pack_students_only: bool = False,
 ) -> dict[str, dict]:
     """Run every stage; returns the last result of each trial by run id. Raises Interrupted when a
     stage ends with unfinished trials (Ctrl-C): the caller tells the user to ``--resume``.
     ``pack`` > 1: runs that differ only in method parameters share trials, up to ``pack`` each
-    (``packs.pack_units``, ``packed_trial.train_unit``); every run still gets its own row."""
+    (``packs.pack_units``, ``packed_trial.train_unit``); every run still gets its own row.
+    ``pack_students_only``: only runs with a teacher share trials (``bkdbench run``'s default)."""
     # ``workers`` > 1: each trial trains one run on that many Ray Train workers (orchestrate/workers.py);
     # cpus/gpus_per_trial are then per worker, and runs are not packed.
     pack = 1 if workers > 1 else pack
-    stage_units = [pack_units(stage, pack) for stage in plan.stages]
+    stage_units = [pack_units(stage, pack, pack_students_only) for stage in plan.stages]
     plan.trials = sum(len(units) for units in stage_units)
     set_listener(per_run_events(on_event, {k: v for units in stage_units for k, v in units.items()}))
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
