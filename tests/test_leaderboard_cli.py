@@ -218,3 +218,16 @@ def test_two_image_folders_are_two_datasets_never_one_cell(tmp_path):
     out = invoke("plot", "per-class", "--results", tmp_path, "--dataset", "imagefolder", "--imbalance", 10,
                  "--out", tmp_path / "one.png")
     assert out.exit_code == 2 and "imagefolder names 2 datasets" in out.stderr
+
+
+def test_rows_of_a_method_that_is_bkdbench_s_own_reading_carry_a_note():
+    """subset-kd (the paper names only "weighted knowledge distillation") and cbd-linear (not the
+    official CBD) are labelled under every table that shows them, and only there."""
+    runs = [("subset-kd", 100, 0, 50.0, 1.0), ("ce", 100, 0, 48.0, 1.0), ("cbd-linear", 100, 0, 52.0, 1.0)]
+    text = render.to_markdown(summarise(frame_of(runs)), "top1")
+    assert "_subset-kd is bkdbench's reading of Ju et al. 2021" in text and "_cbd-linear is bkdbench's earlier CBD" in text
+    ((_, table),) = render.leaderboard_tables(summarise(frame_of(runs)), "top1")
+    assert "bkdbench's reading of Ju et al." in str(table.caption)
+    plain = render.to_markdown(summarise(frame_of()), "top1")
+    assert "reading" not in plain and "earlier CBD" not in plain
+    assert render.method_notes(["subset-kd (alpha=2)", "bkd"]) == [render.METHOD_NOTES["subset-kd"]]

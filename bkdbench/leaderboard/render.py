@@ -28,6 +28,21 @@ DESCRIPTIONS = {
 }
 
 
+# Methods whose rows are not the paper's exact procedure, said under every table that shows them.
+METHOD_NOTES = {
+    "subset-kd": "subset-kd is bkdbench's reading of Ju et al. 2021: the paper gives only \"weighted knowledge "
+                 "distillation\"; the subset weighting and restricted KL are bkdbench's (methods/subset_kd.py)",
+    "cbd-linear": "cbd-linear is bkdbench's earlier CBD, not the official code: linear head, a projection used "
+                  "only by the distillation term, 2 CE teachers (cbd follows the official code)",
+}
+
+
+def method_notes(labels) -> list[str]:
+    """The notes of the methods among ``labels`` (a label starts with its method's name)."""
+    methods = {str(label).split(" ")[0] for label in labels}
+    return [note for name, note in METHOD_NOTES.items() if name in methods]
+
+
 def caption(metric: str) -> str:
     check_metric(metric)
     return f"{DESCRIPTIONS[metric]}; mean ± std over n seeds, (n) in brackets; best per column in bold"
@@ -80,7 +95,8 @@ def leaderboard_tables(summary: pd.DataFrame, metric: str) -> list[tuple[str, Ta
     """One rich Table per dataset; best mean per column in bold green."""
     tables = []
     for dataset, factors, rows in _grid(summary, metric):
-        table = Table(title=str(dataset), caption=caption(metric), caption_justify="left")
+        notes = method_notes(label for label, _ in rows)
+        table = Table(title=str(dataset), caption="\n".join([caption(metric), *notes]), caption_justify="left")
         table.add_column("method")
         for factor in factors:
             table.add_column(_factor_name(factor), justify="right")
@@ -112,7 +128,8 @@ def to_markdown(summary: pd.DataFrame, metric: str) -> str:
                 text, is_best, _ = cells.get(factor, ("–", False, None))
                 shown.append(f"**{text}**" if is_best else text)
             lines.append(f"| {label.replace('|', '/')} | " + " | ".join(shown) + " |")
-        parts.append("\n".join(lines))
+        lines += ["", *(f"_{note}_" for note in method_notes(label for label, _ in rows))]
+        parts.append("\n".join(lines).rstrip("\n"))
     return "\n\n".join(parts) + "\n"
 
 
