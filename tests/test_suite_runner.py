@@ -187,7 +187,8 @@ def test_sigint_in_student_stage_then_resume(tmp_path):
     assert [s.method for s in specs] == ["ce", "kd", "bkd"]
     teacher, kd, bkd = (s.run_id for s in specs)
     results = tmp_path / "results"
-    args = ["run", "--suite", str(suite), "--results", str(results)]
+    # One trial per student (by default the two share a packed trial): the test waits for both to start.
+    args = ["run", "--suite", str(suite), "--results", str(results), "--pack", "1"]
     proc = None
     try:
         # Interrupt once both students' trials have started: the teacher is done by then.

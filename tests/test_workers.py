@@ -17,7 +17,9 @@ from helpers.files import row_files, suite_run_ids
 
 pytestmark = pytest.mark.slow
 
-FILTERS = ["--imbalance", "10", "--method", "ce", "--method", "kd", "--method", "bkd", "--seeds", "1", "--epochs", "2"]
+# CE and one student (KD, which needs the CE teacher first): two stages, two multi-worker trials (~35 s of
+# Ray Train start-up each on 2 cores).
+FILTERS = ["--imbalance", "10", "--method", "ce", "--method", "kd", "--seeds", "1", "--epochs", "2"]
 
 
 def test_a_suite_on_two_workers_per_trial_writes_each_row_once(tmp_path):
@@ -25,8 +27,8 @@ def test_a_suite_on_two_workers_per_trial_writes_each_row_once(tmp_path):
     args = ["run", "--suite", "digits-lt", "--workers-per-trial", "2", *FILTERS, "--results", str(results)]
     code, out = run_logged(args, tmp_path / "first.log", timeout=400)
     assert code == 0, out
-    expected = suite_run_ids("digits-lt", imbalance=[10.0], methods=["ce", "kd", "bkd"], seeds=1, epochs=2)
-    assert len(expected) == 3
+    expected = suite_run_ids("digits-lt", imbalance=[10.0], methods=["ce", "kd"], seeds=1, epochs=2)
+    assert len(expected) == 2
     rows, bad = read_rows(results / "leaderboard")
     assert bad == []
     assert sorted(rows.run_id) == sorted(expected), out  # every run exactly once ...
@@ -34,11 +36,11 @@ def test_a_suite_on_two_workers_per_trial_writes_each_row_once(tmp_path):
     assert set(rows.status) == {"finished"}, rows[["method", "status", "error"]]
     assert set(rows.workers) == {2} and set(rows.device) == {"cpu"}, rows[["method", "workers", "device"]]
     assert set(rows.suite) == {"digits-lt"}
-    assert "(3 Ray trials)" in out  # one run per trial: no packing with several workers
+    assert "(2 Ray trials)" in " ".join(out.split())  # one run per trial: no packing with several workers
     # Run ids do not depend on the number of workers: a second invocation on 1 worker has nothing to do.
     code, out = run_logged(["run", "--suite", "digits-lt", *FILTERS, "--results", str(results)], tmp_path / "second.log")
     assert code == 0, out
-    assert "3 already in the leaderboard" in out and "0 to train" in out, out
+    assert "2 already in the leaderboard" in out and "0 to train" in out, out
 
 
 def _latest_checkpoint_epoch(results) -> int:
