@@ -46,9 +46,11 @@ def restored_state() -> dict | None:
         return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
 
 
-def checkpointing_report(epochs: int, checkpoint_every: int | None):
+def checkpointing_report(epochs: int, checkpoint_every: int | None, *, rank: int = 0, send=None, checkpoint_type=None):
     """``report(metrics, make_checkpoint)`` for Tune: every epoch's metrics, with a checkpoint when one
-    is due (every ``checkpoint_every`` epochs, or by time when None; never after the last epoch)."""
+    is due (every ``checkpoint_every`` epochs, or by time when None; never after the last epoch).
+    A Ray Train worker passes its ``rank`` (only rank 0 checkpoints), ``send=ray.train.report`` and
+    ``checkpoint_type=ray.train.Checkpoint``; the default is Tune's (looked up at each call)."""
     import time
 
     from ..training.train import save_checkpoint
@@ -56,20 +58,21 @@ def checkpointing_report(epochs: int, checkpoint_every: int | None):
     last_save = [time.monotonic()]
 
     def due(done_epochs: int) -> bool:
-        if done_epochs >= epochs:
+        if rank != 0 or done_epochs >= epochs:
             return False  # the finished run is recorded in the leaderboard instead
         if checkpoint_every:
             return done_epochs % checkpoint_every == 0
         return time.monotonic() - last_save[0] >= CHECKPOINT_SECONDS
 
     def report(metrics: dict, make_checkpoint) -> None:
+        out = send or tune.report
         if due(metrics["epoch"] + 1):
             last_save[0] = time.monotonic()
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(make_checkpoint(), Path(folder) / CHECKPOINT_FILE)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+                out(metrics, checkpoint=(checkpoint_type or tune.Checkpoint).from_directory(folder))
         else:
-            tune.report(metrics)
+            out(metrics)
 
     return report
 

@@ -27,14 +27,13 @@ Several workers and packed students do not combine: with N > 1 every trial train
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from ray import tune
 
 from ..specs import RunSpec
 from ..storage import Location
-from .trial import CHECKPOINT_FILE, CHECKPOINT_SECONDS, FINISHED
+from .trial import CHECKPOINT_FILE, FINISHED, checkpointing_report
 
 TRAIN_RUNS = "workers"  # beside a stage's Tune experiment: the Ray Train runs of its trials
 FINAL = "bkd_final"  # the worker's last report: the run's outcome
@@ -67,33 +66,12 @@ def concurrent_trials(workers: int, resources: dict) -> int:
 
 def _worker_report(rank: int, epochs: int, checkpoint_every: int | None):
     """``report(metrics, make_checkpoint)`` for a Train worker: every worker reports every epoch
-    (Ray Train waits for all of them); rank 0 attaches a checkpoint when one is due (the same rule
-    as a one-worker trial: every N epochs, or by time; never after the last epoch)."""
-    import time
-
+    (Ray Train waits for all of them); rank 0 attaches a checkpoint when one is due (the rule of a
+    one-worker trial, ``trial.checkpointing_report``)."""
     import ray.train
 
-    from ..training.train import save_checkpoint
-
-    last_save = [time.monotonic()]
-
-    def due(done_epochs: int) -> bool:
-        if rank != 0 or done_epochs >= epochs:
-            return False
-        if checkpoint_every:
-            return done_epochs % checkpoint_every == 0
-        return time.monotonic() - last_save[0] >= CHECKPOINT_SECONDS
-
-    def report(metrics: dict, make_checkpoint) -> None:
-        if due(metrics["epoch"] + 1):
-            last_save[0] = time.monotonic()
-            with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(make_checkpoint(), Path(folder) / CHECKPOINT_FILE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)
-
-    return report
+    return checkpointing_report(epochs, checkpoint_every, rank=rank, send=ray.train.report,
+                                checkpoint_type=ray.train.Checkpoint)
 
 
 def _restored_state() -> dict | None:
