@@ -39,7 +39,9 @@ def test_packed_searcher_asks_k_configurations_and_tells_each_its_own_score(tmp_
     assert searcher.suggest("d") == Searcher.FINISHED
     assert searcher.suggest("a") == packs[0]  # asked once per Ray trial
     assert all(set(c) == {"alpha", "temperature"} for p in packs for c in p[PACK])
-    searcher.on_trial_result("a", {VALUES: [40.0, None], "training_iteration": 1})
+    # recipes that validate every 5 epochs: the values are the study's at their epoch, not Tune's report count
+    searcher.on_trial_result("a", {VALUES: [40.0, None], "epoch": 4, "training_iteration": 1})
+    searcher.on_trial_result("a", {VALUES: [None, None], "epoch": 5, "training_iteration": 2})
     searcher.on_trial_complete("a", {VALUES: [61.0, None], EPOCHS: [4, 2], FINISHED: True, "epoch": 3})
     searcher.on_trial_complete("b", {VALUES: [50.0, 55.0], "epoch": 1}, error=True)  # the whole trial crashed
     searcher.on_trial_complete("c", {VALUES: [70.0], EPOCHS: [4], FINISHED: True})
@@ -48,7 +50,7 @@ def test_packed_searcher_asks_k_configurations_and_tells_each_its_own_score(tmp_
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
                                                TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[0].value == 61.0 and study.trials[4].value == 70.0
-    assert study.trials[0].intermediate_values == {1: 40.0} and study.trials[1].intermediate_values == {}
+    assert study.trials[0].intermediate_values == {5: 40.0} and study.trials[1].intermediate_values == {}
     assert [t.user_attrs["epochs_trained"] for t in study.trials] == [4, 2, 2, 2, 4]
     assert [t.params for t in study.trials] == [c for p in packs for c in p[PACK]]
 

@@ -36,6 +36,10 @@ def test_asha_stopped_trials_are_pruned_in_study(tmp_path):
     for trial_id in ("trial_a", "trial_b", "trial_c"):
         config = searcher.suggest(trial_id)
         assert set(config) == {"alpha", "temperature"}
+    # A recipe that validates every 5 epochs reports after epochs 5 and 10: Optuna records each value at
+    # its epoch (Ray's OptunaSearch records it at Tune's report count, 1 and 2).
+    searcher.on_trial_result("trial_b", {METRIC: 30.0, "epoch": 4, "training_iteration": 1})
+    searcher.on_trial_result("trial_b", {METRIC: 60.0, "epoch": 9, "training_iteration": 2})
     searcher.on_trial_complete("trial_a", {METRIC: 50.0, "epoch": 2})  # stopped by the scheduler
     searcher.on_trial_complete("trial_b", {METRIC: 60.0, "epoch": 9, FINISHED: True})  # ran to the end
     searcher.on_trial_complete("trial_c", {"diverged": True})
@@ -43,6 +47,7 @@ def test_asha_stopped_trials_are_pruned_in_study(tmp_path):
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
     assert study.trials[0].value is None and study.trials[2].value is None
     assert study.trials[1].value == 60.0
+    assert study.trials[1].intermediate_values == {5: 30.0, 10: 60.0}
     assert study.best_trial.number == 1
     searcher.on_trial_complete("trial_a", {METRIC: 99.0, "epoch": 9, FINISHED: True})  # a second call changes nothing
     assert optuna.load_study(study_name="t", storage=storage).trials[0].state == TrialState.PRUNED

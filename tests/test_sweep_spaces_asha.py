@@ -79,6 +79,8 @@ def test_every_shipped_space_runs_a_real_asha_search(method, ray_results):
     stored = load_study(ray_results, got.cfg.sweep_id)
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in stored.trials), \
         [t.state for t in stored.trials]
+    for t in stored.trials:  # intermediate values at the epochs they were measured after
+        assert set(t.intermediate_values) <= {5, EPOCHS} and t.intermediate_values, t.intermediate_values
     results = [m for kind, m in got.events if kind == "result"]
     assert results, "no trial reported"
     for m in results:  # what ASHA and Optuna were shown

@@ -15,12 +15,11 @@ from typing import Optional
 
 import optuna
 from ray import tune
-from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..specs import RunSpec
-from .study import METRIC
+from .study import METRIC, optuna_step
 from .trial import FINISHED
 
 PACK = "_pack"  # a packed trial's config: the K sampled parameter sets, in the order Optuna gave them
@@ -49,9 +48,11 @@ class PackedOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials:
             return
+        if result.get(FINISHED):  # the closing summary: its values were reported at their epoch
+            return
         for trial, value in zip(self._packs.get(trial_id, []), result.get(VALUES) or []):
-            if value is not None:  # intermediate values, for the history plot
-                trial.report(value, result[TRAINING_ITERATION])
+            if value is not None:  # intermediate values, for the history plot, at their epoch
+                trial.report(value, optuna_step(result))
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._packs:

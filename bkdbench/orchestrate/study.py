@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 import optuna
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from ..storage import Location, pull
@@ -49,9 +50,21 @@ def journal_location(folder: Location) -> Location:
     return Location(folder) / "study.journal"
 
 
+def optuna_step(result: dict) -> int:
+    """The step of an intermediate value in the study: epochs trained. Ray's OptunaSearch uses Tune's
+    report count, which is the k-th evaluation when a recipe validates every few epochs."""
+    return int(result["epoch"]) + 1 if "epoch" in result else int(result[TRAINING_ITERATION])
+
+
 class PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna the truth about trials that did not run to the end: stopped
-    by the scheduler → PRUNED; diverged or errored → FAIL; only finished trials are COMPLETE."""
+    by the scheduler → PRUNED; diverged or errored → FAIL; only finished trials are COMPLETE.
+    Intermediate values are recorded at their epoch (``optuna_step``)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or result.get(METRIC) is None:
+            return
+        self._ot_trials[trial_id].report(result[METRIC], optuna_step(result))
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
