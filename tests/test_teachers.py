@@ -120,3 +120,20 @@ def test_distilled_student_trains_from_an_ensured_teacher(tmp_path):
     result = train(student, device="cpu", teacher_state=teacher_state)
     assert len(result.history) == 2 and 0 <= result.metrics["top1"] <= 100
     assert ensure_teacher(tmp_path, student.teacher, lambda s: pytest.fail("retrained"))[1] is False
+
+
+@pytest.mark.parametrize("method", ["ce", "ldam", "ce-cosine20", "lws"])
+def test_class_count_is_read_from_every_kind_of_classifier(tmp_path, method):
+    """A linear classifier's weight is (classes, features), a cosine one's (features, classes); LWS
+    and the fixed-scale cosine head keep theirs under another key. Each is counted right: weights of
+    10 classes are refused for a student of 7 (cnn-small has 64 features: no shape is ambiguous)."""
+    from bkdbench.methods import method_class
+
+    spec = make_spec("digits", 10, method, epochs=3)
+    model = create_model("cnn-small", num_classes=10, in_channels=1, head=method_class(method).head)
+    method_class(method).restructure(model)
+    state = model.state_dict()
+    save_teacher(tmp_path, spec, state, METRICS)
+    assert load_teacher(tmp_path, spec, num_classes=10) is not None
+    with pytest.raises(TeacherError, match="predicts 10 classes; the student has 7"):
+        load_teacher(tmp_path, spec, num_classes=7)

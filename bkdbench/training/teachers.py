@@ -50,12 +50,27 @@ def load_teacher(cache: Cache, spec: RunSpec, num_classes: Optional[int] = None)
         raise TeacherError(f"cached teacher {path} is unreadable ({type(exc).__name__}); delete it to retrain") from None
     if meta.get("run_id") != spec.run_id:
         raise TeacherError(f"cached teacher {path} belongs to run {meta.get('run_id')}, not {spec.run_id}")
-    weight = state.get("fc.weight", state.get("fc.linear.weight"))  # a plain or a scaled (LWS) classifier
-    if num_classes is not None and weight is not None:
-        out = weight.shape[0]
-        if out != num_classes:
-            raise TeacherError(f"cached teacher {path} predicts {out} classes; the student has {num_classes}")
+    out = predicted_classes(state, spec.method)
+    if num_classes is not None and out is not None and out != num_classes:
+        raise TeacherError(f"cached teacher {path} predicts {out} classes; the student has {num_classes}")
     return state
+
+
+def predicted_classes(state: dict, method: str) -> Optional[int]:
+    """How many classes saved weights predict, from the classifier's shape: a linear layer's weight is
+    (classes, features), plain (``fc.weight``) or scaled (LWS: ``fc.linear.weight``); a cosine one's
+    is (features, classes), plain (LDAM: ``fc.weight``) or with a fixed scale (ce-cosine20:
+    ``fc.cosine.weight``). None when the weights hold none of these."""
+    from bkdbench.methods import method_class
+
+    if "fc.cosine.weight" in state:
+        return int(state["fc.cosine.weight"].shape[1])
+    if "fc.linear.weight" in state:
+        return int(state["fc.linear.weight"].shape[0])
+    if "fc.weight" in state:
+        cosine = method_class(method).head == "cosine"
+        return int(state["fc.weight"].shape[1 if cosine else 0])
+    return None
 
 
 def save_teacher(cache: Cache, spec: RunSpec, state_dict: dict, metrics: dict) -> Location:
