@@ -6,6 +6,8 @@ forward. A pack must give every student the same final weights, BatchNorm statis
 losses and test metrics, up to float rounding (exactly, for the ``loop`` strategy on CPU)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -254,6 +256,7 @@ def test_a_diverging_student_is_named(monkeypatch):
     with pytest.raises(PackedTrainingDiverged, match="epoch 0.*1: focal") as err:
         train_packed(specs, device="cpu", strategy="loop")
     assert err.value.students == [1] and isinstance(err.value, TrainingDiverged)
+    assert re.fullmatch(r"training loss became nan at epoch 0 \(focal on .*\)", err.value.reasons[1]), err.value.reasons
 
 
 def test_evaluation_every_k_epochs_and_always_at_the_end(monkeypatch):

@@ -18,7 +18,7 @@ from bkdbench.leaderboard.store import read_rows
 from bkdbench.orchestrate import packed_trial
 from bkdbench.orchestrate.ablate import ablation_specs, variants
 from bkdbench.orchestrate.execute import run_and_record
-from bkdbench.orchestrate.packs import RUNS, pack_groups, pack_units, per_run_events, per_run_outcome
+from bkdbench.orchestrate.packs import RUN_ERRORS, RUNS, pack_groups, pack_units, per_run_events, per_run_outcome
 from bkdbench.orchestrate.trial import CHECKPOINT_FILE, FINISHED
 from bkdbench.specs import make_spec
 from helpers.files import nothing_written
@@ -95,6 +95,14 @@ def test_pack_events_and_outcomes_are_per_run():
                     ("complete", "b", "failed"), ("complete", "c", "finished")]
     out = per_run_outcome("pack-x", {RUNS: {"a": "finished", "b": "skipped"}, "error": None}, units)
     assert {k: v["status"] for k, v in out.items()} == {"a": "finished", "b": "skipped"}
+    # a member that diverged carries its own reason, its sibling none; a crashed trial's error goes to both
+    out = per_run_outcome("pack-x", {RUNS: {"a": "finished", "b": "failed"}, RUN_ERRORS: {"b": "loss became nan"},
+                                     "status": "failed", "error": "loss became nan"}, units)
+    assert {k: (v["status"], v["error"]) for k, v in out.items()} == {"a": ("finished", None),
+                                                                     "b": ("failed", "loss became nan")}
+    out = per_run_outcome("pack-x", {"error": "RayActorError: the actor died"}, units)
+    assert {k: v["error"] for k, v in out.items()} == {"a": "RayActorError: the actor died",
+                                                       "b": "RayActorError: the actor died"}
 
 
 # ---------------------------------------------------------------- the trainable, in this process

@@ -244,26 +244,35 @@ def test_resume_with_narrower_filters_then_full_resume(tmp_path):
             kill_pids(processes_of_driver(proc.pid, daemons_before))
 
 
-# --- 3. a diverging trial fails alone ---------------------------------------------------------
+# --- 3. diverging runs fail alone, a pack member included ---------------------------------------
 
-def test_nan_trial_fails_alone(tmp_path):
-    # LDAM's scale s multiplies float32 cosines: 1e39 overflows to inf, so the loss is NaN at once.
+def test_diverging_runs_fail_alone_and_the_cli_exits_1_naming_them(tmp_path):
+    """LDAM's scale s multiplies float32 cosines: 1e39 overflows to inf, so its loss is NaN at once;
+    BKD with α = 1e39 (inf in float32) diverges inside the KD + BKD students' pack. Both are recorded
+    as failed with their reason, CE and the KD sibling finish, and the CLI exits 1 naming both."""
     suite = write_suite(tmp_path / "nan.yaml", datasets=["digits"], imbalance=[10],
-                        methods=["ce", {"method": "ldam", "params": {"s": 1.0e39}}], seeds=1, epochs=3)
-    ce_id, ldam_id = suite_run_ids(suite)
+                        methods=["ce", {"method": "ldam", "params": {"s": 1.0e39}}, "kd",
+                                 {"method": "bkd", "params": {"alpha": 1.0e39}}], seeds=1, epochs=3)
+    from bkdbench.specs.suites import load_suite
+
+    ids = {spec.method: spec.run_id for spec in load_suite(str(suite)).expand()}
+    assert sorted(ids) == ["bkd", "ce", "kd", "ldam"]
     results = tmp_path / "results"
     code, out = run_logged(["run", "--suite", str(suite), "--results", str(results)], tmp_path / "run.log")
-    assert code == 0, out  # the suite carries on
-    rows = rows_of(results).set_index("run_id")
-    assert sorted(rows.index) == sorted([ce_id, ldam_id]), out
-    assert rows.loc[ce_id, "status"] == "finished"
-    assert rows.loc[ce_id, "top1"] > 0
-    assert rows.loc[ldam_id, "status"] == "failed"
-    assert rows.loc[ldam_id, "method"] == "ldam"
-    error = rows.loc[ldam_id, "error"]
-    assert isinstance(error, str) and re.search(r"loss.*\b(nan|inf)\b", error), error
     flat = " ".join(out.split())
-    assert f"failed {ldam_id}" in flat, out  # the CLI names the failed run
+    assert code == 1, out  # the suite carried on, and says it is incomplete
+    rows = rows_of(results).set_index("run_id")
+    assert sorted(rows.index) == sorted(ids.values()), out
+    for name in ("ce", "kd"):
+        assert rows.loc[ids[name], "status"] == "finished", rows.loc[ids[name], "error"]
+        assert rows.loc[ids[name], "top1"] > 0
+    for name in ("ldam", "bkd"):
+        assert rows.loc[ids[name], "status"] == "failed"
+        error = rows.loc[ids[name], "error"]
+        assert isinstance(error, str) and re.search(r"loss.*\b(nan|inf)\b", error), error
+        assert f"failed {ids[name]}" in flat, out  # named with its reason
+    assert re.search(r"error: 2 run\(s\) failed: " + ", ".join(sorted([ids["ldam"], ids["bkd"]])), flat), out
+    assert "1 Ray trials" not in flat and "(3 Ray trials)" in flat, out  # ce, ldam; kd + bkd packed
 
 
 # --- 4. a local run starts its own Ray ---------------------------------------------------------

@@ -319,6 +319,18 @@ def is_finished(root: Root, run_id: str) -> bool:
     return len(status) > 0 and status[0].as_py() == "finished"
 
 
+def failure_of(root: Root, run_id: str) -> str | None:
+    """The recorded reason when ``run_id``'s row says it failed (reading only its own file), else None."""
+    fs, folder = resolve(root)
+    try:
+        table = pq.read_table(f"{folder}/{run_id}{_SUFFIX}", columns=["status", "error"], filesystem=fs)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    if len(table) == 0 or table.column("status")[0].as_py() != "failed":
+        return None
+    return table.column("error")[0].as_py() or "no reason recorded"
+
+
 def check_writable(root: Root) -> None:
     """Create ``root`` if needed and prove a file can be written there; else LeaderboardError."""
     try:

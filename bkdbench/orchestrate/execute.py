@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from ..leaderboard.store import write_row
+from ..leaderboard.store import failure_of, write_row
 from ..methods import teacher_methods
 from ..paths import leaderboard_dir, teachers_dir
 from ..provenance import provenance
@@ -42,6 +42,9 @@ def teacher_state_for(spec: RunSpec, results: "Location | str"):
         classes = len(teacher.train_classes) if teacher.train_classes else get_dataset(spec.dataset).num_classes
         state = load_teacher(teachers_dir(results), teacher, num_classes=classes)
         if state is None:
+            reason = failure_of(leaderboard_dir(results), teacher.run_id)
+            if reason is not None:  # its students fail with the teacher's reason, and are not retried
+                raise TeacherError(f"teacher {teacher.run_id} failed: {reason}")
             raise TeacherError(f"teacher {teacher.run_id} of {spec.label()} has not been trained yet")
         states.append(state)
     if not states:

@@ -18,7 +18,7 @@ from ray import tune
 
 from ..specs import RunSpec
 from ..storage import Location
-from .packs import RUNS
+from .packs import RUN_ERRORS, RUNS
 from .trial import FINISHED, checkpointing_report, restored_state, train_trial, use_resources
 
 
@@ -55,7 +55,7 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
     status = {s.run_id: "skipped" for s in specs}  # finished meanwhile (e.g. by a restored trial)
     todo = [s for s in specs if force or not is_finished(board, s.run_id)]
     tags_of = lambda s: tags if tagged is None or s.run_id in tagged else {}  # noqa: E731  (not on teachers)
-    errors: list[str] = []
+    errors: dict[str, str] = {}  # run id → why it failed
     state = restored_state()
     strategy = resolve_strategy("auto", default_device())
     report = checkpointing_report(specs[0].epochs, checkpoint_every)
@@ -70,9 +70,9 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
                                        data_dir=data_dir, checkpoint=resume, strategy=strategy)
             except PackedTrainingDiverged as exc:  # record those, train the others again without them
                 for i in exc.students:
-                    write_row(board, failed_row(todo[i], str(exc), **tags_of(todo[i])))
+                    errors[todo[i].run_id] = exc.reasons.get(i, str(exc))
+                    write_row(board, failed_row(todo[i], errors[todo[i].run_id], **tags_of(todo[i])))
                     status[todo[i].run_id] = "failed"
-                errors.append(str(exc))
                 todo = [s for i, s in enumerate(todo) if i not in exc.students]
                 continue
             for result in trained:
@@ -89,16 +89,16 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
             todo = []
     except TeacherError as exc:  # the teacher failed or is missing: record, do not retry
         for spec in todo:
+            errors[spec.run_id] = str(exc)
             write_row(board, failed_row(spec, str(exc), **tags_of(spec)))
             status[spec.run_id] = "failed"
-        errors.append(str(exc))
     except OSError as exc:  # storage full, read-only or gone: retrying cannot help; the driver stops all
         tune.report({"status": "storage-error", "error": f"{type(exc).__name__}: {exc}", RUNS: status, FINISHED: True})
         return
     overall = "failed" if "failed" in status.values() else "finished" if "finished" in status.values() else "skipped"
     final = {"status": overall, RUNS: status, FINISHED: True}
     if errors:
-        final["error"] = "; ".join(errors)
+        final["error"], final[RUN_ERRORS] = "; ".join(dict.fromkeys(errors.values())), errors
     tune.report(final)
 
 

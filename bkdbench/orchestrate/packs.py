@@ -18,6 +18,7 @@ from ..specs import RunSpec
 
 Event = Callable[[str, str, dict], None]
 RUNS = "runs"  # a packed trial's final result: {run_id: status} of its members
+RUN_ERRORS = "run_errors"  # and {run_id: reason} of those that failed
 
 
 def packable(spec: RunSpec) -> bool:
@@ -94,5 +95,15 @@ def per_run_outcome(key: str, entry: dict, units: dict[str, list[str]]) -> dict[
     members = units.get(key)
     if not members or members == [key]:
         return {key: entry}
-    statuses = entry.get(RUNS) or {}
-    return {run_id: {**entry, "status": statuses.get(run_id, entry.get("status"))} for run_id in members}
+    statuses, errors = entry.get(RUNS) or {}, entry.get(RUN_ERRORS) or {}
+    out = {}
+    for run_id in members:
+        status = statuses.get(run_id, entry.get("status"))
+        if run_id in errors:  # a failed member: its own reason
+            error = errors[run_id]
+        elif status in ("finished", "skipped"):  # it finished beside a failed one
+            error = None
+        else:  # the whole trial crashed
+            error = entry.get("error")
+        out[run_id] = {**entry, "status": status, "error": error}
+    return out

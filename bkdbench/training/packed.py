@@ -43,9 +43,10 @@ class PackedTrainingDiverged(TrainingDiverged):
     """One or more packed students' training loss became NaN or infinite; ``students`` holds their
     indices in the spec list. The other students were fine: train them again without these."""
 
-    def __init__(self, message: str, students: list[int]):
+    def __init__(self, message: str, students: list[int], reasons: Optional[dict[int, str]] = None):
         super().__init__(message)
         self.students = students
+        self.reasons = reasons or {}  # per student, worded as a single run's TrainingDiverged
 
 
 def packed_step(pack: nn.Module, optimizer: torch.optim.Optimizer, methods: Sequence, x: torch.Tensor,
@@ -210,7 +211,9 @@ def train_packed(
         bad = [i for i, v in enumerate(train_losses) if not math.isfinite(v)]
         if bad:
             names = "; ".join(f"{i}: {specs[i].label()} {dict(specs[i].params)}" for i in bad)
-            raise PackedTrainingDiverged(f"training loss became non-finite at epoch {epoch} for packed students {names}", bad)
+            reasons = {i: f"training loss became {train_losses[i]} at epoch {epoch} ({specs[i].label()})" for i in bad}
+            raise PackedTrainingDiverged(f"training loss became non-finite at epoch {epoch} for packed students {names}",
+                                         bad, reasons)
         train_seconds, seen = train_seconds + seconds, seen + len(train_y)
         metrics = [{"epoch": epoch, "lr": lr, "train_loss": v, "seconds": seconds, "images": len(train_y)}
                    for v in train_losses]
