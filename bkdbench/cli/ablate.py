@@ -10,6 +10,7 @@ import typer
 
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
+from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
 from bkdbench.cli.options import (SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
                                   parse_tracking, start_tracking)
 
@@ -79,18 +80,18 @@ def ablate(
     plan = plan_runs(specs, root)
     console.print(f"ablation [bold]{aid}[/]: {len(settings)} settings × {len(specs) // len(settings)} "
                   f"(datasets × IF × seeds) = {len(plan.specs)} runs, {len(plan.skipped)} already done, {plan.todo} to train"
-                  + (f" (teachers included)" if len(plan.stages) > 1 else ""))
+                  + (" (teachers included)" if len(plan.stages) > 1 else ""))
     if pack > 1 and plan.todo:
         from bkdbench.orchestrate.packs import pack_units
 
         trials = sum(len(pack_units(stage, pack)) for stage in plan.stages)
         console.print(f"--pack {pack}: {plan.todo} run(s) in {trials} trial(s)")
-    started = time.perf_counter()
+    started, failed, crashed = time.perf_counter(), {}, []
     if plan.todo:
         try:
             with ray_session(address, log_file=mirror(experiments_dir(root) / aid) / "ray.log", storage=root), \
                     LiveView(plan.todo) as view:
-                run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
+                outcome = run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
                          data_dir=data_dir, on_event=view.event, pack=pack, workers=workers_per_trial)
         except (Interrupted, KeyboardInterrupt):
@@ -99,8 +100,11 @@ def ablate(
             fail(str(exc))
         except OSError as exc:
             fail(f"storage error during the ablation ({exc}); free space or fix {root}, then --resume", code=1)
-        console.print(f"trained {plan.todo} run(s) in {time.perf_counter() - started:.0f} s")
+        failed, crashed = failed_runs(outcome)
+        console.print(f"trained {plan.todo - len(failed)} run(s) in {time.perf_counter() - started:.0f} s")
+        name_failures(failed)
     _show(root, method, specs, settings, plots_dir(root) / f"{aid}-heatmap.png")
+    exit_if_failed(failed, crashed, max_failures, "the same command plus --resume")
 
 
 def _show(root: Path, method: str, specs, settings: list[dict], heatmap: Path) -> None:

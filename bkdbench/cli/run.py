@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import console, fail, note
+from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.options import (SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
                                   parse_tracking, start_tracking)
@@ -126,15 +127,10 @@ def run(
         except OSError as exc:  # disk full or storage gone mid-run: rows already written stay readable
             fail(f"storage error during the run ({exc}); finished runs are in the leaderboard; "
                  f"free space or fix {root}, then `--resume`", code=1)
-        failed = {k: v for k, v in outcome.items()
-                  if v.get("status") == "failed" or (v.get("error") and v.get("status") != "skipped")}
+        failed, crashed = failed_runs(outcome)
         console.print(f"trained {plan.todo - len(failed)} run(s) in {sum(plan.seconds.values()):.1f} s "
                       f"({plan.trials} Ray trials); Ray log: {log}")
-        for run_id, info in failed.items():
-            note(f"failed {run_id}: {info.get('error')}")
-        # A diverged run (or one whose teacher failed) is recorded as failed; a trial that crashed past
-        # its retries has no row.
-        crashed = [k for k, v in failed.items() if v.get("status") not in ("failed", "skipped")]
+        name_failures(failed)
     else:
         failed, crashed = {}, []
         record_suite_runs(root, s.name, members)
@@ -142,12 +138,7 @@ def run(
     phases.end("leaderboard")
     console.print(phases.line())
     _next_commands(s, specs, results)
-    if crashed:
-        fail(f"{len(crashed)} trial(s) crashed after {max_failures} restarts (see the Ray log); "
-             f"fix the cause and rerun with --resume", code=1)
-    if failed:  # the suite went on without them; scripts and CI must still see that it is incomplete
-        fail(f"{len(failed)} run(s) failed: {', '.join(sorted(failed))} (the reasons are above "
-             f"and in each row's `error`; running the suite again retrains failed runs)", code=1)
+    exit_if_failed(failed, crashed, max_failures, f"`bkdbench run --suite {suite} --resume`")
 
 
 def _no_runs(suite, datasets, imbalances, methods) -> str:
