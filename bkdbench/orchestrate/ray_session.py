@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 from pathlib import Path
 from typing import Iterator, Optional
@@ -26,7 +27,7 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
     address = prepare_ray_env(address)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TensorBoard per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 this silences Tune's console tables
-    _quiet_ray_logging(log_file)
+    buffered = _quiet_ray_logging(log_file)
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                   configure_logging=True, ignore_reinit_error=True)
     if address is None and num_cpus is not None:
@@ -41,25 +42,42 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
     try:
         if storage is not None:
             check_shared_storage(storage)
+        if log_file is not None:  # only now: storage that is refused gets no log folder either
+            _open_log(buffered, log_file)
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
 
 
-def _quiet_ray_logging(log_file: Optional[Path]) -> None:
-    for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+LOGGERS = ("ray", "ray.tune", "ray.train", "ray.air")
+
+
+def _quiet_ray_logging(log_file: Optional[Path]) -> Optional[logging.handlers.MemoryHandler]:
+    """Ray's loggers off the console. With a ``log_file`` their records are held in memory until the
+    storage is accepted (``_open_log``), so a refused command writes no log and no folder for it."""
+    buffered = logging.handlers.MemoryHandler(capacity=10**6, flushLevel=logging.CRITICAL + 1,
+                                              flushOnClose=False) if log_file is not None else None
+    for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = False
         logger.setLevel(logging.INFO)
-        if log_file is not None:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(log_file)
-            handler.handleError = lambda record: None  # a full disk must not flood the terminal
-            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-            logger.addHandler(handler)
-        else:
-            logger.addHandler(logging.NullHandler())
+        logger.addHandler(buffered or logging.NullHandler())
+    return buffered
+
+
+def _open_log(buffered: logging.handlers.MemoryHandler, log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.handleError = lambda record: None  # a full disk must not flood the terminal
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.removeHandler(buffered)
+        logger.addHandler(handler)
+    for record in buffered.buffer:  # what Ray logged while it started
+        handler.handle(record)
+    buffered.buffer.clear()
 
 
 def node_count() -> int:
