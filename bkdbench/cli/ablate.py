@@ -10,7 +10,7 @@ import typer
 
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
+from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.options import (SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
                                   parse_tracking, start_tracking)
 
@@ -101,7 +101,7 @@ def ablate(
         except OSError as exc:
             fail(f"storage error during the ablation ({exc}); free space or fix {root}, then --resume", code=1)
         failed, crashed = failed_runs(outcome)
-        console.print(f"trained {plan.todo - len(failed)} run(s) in {time.perf_counter() - started:.0f} s")
+        console.print(trained_line(outcome, time.perf_counter() - started))
         name_failures(failed)
     _show(root, method, specs, settings, plots_dir(root) / f"{aid}-heatmap.png")
     exit_if_failed(failed, crashed, max_failures, "the same command plus --resume")

@@ -13,6 +13,15 @@ def failed_runs(outcome: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
     return failed, [k for k, v in failed.items() if v.get("status") != "failed"]
 
 
+def trained_line(outcome: dict[str, dict], seconds: float) -> str:
+    """"trained N run(s) in S s", and how many another driver on the same results finished meanwhile
+    (their trials waited for its lease, lease.py, and trained nothing)."""
+    trained = sum(1 for v in outcome.values() if v.get("status") == "finished")
+    elsewhere = sum(1 for v in outcome.values() if v.get("status") == "skipped" and not v.get("error"))
+    return f"trained {trained} run(s) in {seconds:.1f} s" + (f"; {elsewhere} finished by another driver meanwhile"
+                                                              if elsewhere else "")
+
+
 def name_failures(failed: dict[str, dict]) -> None:
     for run_id, info in failed.items():
         note(f"failed {run_id}: {info.get('error')}")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import console, fail, note
-from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
+from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.options import (SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
                                   parse_tracking, start_tracking)
@@ -128,8 +128,7 @@ def run(
             fail(f"storage error during the run ({exc}); finished runs are in the leaderboard; "
                  f"free space or fix {root}, then `--resume`", code=1)
         failed, crashed = failed_runs(outcome)
-        console.print(f"trained {plan.todo - len(failed)} run(s) in {sum(plan.seconds.values()):.1f} s "
-                      f"({plan.trials} Ray trials); Ray log: {log}")
+        console.print(f"{trained_line(outcome, sum(plan.seconds.values()))} ({plan.trials} Ray trials); Ray log: {log}")
         name_failures(failed)
     else:
         failed, crashed = {}, []

@@ -41,21 +41,48 @@ def train_unit(config: dict, *, units: dict, specs: dict, results: str, tags: di
 
 def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional[list] = None,
                checkpoint_every: Optional[int] = None, force: bool = False, data_dir: Optional[Path] = None) -> None:
-    from ..leaderboard.store import is_finished, write_row
-    from ..methods import teacher_methods
-    from ..models.packing import resolve_strategy
-    from ..training.packed import PackedTrainingDiverged, train_packed
-    from ..paths import leaderboard_dir, teachers_dir
-    from ..training.teachers import TeacherError, save_teacher
-    from ..training.train import default_device
-    from .execute import failed_row, result_row, teacher_state_for
-    from .tracking import RunTracker, Tracking, tensorboard_dir
+    from ..leaderboard.store import is_finished
+    from ..paths import leaderboard_dir
+    from .lease import claim
 
     board = leaderboard_dir(root)
     status = {s.run_id: "skipped" for s in specs}  # finished meanwhile (e.g. by a restored trial)
     todo = [s for s in specs if force or not is_finished(board, s.run_id)]
     tags_of = lambda s: tags if tagged is None or s.run_id in tagged else {}  # noqa: E731  (not on teachers)
     errors: dict[str, str] = {}  # run id → why it failed
+    claimed = claim(root, [s.run_id for s in todo], force=force)  # one trainer per run (lease.py)
+    try:
+        storage = _train_claimed(specs, [s for s in todo if s.run_id in claimed.held], root, status=status,
+                                 errors=errors, tags_of=tags_of, checkpoint_every=checkpoint_every, data_dir=data_dir)
+    finally:
+        claimed.release()  # after the rows: a driver that waited reads them as the runs' outcomes
+    if storage is not None:  # storage full, read-only or gone: retrying cannot help; the driver stops all
+        tune.report({"status": "storage-error", "error": storage, RUNS: status, FINISHED: True})
+        return
+    errors.update(claimed.failed)  # tried by the driver this trial waited for
+    status.update({run_id: "failed" for run_id in claimed.failed})
+    overall = "failed" if "failed" in status.values() else "finished" if "finished" in status.values() else "skipped"
+    final = {"status": overall, RUNS: status, FINISHED: True}
+    if errors:
+        final["error"], final[RUN_ERRORS] = "; ".join(dict.fromkeys(errors.values())), errors
+    tune.report(final)
+
+
+def _train_claimed(specs, todo, root, *, status: dict, errors: dict, tags_of, checkpoint_every,
+                   data_dir) -> Optional[str]:
+    """Train the pack's members this trial holds leases on, recording each one's row, status and
+    error; returns what went wrong when the storage failed."""
+    from ..leaderboard.store import write_row
+    from ..methods import teacher_methods
+    from ..models.packing import resolve_strategy
+    from ..paths import leaderboard_dir, teachers_dir
+    from ..training.packed import PackedTrainingDiverged, train_packed
+    from ..training.teachers import TeacherError, save_teacher
+    from ..training.train import default_device
+    from .execute import failed_row, result_row, teacher_state_for
+    from .tracking import RunTracker, Tracking, tensorboard_dir
+
+    board = leaderboard_dir(root)
     state = restored_state()
     strategy = resolve_strategy("auto", default_device())
     report = checkpointing_report(specs[0].epochs, checkpoint_every)
@@ -92,14 +119,9 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
             errors[spec.run_id] = str(exc)
             write_row(board, failed_row(spec, str(exc), **tags_of(spec)))
             status[spec.run_id] = "failed"
-    except OSError as exc:  # storage full, read-only or gone: retrying cannot help; the driver stops all
-        tune.report({"status": "storage-error", "error": f"{type(exc).__name__}: {exc}", RUNS: status, FINISHED: True})
-        return
-    overall = "failed" if "failed" in status.values() else "finished" if "finished" in status.values() else "skipped"
-    final = {"status": overall, RUNS: status, FINISHED: True}
-    if errors:
-        final["error"], final[RUN_ERRORS] = "; ".join(dict.fromkeys(errors.values())), errors
-    tune.report(final)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _pack_report(report):

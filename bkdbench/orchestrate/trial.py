@@ -35,6 +35,12 @@ def use_resources(config: dict) -> None:
         torch.cuda.set_per_process_memory_fraction(gpu)  # fractional GPUs are bookkeeping otherwise
 
 
+def report_claimed_elsewhere(claimed, run_id: str) -> None:
+    """The last report of a trial whose run another driver trained while this one waited for its lease."""
+    failed = claimed.failed.get(run_id)
+    tune.report({FINISHED: True, **({"status": "failed", "error": failed} if failed else {"status": "skipped"})})
+
+
 def restored_state() -> dict | None:
     """The state of this trial's last checkpoint, when Tune restarted it after a failure."""
     from ..training.train import load_checkpoint
@@ -87,6 +93,7 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
     from ..training.teachers import TeacherError
     from ..training.train import TrainingDiverged
     from .execute import failed_row, run_and_record
+    from .lease import claim
     from .tracking import Tracking
 
     run_id = config["run_id"]
@@ -102,6 +109,9 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
         tune.report({FINISHED: True, "status": "skipped"})  # finished meanwhile (e.g. by a restored run)
         return
 
+    claimed = claim(root, [run_id], force=force)  # one trainer per run, whichever driver asks (lease.py)
+    if not claimed.leases:  # another driver finished it, or tried it and recorded its failure, meanwhile
+        return report_claimed_elsewhere(claimed, run_id)
     state = restored_state()
     report = checkpointing_report(spec.epochs, checkpoint_every)
     try:
@@ -115,4 +125,6 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
         final = {"status": "failed", "error": str(exc)}
     except OSError as exc:  # storage full, read-only or gone: retrying cannot help; the driver stops all
         final = {"status": "storage-error", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        claimed.release()  # after the row: a driver that waited reads it as the run's outcome
     tune.report({**final, FINISHED: True})

@@ -33,7 +33,7 @@ from ray import tune
 
 from ..specs import RunSpec
 from ..storage import Location
-from .trial import CHECKPOINT_FILE, FINISHED, checkpointing_report
+from .trial import CHECKPOINT_FILE, FINISHED, checkpointing_report, report_claimed_elsewhere
 
 TRAIN_RUNS = "workers"  # beside a stage's Tune experiment: the Ray Train runs of its trials
 FINAL = "bkd_final"  # the worker's last report: the run's outcome
@@ -152,6 +152,7 @@ def train_trial_workers(config: dict, *, specs: dict, results: str, tags: dict, 
 
     from ..leaderboard.store import is_finished
     from ..paths import leaderboard_dir
+    from .lease import claim
 
     run_id = config["run_id"]
     if run_id not in specs:  # a restored trial of a run this invocation does not ask for (other filters)
@@ -178,6 +179,12 @@ def train_trial_workers(config: dict, *, specs: dict, results: str, tags: dict, 
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              callbacks=[TuneReportCallback()]),
     )
-    outcome = trainer.fit().metrics or {}
+    claimed = claim(root, [run_id], force=force)  # one trainer per run (lease.py): held by this trial's process
+    if not claimed.leases:
+        return report_claimed_elsewhere(claimed, run_id)
+    try:
+        outcome = trainer.fit().metrics or {}
+    finally:
+        claimed.release()
     final = {k: outcome[k] for k in ("status", "top1", "val_top1", "error") if k in outcome}
     tune.report({**final, "workers": workers, FINISHED: True})
