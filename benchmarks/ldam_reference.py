@@ -245,7 +245,54 @@ def details(code: Path, counts: list[int]) -> list[str]:
     ratio = max(max(a / b, b / a) for a, b in stds)
     out.append(f"ResNet-32 with the cosine head: {n_ref:,} parameters vs {n_ours:,}; same shapes: {shapes}; "
                f"conv weight std ratio at most {ratio:.3f} (both Kaiming-normal, fan-in)")
+    out += lockstep(ref, mine, theirs_loss=losses.LDAMLoss, method=method, counts=counts)
     return out
+
+
+def lockstep(ref, mine, *, theirs_loss, method, counts, steps: int = 12) -> list[str]:
+    """Both networks from the same weights through the same batches (random, 64 images): the authors'
+    forward, loss and SGD step against bkdbench's ``train_step``, before the switch (no weights) and
+    after it (the class-balanced weights), plain layout. The first steps agree to the last bit where
+    the arithmetic is the same; later ones drift as float rounding grows along an SGD trajectory at lr
+    0.1. The control measures that growth: the authors' code against itself on inputs one float32 ulp
+    apart."""
+    import copy
+
+    import torch
+
+    from bkdbench.training.train import train_step
+
+    pairs = list(zip(ref.state_dict().items(), mine.state_dict().items()))
+    assert all(a.shape == b.shape for (_, a), (_, b) in pairs)
+    mine.load_state_dict({kb: va.clone() for (_, va), (kb, _) in pairs})  # the authors' weights, key by key
+    twin = copy.deepcopy(ref)
+    sgd = lambda m: torch.optim.SGD(m.parameters(), 0.1, momentum=0.9, weight_decay=2e-4)  # noqa: E731
+    opts = [sgd(ref), sgd(mine), sgd(twin)]
+    gen = torch.Generator().manual_seed(1)
+    lines = []
+    for epoch, weight in ((0, None), (method.cb_epoch, method.cb_weights(torch.zeros(1), method.cb_epoch).float())):
+        criterion = theirs_loss(cls_num_list=counts, max_m=0.5, s=30, weight=weight)
+        ours_vs, control = [], []
+        for _ in range(steps):
+            x = torch.randn(64, 3, 32, 32, generator=gen)
+            y = torch.randint(0, len(counts), (64,), generator=gen)
+            got = []
+            for net, opt, inputs in ((ref, opts[0], x), (twin, opts[2], x * (1 + 2.0**-23))):
+                net.train()
+                loss = criterion(net(inputs), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                got.append(float(loss))
+            mine.train()
+            ours = float(train_step(mine, opts[1], method, x, y, epoch=epoch))
+            ours_vs.append(abs(got[0] - ours))
+            control.append(abs(got[0] - got[1]))
+        when = "after" if weight is not None else "before"
+        lines.append(f"lockstep {when} the switch, |Δ loss| per step: bkdbench vs authors "
+                     f"{' '.join(f'{d:.0e}' for d in ours_vs)}; authors vs authors one ulp apart "
+                     f"{' '.join(f'{d:.0e}' for d in control)}")
+    return lines
 
 
 # ----------------------------------------------------------------------------- the summary
