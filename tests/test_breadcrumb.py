@@ -267,8 +267,11 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(four_epochs):
     for key in full.state_dict:
         assert torch.equal(full.state_dict[key], resumed.state_dict[key]), key
     assert resumed.metrics["top1"] == full.metrics["top1"] and resumed.metrics["nll"] == full.metrics["nll"]
-    strip = lambda h: {k: v for k, v in h.items() if k != "seconds"}  # noqa: E731
+    strip = lambda h: {k: v for k, v in h.items() if k not in ("seconds", "session")}  # noqa: E731
     assert [strip(h) for h in resumed.history] == [strip(h) for h in full.history]
+    assert [h["session"] for h in full.history] == [0] * len(full.history)
+    # the row shows where the run continued: epochs trained after the resume are session 1
+    assert [h["session"] for h in resumed.history] == [0 if h["epoch"] < ckpt["epoch"] else 1 for h in resumed.history]
 
 
 def test_reported_metrics_come_from_the_balanced_head(four_epochs):

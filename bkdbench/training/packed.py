@@ -170,7 +170,7 @@ def train_packed(
 
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
-    start_epoch = 0
+    start_epoch, session = 0, 0  # session: as in train()
     histories: list[list[dict]] = [[] for _ in specs]
     bests = [{"top1": -math.inf, "epoch": -1} for _ in specs]
     run_ids = [s.run_id for s in specs]
@@ -180,7 +180,7 @@ def train_packed(
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         loader.generator.set_state(checkpoint["loader_rng"])
-        start_epoch = checkpoint["epoch"]
+        start_epoch, session = checkpoint["epoch"], int(checkpoint.get("session", 0)) + 1
         histories = [list(h) for h in checkpoint["histories"]]
         bests = [dict(b) for b in checkpoint["bests"]]
 
@@ -215,8 +215,8 @@ def train_packed(
             raise PackedTrainingDiverged(f"training loss became non-finite at epoch {epoch} for packed students {names}",
                                          bad, reasons)
         train_seconds, seen = train_seconds + seconds, seen + len(train_y)
-        metrics = [{"epoch": epoch, "lr": lr, "train_loss": v, "seconds": seconds, "images": len(train_y)}
-                   for v in train_losses]
+        metrics = [{"epoch": epoch, "lr": lr, "train_loss": v, "seconds": seconds, "images": len(train_y),
+                    "session": session} for v in train_losses]
         if epoch == spec0.epochs - 1 or (epoch + 1) % recipe.eval_every == 0:
             last_eval = [{"val": v} for v in evaluate("val")]
             for m, e in zip(metrics, last_eval):
@@ -231,7 +231,7 @@ def train_packed(
             h.append(m)
         if report is not None:
             state = {"epoch": epoch + 1, "histories": histories, "bests": bests, "run_ids": run_ids,
-                     "strategy": strategy}
+                     "strategy": strategy, "session": session}
             report(metrics, lambda: _checkpoint(model, optimizer, loader, state))
 
     if not last_eval:  # resumed from the final epoch's checkpoint: nothing left to train

@@ -195,8 +195,11 @@ def train(
     optimizer = torch.optim.SGD(trainable or [torch.zeros((), device=device, requires_grad=True)], lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
     step_model = torch.compile(model) if compile else model
-    start_epoch, history, best = 0, [], {"top1": -math.inf, "epoch": -1}
+    # session: 0 in the process that started the run, +1 each time it resumes from a checkpoint (every
+    # history entry carries it, so a row shows where an interrupted run continued)
+    start_epoch, history, best, session = 0, [], {"top1": -math.inf, "epoch": -1}, 0
     if checkpoint is not None:
+        session = int(checkpoint.get("session", 0)) + 1
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         loader.generator.set_state(checkpoint["loader_rng"])
@@ -238,7 +241,8 @@ def train(
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch} ({spec.label()})")
         train_seconds, seen = train_seconds + seconds, seen + images
-        metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": seconds, "images": images}
+        metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": seconds, "images": images,
+                   "session": session}
         last = epoch == spec.epochs - 1
         if last or (epoch + 1) % recipe.eval_every == 0:
             last_eval = {"val": evaluate("val")}
@@ -250,7 +254,7 @@ def train(
                     best = {"top1": metrics["test_top1"], "epoch": epoch}
         history.append(metrics)
         if report is not None:
-            state = {"epoch": epoch + 1, "history": history, "best": best}
+            state = {"epoch": epoch + 1, "history": history, "best": best, "session": session}
             report(metrics, lambda: _checkpoint(model, optimizer, loader, state, method))
 
     extra = method.finalize(model, lambda: evaluate("val")["top1"])
