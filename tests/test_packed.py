@@ -102,6 +102,7 @@ def test_report_and_resume_from_a_pack_checkpoint(kd_pack):
     resumed = train_packed(specs, teacher_state=teacher, device="cpu", strategy="loop", checkpoint=kept["ckpt"])
     for p, s in zip(resumed, separate):
         assert_same_run(p, s, rtol=0, atol=0)  # the same operations: bit for bit
+        assert [h["session"] for h in p.history] == [0] + [1] * (EPOCHS - 1)  # continued after epoch 0
     with pytest.raises(ValueError, match="another pack"):
         train_packed(specs[:2], teacher_state=teacher, device="cpu", strategy="loop", checkpoint=kept["ckpt"])
 
