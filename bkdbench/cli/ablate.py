@@ -11,7 +11,7 @@ import typer
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
-from bkdbench.cli.options import (SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
+from bkdbench.cli.options import (CheckpointEveryOpt, SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
                                   parse_tracking, start_tracking)
 
 
@@ -34,6 +34,7 @@ def ablate(
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted ablation."),
     max_failures: int = typer.Option(2, "--max-failures", min=0),
+    checkpoint_every: Optional[int] = CheckpointEveryOpt,
     pack: int = typer.Option(1, "--pack", help="Train up to K runs that differ only in method parameters in one trial "
                              "(one batch stream and teacher forward for all); each keeps its own row. A packed trial "
                              "checkpoints the whole pack."),
@@ -92,8 +93,9 @@ def ablate(
             with ray_session(address, log_file=mirror(experiments_dir(root) / aid) / "ray.log", storage=root), \
                     LiveView(plan.todo) as view:
                 outcome = run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
-                         gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
-                         data_dir=data_dir, on_event=view.event, pack=pack, workers=workers_per_trial)
+                                   gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
+                                   checkpoint_every=checkpoint_every, data_dir=data_dir, on_event=view.event,
+                                   pack=pack, workers=workers_per_trial)
         except (Interrupted, KeyboardInterrupt):
             fail("interrupted; continue with the same command plus --resume", code=130)
         except StorageError as exc:

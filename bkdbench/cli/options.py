@@ -86,3 +86,7 @@ def start_tracking(tracking) -> None:
         fail(str(exc))
     os.environ[ENV] = tracking.encode()
     note(f"mirroring every run to {tracking.describe()}")
+
+
+CheckpointEveryOpt = typer.Option(None, "--checkpoint-every", min=1,
+                                  help="Checkpoint every N epochs (default: every ~30 s of training).")

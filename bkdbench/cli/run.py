@@ -10,7 +10,7 @@ import typer
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import (SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
+from bkdbench.cli.options import (CheckpointEveryOpt, SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
                                   parse_tracking, start_tracking)
 
 AUTO_PACK = 4  # students per trial by default (docs/performance.md: what packing saves, on CPU and for the demo)
@@ -50,7 +50,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this suite."),
     force: bool = typer.Option(False, "--force", help="Retrain runs that are already in the leaderboard."),
     max_failures: int = typer.Option(2, "--max-failures", min=0, help="Restarts of a failing trial from its checkpoint."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Checkpoint every N epochs (default: every ~30 s of training)."),
+    checkpoint_every: Optional[int] = CheckpointEveryOpt,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
