@@ -37,7 +37,7 @@ def check_suite_on_store(store: Callable[[str], str], tmp_path: Path, name: str)
     ce = next(r for r, s in expected.items() if s.method == "ce")
     assert sorted(f for f in files if f.startswith("leaderboard/")) == sorted(f"leaderboard/{r}.parquet" for r in expected)
     assert f"teachers/{ce}.pt" in files
-    assert f"suites/{name}.json" in files
+    assert any(f.startswith(f"suites/{name}/") and f.endswith(".json") for f in files), files  # the manifest's record
     for stage in ("teachers", "runs"):  # Tune's experiment state, per stage
         assert f"experiments/{name}/{stage}/bkdbench-run-ids.json" in files
         assert any(f.startswith(f"experiments/{name}/{stage}/") and "experiment_state" in f for f in files), files
