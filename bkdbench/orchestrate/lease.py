@@ -65,9 +65,7 @@ def _generations(folder: Location, run_id: str) -> dict[int, Location]:
     return {int(m.group(1)): folder / name for name in folder.list() if (m := pattern.fullmatch(name))}
 
 
-def _is_stale(info: Optional[dict], now: float) -> bool:
-    if info is None:  # unreadable: being written this instant, or left empty by a crash (judged by the caller)
-        return False
+def _is_stale(info: dict, now: float) -> bool:
     if info.get("expires", 0) < now:
         return True
     same_boot = info.get("host") == socket.gethostname() and info.get("boot") and info.get("boot") == _boot_id()
@@ -151,9 +149,10 @@ def try_acquire(results: "Location | str", run_id: str) -> Optional[Lease]:
     if generations:
         top = max(generations)
         info = _read(generations[top])
-        if info is None and _age(generations[top]) < TTL:
-            return None  # just created, not written yet
-        if info is not None and not _is_stale(info, time.time()):
+        if info is None:  # unreadable: just created and not written yet, or left empty by a crash
+            if _age(generations[top]) < TTL:
+                return None
+        elif not _is_stale(info, time.time()):
             return None
         generation = top + 1
     lease = Lease(folder, run_id, generation, took_over=generation > 0)
