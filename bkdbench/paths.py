@@ -15,6 +15,11 @@ from .storage import Location
 RESULTS_ENV = "BKDBENCH_RESULTS"
 DEFAULT_RESULTS = "results"
 LOCAL_PLOTS = "plots"  # where plots of a URI results root go: PNGs are for a person on this machine
+# Inputs a command names once and every trial reads, on whichever node it runs (ray_session forwards
+# them): ``--splits DIR`` (the split lists of ImageNet-LT & co.) and ``--pretrained FILE`` (the weights
+# whose content key the runs carry). Like ``--data-dir``, the paths must be visible on every node.
+SPLITS_ENV = "BKDBENCH_SPLITS"
+PRETRAINED_ENV = "BKDBENCH_PRETRAINED"
 
 
 def results_dir(option: "str | os.PathLike | Location | None" = None) -> Location:

@@ -47,6 +47,11 @@ BAD = [
     (["train", "--dataset", "imagefolder"], ["--data-dir"]),
     (["train", "--dataset", "cifar10", "--data-dir", "nowhere"], ["cifar10 not found", "bkdbench data download"]),
     (["train", "--bogus"], ["No such option: --bogus", "bkdbench train --help"]),
+    (["train", "--splits", "nowhere"], ["--splits nowhere is not a folder"]),
+    (["train", "--pretrained", "nowhere.pt"], ["--pretrained nowhere.pt does not exist"]),
+    (["train", "--pretrained", "afile"], ["--pretrained afile is not a PyTorch state dict"]),
+    (["run", "--suite", "digits-lt", "--pretrained", "afile"], ["--pretrained afile is not a PyTorch state dict"]),
+    (["sweep", "bkd", "--splits", "afile"], ["--splits afile is not a folder"]),
     # run: suites, filters, options
     (["run", "--suite", "nosuch"], ["unknown suite 'nosuch'", "digits-lt"]),
     (["run", "--suite", "bad.yaml"], ["bad.yaml", "key 'epoch'"]),

@@ -225,3 +225,18 @@ def test_the_large_sets_take_only_the_natural_profile():
         check_spec(name, "natural", "bkd")
         with pytest.raises(SpecError, match=f"{name} is long-tailed already .* pass --imbalance natural"):
             check_spec(name, 10, "ce")
+
+
+def test_lists_in_a_splits_folder_of_their_own(tmp_path, monkeypatch):
+    """``--splits DIR`` ($BKDBENCH_SPLITS): the lists come from there first, the images from the root."""
+    write_imagenet_lt(tmp_path / "img", splits_folder="")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for name in TINY.lists.values():
+        (tmp_path / "img" / name).rename(lists / name)
+    with pytest.raises(DataError, match="or pass --splits DIR"):
+        splitlist.scan(tmp_path / "img", TINY, STORE)
+    monkeypatch.setenv("BKDBENCH_SPLITS", str(lists))
+    listing = splitlist.scan(tmp_path / "img", TINY, STORE)
+    assert [len(listing.splits[s]) for s in ("train", "val", "test")] == [21, 6, 9]
+    assert listing.splits["train"][0].list_file == lists / "ImageNet_LT_train.txt"

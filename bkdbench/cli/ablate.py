@@ -11,8 +11,8 @@ import typer
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
-from bkdbench.cli.options import (CheckpointEveryOpt, SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
-                                  parse_tracking, start_tracking)
+from bkdbench.cli.options import (CheckpointEveryOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
+                                  parse_imbalances, parse_split, parse_tracking, start_tracking, use_pretrained, use_splits)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +39,8 @@ def ablate(
                              "(one batch stream and teacher forward for all); each keeps its own row. A packed trial "
                              "checkpoints the whole pack."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    splits: Optional[Path] = SplitsOpt,
+    pretrained: Optional[Path] = PretrainedOpt,
     split: Optional[str] = SplitOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
@@ -55,10 +57,12 @@ def ablate(
     if pack < 1:
         fail(f"--pack must be at least 1 (got {pack}); 1 trains every run in its own trial")
     tracker = parse_tracking(tracking)
+    use_splits(splits)
     try:
         settings = variants(method, parse_grid(grid or []), preset)
         specs = ablation_specs(method, settings, dataset, parse_imbalances(imbalance) or [], seeds, epochs, model, recipe,
                                data_dir=data_dir, split=parse_split(split) or "every-class")
+        specs = use_pretrained(pretrained, specs, data_dir)
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import console, fail
-from bkdbench.cli.options import DataDirOpt
+from bkdbench.cli.options import DataDirOpt, SplitsOpt, use_splits
 
 data_app = typer.Typer(help="Datasets: what is available here, and explicit downloads.", no_args_is_help=True)
 
@@ -17,8 +17,12 @@ def register(app: typer.Typer) -> None:
 
 
 @data_app.command("list")
-def data_list(data_dir: Optional[Path] = DataDirOpt):
-    """Every dataset, whether it is available here, and where it looked."""
+def data_list(data_dir: Optional[Path] = DataDirOpt, splits: Optional[Path] = SplitsOpt):
+    """Every dataset, whether it is available here, and where it looked. ImageNet-LT, Places-LT and
+    iNat18 read the decoupling code's split lists (facebookresearch/classifier-balancing, data/<set>/):
+    --data-dir is the image root their paths are relative to; the lists go in DATA_DIR/splits/ or
+    --splits DIR (docs/large-benchmarks.md)."""
+    use_splits(splits)
     from rich.table import Table
 
     from bkdbench.data import dataset_names, get_dataset

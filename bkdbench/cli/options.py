@@ -16,6 +16,60 @@ TrackingOpt = typer.Option(None, "--tracking", help="Mirror every run to mlflow[
                            "else sqlite:///mlflow.db) or wandb[:PROJECT]. TensorBoard files are always written, under "
                            "<results>/experiments/tensorboard.")
 
+SplitsOpt = typer.Option(None, "--splits", help="Folder with the split lists of imagenet-lt, places-lt, inat18 "
+                         "(default: DATA_DIR/splits, then DATA_DIR); on a cluster, a path every node sees.")
+PretrainedOpt = typer.Option(None, "--pretrained", help="Start every run (and its teachers) from this state dict, e.g. "
+                             "ImageNet weights for Places-LT; its classifier is kept only if its shape fits. Its content "
+                             "key joins the run id. On a cluster, a path every node sees.")
+
+
+def use_splits(path) -> None:
+    """``--splits DIR``: checked now, then read by this process and forwarded to every trial."""
+    import os
+    from pathlib import Path
+
+    from bkdbench.paths import SPLITS_ENV
+
+    if path is None:
+        return
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        fail(f"--splits {path} is not a folder")
+    os.environ[SPLITS_ENV] = str(folder.resolve())
+
+
+def use_pretrained(path, specs, data_dir=None) -> list:
+    """``--pretrained FILE``: every spec (and its teachers) starts from the file's weights. Checked
+    against each spec's model before any work (one line and exit 2 when it does not fit); the path
+    is then forwarded to every trial."""
+    import os
+    from pathlib import Path
+
+    from bkdbench.cli.console import note
+    from bkdbench.data import dataset_info
+    from bkdbench.methods import method_class
+    from bkdbench.models.pretrained import PretrainedError, check_fits, file_key
+    from bkdbench.paths import PRETRAINED_ENV
+    from bkdbench.specs import with_pretrained
+
+    if path is None:
+        return list(specs)
+    try:
+        key = file_key(path)
+        fresh = set()
+        runs = {r.run_id: r for s in specs for r in (*s.prerequisites, s)}.values()
+        for shape in sorted({(r.dataset, r.image_size, r.model, method_class(r.method).head,
+                              len(r.train_classes) if r.train_classes else None) for r in runs}, key=str):
+            dataset, image_size, model, head, subset = shape
+            info = dataset_info(dataset, data_dir, image_size)
+            fresh.update(check_fits(path, model, subset or info.num_classes, info.channels, head))
+    except PretrainedError as exc:
+        fail(str(exc))
+    os.environ[PRETRAINED_ENV] = str(Path(path).expanduser().resolve())
+    if fresh:
+        note(f"--pretrained {path} (key {key}): {', '.join(sorted(fresh))} keep their initialisation "
+             "(the file's classifier has another shape)")
+    return [with_pretrained(s, key) for s in specs]
 
 
 def parse_split(text: Optional[str]) -> Optional[str]:

@@ -10,8 +10,8 @@ import typer
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import (CheckpointEveryOpt, SplitOpt, TrackingOpt, note_reference_split, parse_imbalances, parse_split,
-                                  parse_tracking, start_tracking)
+from bkdbench.cli.options import (CheckpointEveryOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
+                                  parse_imbalances, parse_split, parse_tracking, start_tracking, use_pretrained, use_splits)
 
 AUTO_PACK = 4  # students per trial by default (docs/performance.md: what packing saves, on CPU and for the demo)
 SuiteOpt = typer.Option("digits-lt", "--suite", "-s", help="Suite name (see `bkdbench suites`) or a YAML file.")
@@ -52,6 +52,8 @@ def run(
     max_failures: int = typer.Option(2, "--max-failures", min=0, help="Restarts of a failing trial from its checkpoint."),
     checkpoint_every: Optional[int] = CheckpointEveryOpt,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    splits: Optional[Path] = SplitsOpt,
+    pretrained: Optional[Path] = PretrainedOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
     pack: Optional[int] = typer.Option(None, "--pack", min=1, help=f"Runs per Ray trial, trained as one pack: runs of one seed (and teacher) that differ only in method or loss parameters share batches and the teacher's forward; each keeps the row it gets alone. Default: students of one teacher (KD, BKD, DKD), up to {AUTO_PACK} a trial; K: every packable run; 1: none."),
@@ -70,6 +72,7 @@ def run(
     if epochs is not None and epochs <= 0:
         fail(f"epochs must be > 0 (got {epochs})")
     tracker = parse_tracking(tracking)
+    use_splits(splits)
     from bkdbench.cli.decoding import show_decoding_progress
 
     show_decoding_progress()  # a large benchmark's first load decodes its store: a bar with images/s
@@ -79,6 +82,7 @@ def run(
                          data_dir=data_dir, split=parse_split(split))
         if not specs:
             fail(_no_runs(s, dataset, parse_imbalances(imbalance), method))
+        specs = use_pretrained(pretrained, specs, data_dir)
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)

@@ -10,7 +10,8 @@ import typer
 
 from bkdbench.cli.console import console, fail
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import SplitOpt, note_reference_split, parse_split, parse_tracking, start_tracking
+from bkdbench.cli.options import (PretrainedOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
+                                  start_tracking, use_pretrained, use_splits)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +40,8 @@ def sweep(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    splits: Optional[Path] = SplitsOpt,
+    pretrained: Optional[Path] = PretrainedOpt,
     split: Optional[str] = SplitOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = typer.Option(None, "--tracking", help="Mirror the teacher, the search trials (not packed "
@@ -65,6 +68,7 @@ def sweep(
     from bkdbench.specs import SpecError, make_spec
 
     tracker = parse_tracking(tracking)
+    use_splits(splits)
     if pack < 1:
         fail(f"--pack must be at least 1 (got {pack}); 1 trains one configuration per trial")
     if pack > 1 and scheduler == "asha":
@@ -79,6 +83,7 @@ def sweep(
         space_def, space_file = load_space(method, str(space) if space else None)
         base = make_spec(dataset, imbalance, method, seed=seed, epochs=epochs, params=space_def.fixed, data_dir=data_dir,
                          split=parse_split(split) or "every-class")
+        base = use_pretrained(pretrained, [base], data_dir)[0]
         for folder in (leaderboard_dir(root), teachers_dir(root), root / "sweeps"):
             check_writable(folder)
         get_dataset(dataset).load(data_dir)
@@ -99,7 +104,8 @@ def sweep(
 
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
-                      epochs=base.epochs, data_seed=base.data_seed, split=base.split)
+                      epochs=base.epochs, data_seed=base.data_seed, split=base.split, data_key=base.data_key,
+                      pretrained=base.pretrained)
     folder = sweep_dir(root, cfg.sweep_id)
     study = open_study(cfg.sweep_id, folder, optuna_storage)
     if study.get_trials(deepcopy=False) and not resume:

@@ -7,8 +7,9 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import check_device as _check_device, console, fail, note
-from bkdbench.cli.options import (DataDirOpt, ResultsOpt, SplitOpt, TrackingOpt, method_params, note_reference_split,
-                                  parse_split, parse_tracking, start_tracking)
+from bkdbench.cli.options import (DataDirOpt, PretrainedOpt, ResultsOpt, SplitOpt, SplitsOpt, TrackingOpt, method_params,
+                                  note_reference_split, parse_split, parse_tracking, start_tracking, use_pretrained,
+                                  use_splits)
 
 
 def register(app: typer.Typer) -> None:
@@ -41,6 +42,8 @@ def train(
     force: bool = typer.Option(False, "--force", help="Train even if this run is already in the leaderboard."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="imagefolder: resize every image to N×N (needed when sizes differ)."),
     data_dir: Optional[Path] = DataDirOpt,
+    splits: Optional[Path] = SplitsOpt,
+    pretrained: Optional[Path] = PretrainedOpt,
     split: Optional[str] = SplitOpt,
     results: Optional[str] = ResultsOpt,  # a str: Path would mangle a URI
     tracking: Optional[str] = TrackingOpt,
@@ -54,6 +57,7 @@ def train(
     from bkdbench.methods.params import parse_assignments
 
     tracker = parse_tracking(tracking)
+    use_splits(splits)
     from bkdbench.cli.decoding import show_decoding_progress
 
     show_decoding_progress()  # a large benchmark's first load decodes its store: a bar with images/s
@@ -72,6 +76,7 @@ def train(
         spec = make_spec(dataset, imbalance, method, seed=seed, data_seed=data_seed, profile=profile, model=model,
                          recipe=recipe, epochs=epochs, params=params, data_dir=data_dir, image_size=image_size,
                          split=parse_split(split) or "every-class")
+        spec = use_pretrained(pretrained, [spec], data_dir)[0]
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root)):
             check_writable(folder)

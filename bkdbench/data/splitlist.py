@@ -3,8 +3,8 @@
 Lists. One ``relative/path label`` per line, exactly the files the decoupling code (Kang et al., ICLR
 2020, facebookresearch/classifier-balancing, ``data/<set>/``) ships: ``ImageNet_LT_{train,val,test}.txt``,
 ``Places_LT_{train,val,test}.txt``, ``iNaturalist18_{train,val}.txt``. Paths are relative to the image
-root given as ``--data-dir ROOT`` (a leading ``/`` is ignored); the lists are found in ``ROOT/splits/``
-or ``ROOT/`` (``splits_dir`` first when given). Blank lines are skipped; anything else that is not
+root given as ``--data-dir ROOT`` (a leading ``/`` is ignored); the lists are found in ``--splits DIR``
+when given (``$BKDBENCH_SPLITS``), else ``ROOT/splits/``, else ``ROOT/``. Blank lines are skipped; anything else that is not
 ``path integer-label`` with the label in range, a path listed twice in one list, a missing file or an
 image that does not decode is a DataError naming the list file and the line.
 
@@ -138,13 +138,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/bkdbench").expanduser() / "splitlist"
 
 
+def splits_dir_given() -> Optional[Path]:
+    """``--splits DIR`` (``$BKDBENCH_SPLITS``, set by the CLI and forwarded to trials), else None."""
+    from bkdbench.paths import SPLITS_ENV
+
+    given = os.environ.get(SPLITS_ENV)
+    return Path(given).expanduser() if given else None
+
+
 def find_list(root: Path, name: str, splits_dir: Optional[Path] = None) -> Path:
+    splits_dir = splits_dir or splits_dir_given()
     places = ([Path(splits_dir).expanduser()] if splits_dir else []) + [root / "splits", root]
     for place in places:
         if (place / name).is_file():
             return place / name
     raise DataError(f"split list {name} not found (looked in {', '.join(str(p) for p in places)}); "
-                    "put the decoupling code's lists (data/<set>/*.txt) in ROOT/splits/")
+                    "put the decoupling code's lists (data/<set>/*.txt) in ROOT/splits/ or pass --splits DIR")
 
 
 def read_list(path: Path, num_classes: int) -> tuple[list[Entry], bytes]:

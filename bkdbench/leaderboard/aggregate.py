@@ -56,8 +56,9 @@ def _params(row: Mapping) -> dict:
 # groups): different per imbalance factor by construction, so they tell rows apart only within a cell.
 DATA_DERIVED = frozenset({"groups"})
 # Not method parameters, but a different value is a different configuration (a smoke run, the other
-# validation split: its training set differs in the classes it takes validation images from).
-SETUP = ("model", "epochs", "split")
+# validation split: its training set differs in the classes it takes validation images from; other
+# starting weights).
+SETUP = ("model", "epochs", "split", "pretrained")
 
 
 def keyed_datasets(df: pd.DataFrame) -> pd.DataFrame:

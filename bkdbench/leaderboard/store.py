@@ -99,6 +99,8 @@ SCHEMA = pa.schema([
     pa.field("split", pa.string()),
     # Data-parallel workers that trained the run (--workers-per-trial); null: one process.
     pa.field("workers", pa.int64()),
+    # Content key of the weights the run started from (--pretrained); null: from scratch.
+    pa.field("pretrained", pa.string()),
 ])
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 LEGACY_SPLIT = "reference"  # the split of every row written before the ``split`` column existed

@@ -32,10 +32,9 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
                   configure_logging=True, ignore_reinit_error=True)
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
-    from .tracking import ENV
-
-    if os.environ.get(ENV):  # the --tracking choice reaches trials on every node
-        kwargs["runtime_env"] = {"env_vars": {ENV: os.environ[ENV]}}
+    forwarded = {name: os.environ[name] for name in trial_env_names() if os.environ.get(name)}
+    if forwarded:  # --tracking, --splits, --pretrained reach trials on every node
+        kwargs["runtime_env"] = {"env_vars": forwarded}
     # "local": always a private instance. Plain None would join any cluster `ray start` left
     # recorded in /tmp/ray (even a dead one, and then hang); joining is what --address is for.
     ray.init(address=address or "local", **kwargs)
@@ -50,6 +49,14 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
 
 
 LOGGERS = ("ray", "ray.tune", "ray.train", "ray.air")
+
+
+def trial_env_names() -> tuple[str, ...]:
+    """The environment variables a command's trials need wherever they run."""
+    from ..paths import PRETRAINED_ENV, SPLITS_ENV
+    from .tracking import ENV
+
+    return (ENV, SPLITS_ENV, PRETRAINED_ENV)
 
 
 def _quiet_ray_logging(log_file: Optional[Path]) -> Optional[logging.handlers.MemoryHandler]:

@@ -33,7 +33,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from ..methods.registry import resolve_cb_epoch
 from ..specs.search_spaces import SearchSpace
-from ..specs import RunSpec, make_spec
+from ..specs import RunSpec, make_spec, with_pretrained
 from ..storage import Location, push
 from .packed_sweep import PackedOptunaSearch, per_config_events, search_pack_trial
 from .runner import _Events, Interrupted, plan_runs, run_plan, set_listener
@@ -59,6 +59,8 @@ class SweepConfig:
     epochs: Optional[int] = None
     data_seed: int = 0
     split: str = "every-class"  # RunSpec.split of every trial and final run
+    data_key: Optional[str] = None  # RunSpec.data_key: another image folder is another search
+    pretrained: Optional[str] = None  # RunSpec.pretrained: other starting weights are another search
 
     @property
     def sweep_id(self) -> str:
@@ -66,6 +68,9 @@ class SweepConfig:
         identity = {k: v for k, v in asdict(self).items() if k != "space_file"}  # the content hash counts, not the path
         if identity["split"] == "reference":  # as every sweep made before the field existed: same id
             del identity["split"]
+        for later in ("data_key", "pretrained"):  # None: as before these fields existed
+            if identity[later] is None:
+                del identity[later]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.method}-{self.dataset}-if{self.imbalance:g}-{digest}"
 
@@ -208,10 +213,11 @@ def _stopped_by_scheduler(result, epochs: int) -> bool:
 
 
 def final_specs(base: RunSpec, params: dict, seeds: int, data_dir: Optional[Path] = None) -> list[RunSpec]:
-    """The configuration re-run for the test set with seeds 0..seeds-1."""
-    return [make_spec(base.dataset, base.imbalance_factor, base.method, seed=s, data_seed=base.data_seed,
-                      profile=base.profile, model=base.model, recipe=base.recipe, epochs=base.epochs,
-                      params=params, data_dir=data_dir, image_size=base.image_size, split=base.split)
+    """The configuration re-run for the test set with seeds 0..seeds-1 (from the base's weights)."""
+    return [with_pretrained(make_spec(base.dataset, base.imbalance_factor, base.method, seed=s, data_seed=base.data_seed,
+                                      profile=base.profile, model=base.model, recipe=base.recipe, epochs=base.epochs,
+                                      params=params, data_dir=data_dir, image_size=base.image_size, split=base.split),
+                            base.pretrained)
             for s in range(seeds)]
 
 

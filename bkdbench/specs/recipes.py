@@ -91,10 +91,11 @@ RECIPES = {
         Recipe("imagenet-lt", epochs=90, batch_size=512, lr=0.2, weight_decay=5e-4, warmup_frac=0.0, schedule="cosine"),
         # iNat18: config/iNaturalist18/feat_unifrom.yaml (sic; 90 epochs, batch 512, lr 0.2, wd 1e-4).
         Recipe("inat18", epochs=90, batch_size=512, lr=0.2, weight_decay=1e-4, warmup_frac=0.0, schedule="cosine"),
-        # Places-LT fine-tunes an ImageNet-pretrained ResNet-152 (--pretrained); the repository ships no
-        # stage-1 config for it, only config/Places_LT/cls_crt.yaml and cls_lws.yaml: batch 256, wd 5e-4,
-        # cosine to 0, backbone lr 0.01 (classifier 0.1; one lr here for both), 10 epochs per classifier
-        # stage. 30 epochs for the whole fine-tuning is OLTR's Places-LT stage 1 (not checked here).
+        # Places-LT fine-tunes an ImageNet-pretrained ResNet-152 (--pretrained). 30 epochs: OLTR's
+        # config/Places_LT/stage_1.py (batch 128, backbone lr 0.001, classifier 0.1, ×0.1 every 10 epochs,
+        # wd 5e-4). The decoupling repository ships no stage-1 config for it, only cls_crt.yaml/cls_lws.yaml:
+        # batch 256, wd 5e-4, cosine to 0, backbone lr 0.01 (classifier 0.1; one lr here for both).
+        # docs/large-benchmarks.md says how this differs from both.
         Recipe("places-lt", epochs=30, batch_size=256, lr=0.01, weight_decay=5e-4, warmup_frac=0.0, schedule="cosine"),
     )
 }

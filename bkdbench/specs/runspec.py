@@ -10,6 +10,10 @@ datasets and are then left out of the canonical JSON, which keeps those run ids 
 ``imbalance_factor="natural"`` keeps a long-tailed folder as it is: the spec says profile "natural"
 and the folder's own n_max / n_min (2 decimals), so the IF column stays a number.
 
+``pretrained`` is the content key (SHA-256, 16 hex digits) of the weights a run starts from
+(``--pretrained FILE``, models/pretrained.py; None: from scratch, left out of the canonical JSON);
+``with_pretrained`` gives it to a run and every run it needs first.
+
 ``split`` says how validation is drawn (``bkdbench.data.splits``): ``"every-class"`` (default, V
 images in every class, a class short of unused images giving the last of its kept ones) or
 ``"reference"`` (the reference training set, index-identical; validation only from unused images).
@@ -79,6 +83,7 @@ class RunSpec(BaseModel):
     data_key: Optional[str] = None  # content hash of an image folder (None: a fixed dataset)
     image_size: Optional[int] = Field(None, gt=0)  # an image folder resized to N×N (None: as it is)
     split: Literal["every-class", "reference"] = "every-class"  # how validation is drawn (module docstring)
+    pretrained: Optional[str] = Field(None, pattern=r"^[0-9a-f]{16}$")  # content key of the starting weights (models/pretrained.py)
     protocol: Literal[2] = 2  # PROTOCOL (module docstring): part of the run id, never set by hand
 
     @field_validator("params")
@@ -129,8 +134,21 @@ class RunSpec(BaseModel):
         return list(out.values())
 
 
-_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes")  # fields added later: absent keeps older run ids unchanged
+_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained")  # fields added later: absent keeps older run ids unchanged
 PROTOCOL = 2  # see the module docstring: bump it (and RunSpec.protocol) when an unchanged spec would train differently
+
+
+def with_pretrained(spec: RunSpec, key: Optional[str]) -> RunSpec:
+    """``spec`` and every run it needs first, all starting from the weights with content key ``key``
+    (``--pretrained``): KD teachers are runs of the same recipe, so they fine-tune from them too."""
+    if key is None:
+        return spec
+    update: dict[str, Any] = {"pretrained": key}
+    if spec.teacher is not None:
+        update["teacher"] = with_pretrained(spec.teacher, key)
+    if spec.teachers:
+        update["teachers"] = tuple(with_pretrained(t, key) for t in spec.teachers)
+    return RunSpec.model_validate({**spec.model_dump(), **{k: v for k, v in update.items()}})
 
 
 def _derived_seed(seed: int, role: str, purpose: str) -> int:
@@ -358,7 +376,7 @@ def spec_columns(spec: RunSpec) -> dict:
         "run_id": spec.run_id, "dataset": spec.dataset, "data_key": spec.data_key, "imbalance_factor": spec.imbalance_factor,
         "profile": spec.profile, "data_seed": spec.data_seed, "model": spec.model, "method": spec.method,
         "params": _params_column(spec), "recipe": {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs},
-        "epochs": spec.epochs, "seed": spec.seed, "split": spec.split,
+        "epochs": spec.epochs, "seed": spec.seed, "split": spec.split, "pretrained": spec.pretrained,
         "teacher_run_id": ",".join(t.run_id for t in spec.all_teachers) or None,
     }
 

@@ -24,6 +24,7 @@ from bkdbench.training import distributed as ddp
 from bkdbench.training.evaluate import classification_metrics, predict
 from bkdbench.methods import build as build_method, method_class
 from bkdbench.models import create_model
+from bkdbench.models.pretrained import load_into as load_pretrained
 from bkdbench.provenance import provenance
 from bkdbench.specs.recipes import get_recipe, history_lr
 from bkdbench.specs import RunSpec, spec_columns
@@ -84,9 +85,16 @@ def channels_last_for(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu")
 
 
-def build_model(spec: RunSpec, num_classes: int, channels: int, head: str, device: torch.device) -> torch.nn.Module:
+def build_model(spec: RunSpec, num_classes: int, channels: int, head: str, device: torch.device,
+                init: bool = True) -> torch.nn.Module:
+    """``spec``'s model with its initial weights: seeded, then its ``--pretrained`` weights loaded
+    (every key but a classifier of another shape; models/pretrained.py). ``init=False``: a model whose
+    state is loaded next (a teacher), which skips reading the file."""
     torch.manual_seed(spec.init_seed)  # same spec, same initial weights (a student's differ from its teacher's)
-    model = create_model(spec.model, num_classes, channels, head=head).to(device)
+    model = create_model(spec.model, num_classes, channels, head=head)
+    if spec.pretrained and init:
+        load_pretrained(model, spec.pretrained)
+    model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last_for(device) else model
 
 
@@ -114,7 +122,7 @@ def frozen_teacher(spec: RunSpec, state: dict, num_classes: int, channels: int, 
     run's scaled classifier); a class-subset teacher predicts only its own classes."""
     num_classes = len(spec.train_classes) if spec.train_classes else num_classes
     cls = method_class(spec.method)
-    teacher = build_model(spec, num_classes, channels, cls.head, device)
+    teacher = build_model(spec, num_classes, channels, cls.head, device, init=False)
     cls.restructure(teacher)
     teacher.load_state_dict(state)
     return teacher.eval().requires_grad_(False)
