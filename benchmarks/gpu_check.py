@@ -10,7 +10,10 @@ Measures, in one process, on CIFAR-shaped synthetic data with ResNet-32 at batch
 - bkdbench with torch.compile (compilation time reported apart; skipped, with a note, if it fails);
 - a BKD student with its teacher's forward, and the estimated time of a 200-epoch CIFAR-100-LT IF100
   BKD run (training + evaluation every epoch);
-- 16 packed BKD students against one, with both packing strategies (``loop`` and ``grouped``).
+- 16 packed BKD students against one, with both packing strategies (``loop`` and ``grouped``);
+- ResNet-50 at 224 px on synthetic ImageNet-sized stores (the large benchmarks' augmentation on the
+  device, batch 256, bf16): training and evaluation images/s, and the projected wall time of a
+  90-epoch ImageNet-LT run (``--no-resnet50`` skips it).
 Prints the figures and writes one JSON file (``--out``, default ``results/bench/gpu-check-*.json``).
 
 Imports: torch, torchvision, numpy, pydantic and bkdbench's core modules (``bkdbench.bench`` and what
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cuda (default when available), cuda:N or cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs, in seconds")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    parser.add_argument("--no-resnet50", action="store_true", help="skip the ResNet-50 at 224 px figure")
     parser.add_argument("--pack", type=int, default=None, help="packed students (default 16; 2 with --quick)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args(argv)
@@ -62,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     tick = time.perf_counter()
     result = run_bench(config, device=device, progress=lambda msg: print(f"  {msg}", flush=True),
                        command=" ".join(["python benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]))
+    if not args.no_resnet50:
+        from bkdbench.bench.imagenet import model_throughput
+
+        small = dict(model="resnet10", image_size=32, batch=4, steps=1, warmup=1, rounds=1, images=16) if args.quick else {}
+        result["resnet50_224"] = model_throughput(device, progress=lambda msg: print(f"  {msg}", flush=True), **small)
     result["kind"] = "gpu_check"
     result["forbidden_modules_imported"] = sorted(m for m in FORBIDDEN if m in sys.modules)
     if device.startswith("cuda"):
@@ -96,6 +105,11 @@ def _print(r: dict) -> None:
         print(f"  compilation: {r['compile_seconds']:.0f} s")
     if "bkd_200_epochs_estimate" in r:
         print(f"  200-epoch CIFAR-100-LT IF100 BKD student (estimate): {r['bkd_200_epochs_estimate']['seconds'] / 60:.1f} min")
+    if "resnet50_224" in r:
+        m = r["resnet50_224"]
+        print(f"  {m['model']} at {m['image_size']} px, batch {m['batch']}: {m['train_images_per_second']:.0f} training "
+              f"images/s, {m['eval_images_per_second']:.0f} evaluation images/s; 90-epoch ImageNet-LT run "
+              f"(projected): {m['projection']['hours']:.1f} h")
     for note in r.get("notes", []):
         print(f"  note: {note}")
 

@@ -65,6 +65,12 @@ def test_gpu_check_runs_on_cpu_with_only_core_imports(tmp_path):
     assert data["kind"] == "gpu_check" and data["forbidden_modules_imported"] == []
     assert data["pipelines"]["packed_grouped"]["strategy"] == "grouped"
     assert data["packed_grouped_vs_separate"]["median"] > 0
+    big = data["resnet50_224"]  # --quick: a ResNet-10 at 32 px stands in for the ResNet-50 at 224
+    assert big["train_images_per_second"] > 0 and big["eval_images_per_second"] > 0
+    projected = big["projection"]
+    assert projected["hours"] == pytest.approx(projected["train_hours"] + projected["eval_hours"])
+    assert projected["train_hours"] == pytest.approx(90 * 115_846 / big["train_images_per_second"] / 3600)
+    assert projected["eval_hours"] == pytest.approx(90 * 70_000 / big["eval_images_per_second"] / 3600)
     assert "bkdbench / reference" in proc.stdout
 
 
@@ -92,3 +98,43 @@ def test_synthetic_data_has_the_cifar100_lt_if100_shape():
     assert images.shape == (10847, 32, 32, 3) and images.dtype.name == "uint8"
     counts = [int((labels == c).sum()) for c in range(100)]
     assert counts[0] == 500 and counts[-1] == 5 and sum(counts) == 10847
+
+
+def test_imagenet_bench_quick_measures_decoding_and_four_pipelines_per_size(tmp_path, monkeypatch):
+    from bkdbench.bench.imagenet import PRESETS, run_large_bench
+
+    monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "own-cache"))
+    config = PRESETS["quick"]
+    result = run_large_bench(config, device="cpu", work_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # files and store removed; the cache setting restored
+    import os
+
+    assert os.environ["BKDBENCH_CACHE"] == str(tmp_path / "own-cache")
+    assert result["dataset"] == "imagenet-lt-synthetic" and result["files"]["count"] == config.images
+    assert list(result["sizes"]) == [str(s) for s in config.sizes]
+    for size, part in result["sizes"].items():
+        assert part["store_size"] == round(int(size) / 0.875)
+        assert part["decode"]["images"] == config.images + 2 * config.classes  # train + one val, one test per class
+        assert part["decode"]["images_per_second"] > 0
+        assert set(part["pipelines"]) == {"reference", "bkdbench", "reference+resnet10", "bkdbench+resnet10"}
+        for name, p in part["pipelines"].items():
+            assert len(p["windows"]) == config.rounds and all(v > 0 for v in p["windows"]), name
+            assert p["seconds_per_epoch"] == pytest.approx(115_846 / p["images_per_second"])
+        for key in ("pipeline_ratio", "step_ratio"):
+            assert part[key]["median"] > 0 and len(part[key]["per_round"]) == config.rounds
+    assert "PIL" in result["sizes"]["32"]["pipelines"]["reference"]["description"]
+
+
+def test_imagenet_bench_cli_writes_its_json_and_refuses_cifar_only_options(tmp_path):
+    runner = CliRunner()
+    bad = runner.invoke(app, ["bench", "--dataset", "imagenet-lt-synthetic", "--pack", "2", "--results", str(tmp_path)])
+    assert bad.exit_code == 2 and "--pack: only for --dataset cifar100-lt-synthetic" in bad.output
+    unknown = runner.invoke(app, ["bench", "--dataset", "imagenet", "--results", str(tmp_path)])
+    assert unknown.exit_code == 2 and "imagenet-lt-synthetic" in unknown.output
+    assert not (tmp_path / "bench").exists()
+    ok = runner.invoke(app, ["bench", "--dataset", "imagenet-lt-synthetic", "--quick", "--device", "cpu",
+                             "--results", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    files = list((tmp_path / "bench").glob("bench-imagenet-lt-cpu-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["config"]["preset"] == "quick"
+    assert "pipeline alone" in ok.output

@@ -15,7 +15,13 @@ def register(app: typer.Typer) -> None:
     app.command("bench")(bench)
 
 
+DATASETS = ("cifar100-lt-synthetic", "imagenet-lt-synthetic")
+
+
 def bench(
+    dataset: str = typer.Option(DATASETS[0], "--dataset", help="cifar100-lt-synthetic: training throughput at 32 px "
+                                "(ResNet-32, BKD, packing); imagenet-lt-synthetic: the large benchmarks' data path "
+                                "(decode once, batched crops at 224 and 112 px) against a DataLoader of PIL transforms."),
     quick: bool = typer.Option(False, "--quick", help="Seconds, tiny sizes: checks that it runs; not figures to quote."),
     full: bool = typer.Option(False, "--full", help="Longer and more windows (several minutes on 2 CPU cores)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
@@ -35,6 +41,15 @@ def bench(
 
     if quick and full:
         fail("--quick and --full exclude each other")
+    if dataset not in DATASETS:
+        fail(f"--dataset takes one of: {', '.join(DATASETS)} (got {dataset!r})")
+    if dataset == "imagenet-lt-synthetic":
+        cifar_only = [name for name, given in (("--pack", pack is not None), ("--compile", compile),
+                                               ("--compare-strategies", compare_strategies),
+                                               ("--strategy", strategy != "auto")) if given]
+        if cifar_only:
+            fail(f"{', '.join(cifar_only)}: only for --dataset cifar100-lt-synthetic")
+        return _bench_large(quick, full, device, threads, results)
     try:
         folder = results_dir(results) / "bench"
         check_writable(folder)
@@ -71,7 +86,7 @@ def _print(result: dict) -> None:
     table = Table(title=f"bkdbench bench on {result['device']} ({machine['cpu_model']}, {machine['logical_cpus']} CPUs, "
                         f"{machine['torch_threads']} torch threads)",
                   caption=f"{cfg['model']}, batch {cfg['batch_size']}, {cfg['images']} images per epoch; "
-                          "median over windows [min–max]")
+                          "median over windows \\[min–max]")
     for col in ("pipeline", "images/s", "s/epoch", "peak MB"):
         table.add_column(col, justify="left" if col == "pipeline" else "right")
     for name, p in result["pipelines"].items():  # what each pipeline is: "description" in the JSON
@@ -99,3 +114,55 @@ def _print(result: dict) -> None:
     load = machine.get("load_average_start")
     if load and machine.get("logical_cpus") and load[0] > 0.5 * machine["logical_cpus"]:
         note(f"load average {load[0]:.1f} on {machine['logical_cpus']} CPUs at the start: other work shared the machine")
+
+
+def _bench_large(quick: bool, full: bool, device: Optional[str], threads: Optional[int], results: Optional[str]) -> None:
+    from bkdbench.leaderboard.store import LeaderboardError, check_writable
+    from bkdbench.paths import results_dir
+
+    try:
+        folder = results_dir(results) / "bench"
+        check_writable(folder)
+        check_device(device)
+    except (LeaderboardError, ValueError) as exc:
+        fail(str(exc))
+    import torch
+
+    from bkdbench.bench import write_bench
+    from bkdbench.bench.imagenet import PRESETS, run_large_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = PRESETS["quick" if quick else "full" if full else "default"]
+    with console.status("measuring") as status:
+        result = run_large_bench(config, device=device, progress=lambda msg: status.update(msg))
+    path = write_bench(result, folder, prefix="bench-imagenet-lt")
+    _print_large(result)
+    if quick:
+        note("--quick: tiny sizes, for checking that the bench runs; quote the default or --full figures")
+    console.print(f"wrote {path}")
+
+
+def _print_large(result: dict) -> None:
+    from rich.table import Table
+
+    cfg, machine, files = result["config"], result["machine"], result["files"]
+    table = Table(title=f"bkdbench bench --dataset imagenet-lt-synthetic on {result['device']} ({machine['cpu_model']}, "
+                        f"{machine['logical_cpus']} CPUs, {machine['torch_threads']} torch threads)",
+                  caption=f"{files['count']} JPEGs ({files['megabytes']:.0f} MB); reference: {cfg['num_workers']} loader "
+                          f"workers; batch {cfg['batch_size']} alone, {cfg['model_batch_size']} with {cfg['model']}; "
+                          "median over windows \\[min–max]; s/epoch: an ImageNet-LT epoch (115,846 images)")
+    for col in ("crop", "pipeline", "images/s", "s/epoch"):
+        table.add_column(col, justify="left" if col in ("crop", "pipeline") else "right")
+    for size, part in result["sizes"].items():
+        for name, p in part["pipelines"].items():
+            lo, hi = p["images_per_second_range"]
+            table.add_row(f"{size}px", name, f"{p['images_per_second']:.0f} [{lo:.0f}–{hi:.0f}]",
+                          f"{p['seconds_per_epoch']:.0f}")
+    console.print(table)
+    for size, part in result["sizes"].items():
+        d, pr, sr = part["decode"], part["pipeline_ratio"], part["step_ratio"]
+        console.print(f"{size}px: decode once into the {part['store_size']}px store: {d['images_per_second']:.0f} images/s "
+                      f"({d['processes']} processes); bkdbench / reference, pipeline alone: [bold]{pr['median']:.2f}×[/] "
+                      f"(per-round {pr['range'][0]:.2f}–{pr['range'][1]:.2f}); with a {cfg['model']} step: "
+                      f"[bold]{sr['median']:.2f}×[/] ({sr['range'][0]:.2f}–{sr['range'][1]:.2f})")
