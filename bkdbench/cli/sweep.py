@@ -10,6 +10,7 @@ import typer
 
 from bkdbench.cli.console import console, fail
 from bkdbench.cli.live import LiveView
+from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
 from bkdbench.cli.options import (PretrainedOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
                                   start_tracking, use_pretrained, use_splits)
 
@@ -134,7 +135,8 @@ def sweep(
             console.print(f"best trial #{best.number}: {', '.join(f'{k}={_fmt(v)}' for k, v in best_params.items())} "
                           f"(validation {best.value:.2f}%); "
                           f"re-running it and the defaults with {final_seeds} seeds on the test set")
-            finals = run_finals(base, best_params, root, cfg.sweep_id, final_seeds, **kwargs)
+            final_outcome: dict = {}
+            finals = run_finals(base, best_params, root, cfg.sweep_id, final_seeds, outcome=final_outcome, **kwargs)
     except Interrupted as exc:
         fail(f"interrupted: {exc}. Continue with the same command plus --resume", code=130)
     except KeyboardInterrupt:
@@ -149,6 +151,9 @@ def sweep(
                                   "optuna_storage": optuna_storage, "pack": pack})
     console.print(f"sweep finished in {wall:.0f} s")
     _report(root, cfg.sweep_id, optuna_storage)
+    failed, crashed = failed_runs(final_outcome)  # the search's own failures are trials (FAIL), not runs
+    name_failures(failed)
+    exit_if_failed(failed, crashed, 2, "the same command plus --resume")
 
 
 def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> None:

@@ -221,12 +221,14 @@ def final_specs(base: RunSpec, params: dict, seeds: int, data_dir: Optional[Path
             for s in range(seeds)]
 
 
-def run_finals(base: RunSpec, best_params: dict, results: Path, sweep_id: str, seeds: int, **kwargs) -> dict:
-    """Re-run the best configuration (tagged with the sweep id) and the defaults, ``seeds`` each."""
+def run_finals(base: RunSpec, best_params: dict, results: Path, sweep_id: str, seeds: int,
+               outcome: Optional[dict] = None, **kwargs) -> dict:
+    """Re-run the best configuration (tagged with the sweep id) and the defaults, ``seeds`` each;
+    returns their run ids. ``outcome`` (a dict) receives each trained run's outcome (``run_plan``)."""
     defaults = final_specs(base, {}, seeds, kwargs.get("data_dir"))
     tuned = final_specs(base, best_params, seeds, kwargs.get("data_dir"))
     default_ids = {s.run_id for s in defaults}
-    outcome = {}
+    outcome = {} if outcome is None else outcome
     for specs, tags in ((defaults, {}), ([s for s in tuned if s.run_id not in default_ids], {"sweep_id": sweep_id})):
         plan = plan_runs(specs, results)
         if plan.todo:
