@@ -37,8 +37,9 @@ def sweep(
     pack: int = typer.Option(1, "--pack", help="Configurations per Ray trial, trained as one pack (shared batches and teacher "
                              "forward), each its own Optuna trial. Packs run without early stopping: ASHA would stop "
                              "or keep all K on one number."),
-    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="CPUs per trial; per worker with --workers-per-trial N > 1."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per trial; per worker with --workers-per-trial N > 1."),
+    workers_per_trial: int = typer.Option(1, "--workers-per-trial", min=1, help="Data-parallel workers per search trial and final run (Ray Train's TorchTrainer, DDP; NCCL on GPUs, gloo on CPU). ASHA and Optuna see rank 0's reports as a one-worker trial's. Not with --pack. See docs/cluster.md."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     splits: Optional[Path] = SplitsOpt,
@@ -72,6 +73,8 @@ def sweep(
     use_splits(splits)
     if pack < 1:
         fail(f"--pack must be at least 1 (got {pack}); 1 trains one configuration per trial")
+    if pack > 1 and workers_per_trial > 1:
+        fail("--pack and --workers-per-trial exclude each other: a multi-worker trial trains one configuration")
     if pack > 1 and scheduler == "asha":
         fail("--scheduler asha cannot stop one configuration of a pack: use --pack 1 for early stopping, "
              "or --scheduler none")
@@ -116,7 +119,8 @@ def sweep(
                   f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1"
                   + (f"; packs of {pack} configurations per Ray trial" if pack > 1 else ""))
     started = time.perf_counter()
-    kwargs = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, data_dir=data_dir)
+    kwargs = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, data_dir=data_dir,
+                  workers=workers_per_trial)
     try:
         with ray_session(address, log_file=mirror(folder) / "ray.log", storage=root):
             if base.all_teachers:

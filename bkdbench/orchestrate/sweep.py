@@ -86,21 +86,19 @@ def sweep_dir(results: "Location | str", sweep_id: str) -> Location:
 EPOCHS_DONE = "epochs_done"  # ASHA's time attribute: epochs trained when the result was reported
 
 
-def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[str] = None,
-                 sweep_id: Optional[str] = None) -> None:
-    """One search trial: the base spec with the sampled parameters, validation only."""
-    import torch
-
+def search_spec(base: str, config: dict) -> RunSpec:
+    """The base spec (JSON) with the parameters Optuna sampled (``config`` less its ``_`` keys)."""
     from ..methods import validate_params
-    from ..training.train import TrainingDiverged, train  # noqa: F401  (TrainingDiverged propagates: FAIL)
-    from .execute import teacher_state_for
-    from .tracking import RunTracker, Tracking, tensorboard_dir
 
-    torch.set_num_threads(max(1, int(config.get("_cpus", 1))))
     spec = RunSpec.model_validate_json(base)
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
-    spec = spec.model_copy(update={"params": validate_params(spec.method, **{**spec.params, **sampled})})
+    return spec.model_copy(update={"params": validate_params(spec.method, **{**spec.params, **sampled})})
 
+
+def search_report(spec: RunSpec, send):
+    """``report(metrics, make_checkpoint)`` for ``train``: on evaluation epochs only, ``send`` the
+    validation score, the epoch and ``EPOCHS_DONE`` (and ``FINISHED`` on the last); no checkpoints
+    (an interrupted search trial is FAIL and sampled anew, study.mark_interrupted_trials)."""
     def report(metrics: dict, _make_checkpoint) -> None:
         if metrics.get(METRIC) is None:
             return  # not an evaluation epoch: nothing for ASHA or Optuna to judge (rungs sit on evaluations)
@@ -108,7 +106,23 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
                EPOCHS_DONE: metrics["epoch"] + 1}
         if metrics["epoch"] == spec.epochs - 1:
             out[FINISHED] = True  # part of the last epoch's report: ASHA stops trials at max_t
-        tune.report(out)
+        send(out)
+
+    return report
+
+
+def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[str] = None,
+                 sweep_id: Optional[str] = None) -> None:
+    """One search trial: the base spec with the sampled parameters, validation only."""
+    import torch
+
+    from ..training.train import TrainingDiverged, train  # noqa: F401  (TrainingDiverged propagates: FAIL)
+    from .execute import teacher_state_for
+    from .tracking import RunTracker, Tracking, tensorboard_dir
+
+    torch.set_num_threads(max(1, int(config.get("_cpus", 1))))
+    spec = search_spec(base, config)
+    report = search_report(spec, tune.report)
 
     # Mirrored like every run (TensorBoard, --tracking), tagged as a search trial of its sweep; a trial
     # that ASHA stops is killed with its tracker run still open.
@@ -151,12 +165,15 @@ def grace_period(spec: RunSpec, space: Optional[SearchSpace] = None) -> int:
 def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Path, *, trials: int,
                concurrency: int, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
                storage_url: Optional[str] = None, data_dir: Optional[Path] = None, on_event=None,
-               pack: int = 1) -> optuna.Study:
+               pack: int = 1, workers: int = 1) -> optuna.Study:
     """Run search trials until the study holds ``trials`` completed or pruned ones; ``pack`` > 1
-    trains that many configurations per Ray trial (no scheduler then)."""
+    trains that many configurations per Ray trial (no scheduler then); ``workers`` > 1 trains each
+    trial's run on that many Ray Train workers (``sweep_workers``; resources then per worker)."""
     packed = pack > 1
     if packed and cfg.scheduler != "none":
         raise ValueError("packed search trials run without early stopping: use scheduler 'none' with pack > 1")
+    if packed and workers > 1:
+        raise ValueError("several workers per trial train one configuration each: use pack 1 with workers > 1")
     folder = sweep_dir(results, cfg.sweep_id)
     study = open_study(cfg.sweep_id, folder, storage_url)
     mark_interrupted_trials(study)
@@ -175,21 +192,29 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
     if cfg.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr=EPOCHS_DONE, max_t=base.epochs,
                                   grace_period=grace_period(base, space), reduction_factor=3)
+    resources, extra = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}, {}
+    if workers > 1:
+        from .sweep_workers import search_trial_workers
+        from .workers import TRAIN_RUNS, concurrent_trials, driver_resources
+
+        trial_fn, extra = search_trial_workers, {"workers": workers, "train_storage": str(folder / TRAIN_RUNS)}
+        concurrency = min(concurrency, concurrent_trials(workers, resources))
+        resources = driver_resources(resources)  # the workers' CPUs and GPUs are Ray Train's (workers.py)
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, base=base.canonical_json(), results=str(Location(results)),
                              data_dir=str(data_dir) if data_dir else None,
-                             **({} if packed else {"sweep_id": cfg.sweep_id})),
-        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+                             **({} if packed else {"sweep_id": cfg.sweep_id}), **extra),
+        resources,
     )
     set_listener(events)
     attempt = sum(name.startswith("search-") for name in folder.list()) + 1
     tune_path, tune_fs = folder.tune_storage()
     tuner = tune.Tuner(
         trainable,
-        param_space={"_cpus": cpus_per_trial},
+        param_space={"_cpus": cpus_per_trial, "_gpus": gpus_per_trial},
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
                                     scheduler=scheduler, num_samples=samples, metric=METRIC, mode="max",
-                                    reuse_actors=True),
+                                    reuse_actors=workers == 1),  # a multi-worker trial's actor only waits on fit()
         run_config=tune.RunConfig(name=f"search-{attempt}", storage_path=tune_path, storage_filesystem=tune_fs,
                                   verbose=0, callbacks=[_Events()]),
     )

@@ -86,33 +86,40 @@ def _restored_state() -> dict | None:
         return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
 
 
-def worker_loop(config: dict) -> None:
-    """One Train worker of one run: ``train(spec, distributed=...)``; rank 0 records the run."""
+def worker_setup(cpu: float, gpu: float):
+    """(this Train worker's ``Distributed``, its device), its threads and GPU share set."""
     import ray.train
     import torch
 
+    from ..training.distributed import Distributed
+
+    context = ray.train.get_context()
+    distributed = Distributed(context.get_world_rank(), context.get_world_size())
+    torch.set_num_threads(max(1, int(cpu)))
+    if gpu <= 0:
+        return distributed, torch.device("cpu")
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    torch.cuda.set_device(device)  # NCCL collectives on objects (the devices' names) use the current device
+    if gpu < 1:
+        torch.cuda.set_per_process_memory_fraction(gpu, device)
+    return distributed, device
+
+
+def worker_loop(config: dict) -> None:
+    """One Train worker of one run: ``train(spec, distributed=...)``; rank 0 records the run."""
+    import ray.train
+
     from ..leaderboard.store import is_finished, write_row
     from ..paths import leaderboard_dir
-    from ..training.distributed import Distributed
     from ..training.teachers import TeacherError
     from ..training.train import TrainingDiverged, train
     from .execute import failed_row, run_and_record, teacher_state_for
     from .tracking import Tracking
 
-    context = ray.train.get_context()
-    distributed = Distributed(context.get_world_rank(), context.get_world_size())
+    distributed, device = worker_setup(config["cpu"], config["gpu"])
     rank = distributed.rank
-    torch.set_num_threads(max(1, int(config["cpu"])))
-    device = None
-    if config["gpu"] > 0:
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
-        torch.cuda.set_device(device)  # NCCL collectives on objects (the devices' names) use the current device
-        if 0 < config["gpu"] < 1:
-            torch.cuda.set_per_process_memory_fraction(config["gpu"], device)
-    else:
-        device = torch.device("cpu")
     spec = RunSpec.model_validate_json(config["spec"])
     root = Location(config["results"])
     data_dir = Path(config["data_dir"]) if config["data_dir"] else None
