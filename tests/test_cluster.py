@@ -176,3 +176,26 @@ def test_node_local_storage_is_refused(tmp_path):
         assert "is not shared" in result.stderr and "Traceback" not in result.stderr
     finally:
         cluster.stop()
+
+
+def test_a_driver_without_the_clusters_token_is_refused_clearly(tmp_path):
+    """Token authentication stays on for a joined cluster: a driver with no token, or another one, is
+    refused before any work with one `error:` line saying what to do, exit 2, nothing written."""
+    cluster = Cluster()
+    try:
+        cluster.start_head(cpus=1)
+        home = tmp_path / "home"  # no ~/.ray/auth_token here
+        home.mkdir()
+        results = tmp_path / "results"
+        args = ["run", "--suite", "digits-lt", "--method", "ce", "--seeds", "1", "--epochs", "1",
+                "--address", cluster.address, "--results", results]
+        for extra, words in (({}, ["has no token", "~/.ray/auth_token", "RAY_AUTH_TOKEN"]),
+                             ({"RAY_AUTH_TOKEN": "0" * 32}, ["could not join the Ray cluster", "the head's?"])):
+            result = run_cli(args, folder=tmp_path, env=cluster.driver_env(HOME=home, **extra), timeout=180)
+            assert result.returncode == 2, result.stdout + result.stderr
+            errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and all(w in errors[0] for w in words), errors
+            assert "Traceback" not in result.stderr
+            assert not results.exists(), tree(results)
+    finally:
+        cluster.stop()

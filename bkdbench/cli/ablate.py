@@ -78,7 +78,7 @@ def ablate(
     from bkdbench.orchestrate import prepare_ray_env
 
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
-    from bkdbench.orchestrate.ray_session import StorageError, ray_session
+    from bkdbench.orchestrate.ray_session import ClusterRefused, ray_session
     from bkdbench.orchestrate.runner import Interrupted, plan_runs, run_plan
 
     aid = ablation_id(method, specs)
@@ -102,7 +102,7 @@ def ablate(
                                    pack=pack, workers=workers_per_trial)
         except (Interrupted, KeyboardInterrupt):
             fail("interrupted; continue with the same command plus --resume", code=130)
-        except StorageError as exc:
+        except ClusterRefused as exc:
             fail(str(exc))
         except OSError as exc:
             fail(f"storage error during the ablation ({exc}); free space or fix {root}, then --resume", code=1)

@@ -98,7 +98,7 @@ def run(
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
     from bkdbench.leaderboard.manifest import record_suite_runs
     from bkdbench.orchestrate.runner import Interrupted, plan_runs, run_plan
-    from bkdbench.orchestrate.ray_session import StorageError, ray_session
+    from bkdbench.orchestrate.ray_session import ClusterRefused, ray_session
 
     plan = plan_runs(specs, root, force=force)
     students_only = pack is None  # the default: docs/performance.md (packing runs without a teacher gained nothing)
@@ -126,7 +126,7 @@ def run(
                  f"`bkdbench run --suite {suite} --resume` (same filters)", code=130)
         except KeyboardInterrupt:
             fail(f"interrupted. Finished runs are saved; continue with `bkdbench run --suite {suite} --resume`", code=130)
-        except StorageError as exc:
+        except ClusterRefused as exc:
             fail(str(exc))
         except OSError as exc:  # disk full or storage gone mid-run: rows already written stay readable
             fail(f"storage error during the run ({exc}); finished runs are in the leaderboard; "

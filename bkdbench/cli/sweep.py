@@ -99,7 +99,7 @@ def sweep(
     from bkdbench.orchestrate import prepare_ray_env
 
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
-    from bkdbench.orchestrate.ray_session import StorageError, ray_session
+    from bkdbench.orchestrate.ray_session import ClusterRefused, ray_session
     from bkdbench.orchestrate.runner import Interrupted, plan_runs, run_plan
     from bkdbench.orchestrate.sweep import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
                                     space_hash, sweep_dir)
@@ -145,7 +145,7 @@ def sweep(
         fail(f"interrupted: {exc}. Continue with the same command plus --resume", code=130)
     except KeyboardInterrupt:
         fail("interrupted. Continue with the same command plus --resume", code=130)
-    except StorageError as exc:
+    except ClusterRefused as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"storage error during the sweep ({exc}); free space or fix {root}, then --resume", code=1)

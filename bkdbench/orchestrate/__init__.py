@@ -17,4 +17,7 @@ def prepare_ray_env(address: "str | None") -> "str | None":
         # Token authentication stays on: a driver joining a head started by hand must ask for it
         # and find the token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # the driver's C++ core retries a refused token once a second with a warning line each;
+        # the CLI says once what went wrong (ray_session.ClusterRefused)
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     return address

@@ -37,7 +37,18 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
         kwargs["runtime_env"] = {"env_vars": forwarded}
     # "local": always a private instance. Plain None would join any cluster `ray start` left
     # recorded in /tmp/ray (even a dead one, and then hang); joining is what --address is for.
-    ray.init(address=address or "local", **kwargs)
+    try:
+        ray.init(address=address or "local", **kwargs)
+    except ray.exceptions.AuthenticationError:
+        raise ClusterRefused(f"the Ray cluster at {address} uses token authentication and this machine has no "
+                             "token: copy the head's ~/.ray/auth_token here, or set RAY_AUTH_TOKEN_PATH or "
+                             "RAY_AUTH_TOKEN (docs/cluster.md)") from None
+    except ConnectionError as exc:
+        if address is None:
+            raise
+        raise ClusterRefused(f"could not join the Ray cluster at {address} ({str(exc).splitlines()[0]}): is its head "
+                             "running, and is this machine's token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+                             "RAY_AUTH_TOKEN) the head's?") from None
     try:
         if storage is not None:
             check_shared_storage(storage)
@@ -91,7 +102,12 @@ def node_count() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
-class StorageError(ValueError):
+class ClusterRefused(ValueError):
+    """The cluster cannot be used for this command (no token, wrong token, head unreachable, storage
+    a node cannot see): nothing was trained or written; the message says what to do."""
+
+
+class StorageError(ClusterRefused):
     """Storage that some node of the cluster cannot reach."""
 
 
