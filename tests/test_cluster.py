@@ -199,3 +199,60 @@ def test_a_driver_without_the_clusters_token_is_refused_clearly(tmp_path):
             assert not results.exists(), tree(results)
     finally:
         cluster.stop()
+
+
+def _latest_checkpoint_epoch(results: Path) -> int:
+    """The epoch of the last checkpoint Ray Train registered for a multi-worker trial (-1: none yet)."""
+    import json
+
+    for snap in (results / "experiments").glob("**/workers/*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snap.read_text()).get("latest_checkpoint_result")
+        except (OSError, ValueError):
+            continue
+        if latest:
+            return int(latest["metrics"]["epoch"])
+    return -1
+
+
+def test_a_two_worker_trial_across_two_nodes_survives_losing_one(tmp_path):
+    """One trial's two Ray Train workers on two nodes (one CPU each, one CPU per worker); the worker
+    node is SIGKILLed after a few checkpoints and a new node joins: Ray Train restarts the worker group
+    from the last checkpoint, and the run has one row, workers = 2, every epoch once, the epochs after
+    the restart marked as a later session."""
+    import json
+
+    epochs = 16
+    suite = write_suite(tmp_path / "twonode.yaml", ["ce"], epochs=epochs)
+    results = tmp_path / "results"
+    cluster = Cluster()
+    driver = None
+    try:
+        cluster.start_head(cpus=1)
+        worker = cluster.add_worker(cpus=1)
+        driver = start_cli(["run", "--suite", suite, "--address", cluster.address, "--results", results,
+                            "--workers-per-trial", "2", "--cpus-per-trial", "1", "--checkpoint-every", "1",
+                            "--max-failures", "3"], tmp_path / "driver.log", env=cluster.driver_env())
+        on_worker = lambda: any("RayTrainWorker" in cmdline(p) for p in descendants({worker}) - {worker})  # noqa: E731
+        wait_for(on_worker, timeout=240, every=0.5, what="a Ray Train worker on the worker node")
+        wait_for(lambda: _latest_checkpoint_epoch(results) >= 2, timeout=240, every=0.2, what="three checkpoints")
+        killed_after = _latest_checkpoint_epoch(results)
+        assert worker in cluster.kill_worker(worker)
+        cluster.add_worker(cpus=1)  # two CPUs again: the group of two can be placed
+        driver.wait(timeout=400)
+        log = (tmp_path / "driver.log").read_text()
+        assert driver.returncode == 0, log
+    finally:
+        if driver is not None and driver.poll() is None:
+            kill_pids(descendants({driver.pid}))
+        cluster.stop()
+    assert_each_run_once(results, suite)
+    frame = rows(results)
+    assert list(frame.workers) == [2]
+    history = frame.history[0]
+    history = json.loads(history) if isinstance(history, str) else history
+    assert [h["epoch"] for h in history] == list(range(epochs)), "every epoch once"
+    resumed = [h["epoch"] for h in history if h["session"] > 0]
+    assert resumed and 0 < resumed[0] <= killed_after + 2, (killed_after, [(h["epoch"], h["session"]) for h in history])
+    print(f"\ntwo-node, two-worker trial: node killed after checkpoint epoch {killed_after}; resumed at epoch "
+          f"{resumed[0]}; one row, every epoch once")

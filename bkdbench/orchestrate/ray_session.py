@@ -32,6 +32,10 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
                   configure_logging=True, ignore_reinit_error=True)
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
+    # Ray Train waits 60 s for a worker group to start by default: on a loaded machine or a cluster
+    # that is adding nodes that is too short (the trial then fails); a request that can never be met
+    # still fails, after this long
+    os.environ.setdefault(TRAIN_START_TIMEOUT, "600")
     forwarded = {name: os.environ[name] for name in trial_env_names() if os.environ.get(name)}
     if forwarded:  # --tracking, --splits, --pretrained reach trials on every node
         kwargs["runtime_env"] = {"env_vars": forwarded}
@@ -62,12 +66,15 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
 LOGGERS = ("ray", "ray.tune", "ray.train", "ray.air")
 
 
+TRAIN_START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
 def trial_env_names() -> tuple[str, ...]:
     """The environment variables a command's trials need wherever they run."""
     from ..paths import PRETRAINED_ENV, SPLITS_ENV
     from .tracking import ENV
 
-    return (ENV, SPLITS_ENV, PRETRAINED_ENV)
+    return (ENV, SPLITS_ENV, PRETRAINED_ENV, TRAIN_START_TIMEOUT)
 
 
 def _quiet_ray_logging(log_file: Optional[Path]) -> Optional[logging.handlers.MemoryHandler]:
