@@ -74,7 +74,7 @@ def write_tree(cifar: Path, root: Path, imbalance: float) -> None:
 
 
 def decode_full(path: Path, store: int) -> np.ndarray:
-    """``splitlist.decode_store``'s resize (short side to ``store``, bilinear, antialiased) without
+    """``splitstore.decode_store``'s resize (short side to ``store``, bilinear, antialiased) without
     its centre crop: the whole image, 3×store×(store·4/3)."""
     from PIL import Image
 
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bkdbench.data import splitlist
+    from bkdbench.data import splitlist, splitstore
     from bkdbench.data.imagenet_lt import IMAGENET_LT
     from bkdbench.data.registry import ImageArrays
     from bkdbench.specs import make_spec
@@ -124,11 +124,11 @@ def main(argv=None) -> int:
     if not (tree / "ImageNet_LT_test.txt").exists():
         print(f"writing the 4:3 tree under {tree}", flush=True)
         write_tree(args.cifar, tree, args.imbalance)
-    os.environ[splitlist.CACHE_ENV] = str(args.work / "cache")
+    os.environ[splitstore.CACHE_ENV] = str(args.work / "cache")
     benchmark = replace(IMAGENET_LT, name="cifar10-lt-4x3", num_classes=10)
     store = splitlist.store_size_for(args.image_size)
     listing = splitlist.scan(tree, benchmark, store)
-    square = splitlist.load_listing(listing).arrays  # exactly what `bkdbench train --dataset imagenet-lt` stores
+    square = splitstore.load_listing(listing).arrays  # exactly what `bkdbench train --dataset imagenet-lt` stores
     full_x = np.stack([decode_full(tree / e.rel, store) for e in listing.splits["train"]])
     full = ImageArrays(full_x, square.train_y, square.test_x, square.test_y, square.classes,
                        val_x=square.val_x, val_y=square.val_y)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bkdbench.data import DeviceLoader, splitlist
+from bkdbench.data import DeviceLoader, splitlist, splitstore
 from bkdbench.data.imagenet_augment import eval_view, gather, place, train_view
 from splitlist_files import write_image
 
@@ -104,7 +104,7 @@ def cifar_jpegs(tmp_path_factory):
 def test_eval_transform_matches_pillow_on_real_jpegs(cifar_jpegs, image_size):
     """Store 32 px (CIFAR's own size); evaluation at 28 is a plain centre crop, at 16 and 12 a device
     resize to 18 and 14 first: within one grey level of Pillow."""
-    stored = torch.from_numpy(np.stack([splitlist.decode_store(p, 32) for p in cifar_jpegs]))
+    stored = torch.from_numpy(np.stack([splitstore.decode_store(p, 32) for p in cifar_jpegs]))
     ours = eval_view(stored, image_size).numpy().astype(int)
     theirs = np.stack([pil_eval(p, image_size) for p in cifar_jpegs]).astype(int)
     assert ours.shape == theirs.shape == (len(cifar_jpegs), 3, image_size, image_size)
@@ -120,7 +120,7 @@ def test_eval_of_the_store_is_pillows_resize_and_crop_of_the_full_image(tmp_path
         write_image(paths[-1], i % 3, i, ("rgb", "gray", "cmyk", "png")[i % 4])
     for image_size in (28, 21):
         store = splitlist.store_size_for(image_size)
-        stored = torch.from_numpy(np.stack([splitlist.decode_store(p, store) for p in paths]))
+        stored = torch.from_numpy(np.stack([splitstore.decode_store(p, store) for p in paths]))
         np.testing.assert_array_equal(eval_view(stored, image_size).numpy(),
                                       np.stack([pil_eval(p, image_size) for p in paths]))
 

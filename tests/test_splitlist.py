@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bkdbench.data import DataError, dataset_info, get_dataset, load_longtail
-from bkdbench.data import splitlist
+from bkdbench.data import splitdata, splitlist, splitstore
 from bkdbench.data.imagenet_lt import IMAGENET_LT
 from bkdbench.data.inat18 import INAT18
 from splitlist_files import write_image, write_imagenet_lt
@@ -48,7 +48,7 @@ def test_reads_lists_and_stores_every_image_as_pillow_would(tmp_path):
     listing = splitlist.scan(tmp_path / "img", TINY, STORE)
     assert {s: len(e) for s, e in listing.splits.items()} == {"train": 21, "val": 6, "test": 9}
     assert listing.classes == ("n00000000", "n00000001", "n00000002")
-    stored = splitlist.load_listing(listing)
+    stored = splitstore.load_listing(listing)
     assert stored.decoded
     arrays = stored.arrays
     assert arrays.train_x.shape == (21, 3, STORE, STORE) and arrays.train_x.dtype == np.uint8
@@ -62,7 +62,7 @@ def test_reads_lists_and_stores_every_image_as_pillow_would(tmp_path):
 
 def test_grayscale_cmyk_and_png_named_jpeg_become_rgb(tmp_path):
     write_imagenet_lt(tmp_path / "img")
-    x = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE)).arrays.train_x
+    x = splitstore.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE)).arrays.train_x
     gray = x[1]  # class 0, image 1: grayscale JPEG
     assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()
     assert Image.open(tmp_path / "img/train/n00000001/n00000001_0.JPEG").mode == "CMYK"
@@ -72,15 +72,15 @@ def test_grayscale_cmyk_and_png_named_jpeg_become_rgb(tmp_path):
 
 def test_second_load_is_a_cache_hit_and_touching_a_file_changes_the_key(tmp_path):
     write_imagenet_lt(tmp_path / "img")
-    first = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
-    again = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
+    first = splitstore.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
+    again = splitstore.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
     assert first.decoded and not again.decoded and again.folder == first.folder
     target = tmp_path / "img/train/n00000000/n00000000_3.JPEG"
     st = target.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    touched = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
+    touched = splitstore.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
     assert touched.decoded and touched.folder != first.folder
-    other_size = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, 24))
+    other_size = splitstore.load_listing(splitlist.scan(tmp_path / "img", TINY, 24))
     assert other_size.decoded and other_size.arrays.train_x.shape[-1] == 24
 
 
@@ -88,7 +88,7 @@ def test_an_interrupted_decode_leaves_nothing_that_is_trusted(tmp_path, monkeypa
     write_imagenet_lt(tmp_path / "img")
     listing = splitlist.scan(tmp_path / "img", TINY, STORE)
     calls = {"n": 0}
-    real = splitlist.decode_store
+    real = splitstore.decode_store
 
     def dies_on_the_tenth(*args, **kw):
         calls["n"] += 1
@@ -96,23 +96,23 @@ def test_an_interrupted_decode_leaves_nothing_that_is_trusted(tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(splitlist, "decode_store", dies_on_the_tenth)
+    monkeypatch.setattr(splitstore, "decode_store", dies_on_the_tenth)
     with pytest.raises(KeyboardInterrupt):
-        splitlist.load_listing(listing)
+        splitstore.load_listing(listing)
     assert not (tmp_path / "cache").exists()  # the temporary folder went, and the folders made for it
-    monkeypatch.setattr(splitlist, "decode_store", real)
-    assert splitlist.load_listing(listing).decoded
+    monkeypatch.setattr(splitstore, "decode_store", real)
+    assert splitstore.load_listing(listing).decoded
 
 
 def test_a_process_pool_decodes_the_same_pixels(tmp_path, monkeypatch):
     write_imagenet_lt(tmp_path / "img")
-    one = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE)).arrays
-    monkeypatch.setattr(splitlist, "_CHUNK", 4)
+    one = splitstore.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE)).arrays
+    monkeypatch.setattr(splitstore, "_CHUNK", 4)
     monkeypatch.setenv("BKDBENCH_DECODE_WORKERS", "2")
     monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache2"))
     seen = []
-    with splitlist.decode_progress(lambda what, done, total: seen.append((done, total))):
-        two = splitlist.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
+    with splitstore.decode_progress(lambda what, done, total: seen.append((done, total))):
+        two = splitstore.load_listing(splitlist.scan(tmp_path / "img", TINY, STORE))
     assert two.decoded
     np.testing.assert_array_equal(np.asarray(two.arrays.train_x), np.asarray(one.train_x))
     np.testing.assert_array_equal(np.asarray(two.arrays.test_x), np.asarray(one.test_x))
@@ -159,7 +159,7 @@ def test_a_truncated_image_names_the_file_and_its_list_line(tmp_path):
     listing = splitlist.scan(tmp_path / "img", TINY, STORE)
     test_list = tmp_path / "img/splits/ImageNet_LT_test.txt"
     with pytest.raises(DataError, match=f"{test_list}:6: {target} is not a readable image"):
-        splitlist.load_listing(listing)
+        splitstore.load_listing(listing)
     assert not (tmp_path / "cache").exists()
 
 
@@ -209,7 +209,7 @@ def test_registered_datasets_resolve_per_root_and_image_size(tmp_path):
 def test_natural_profile_keeps_the_memory_map(tmp_path, monkeypatch):
     write_imagenet_lt(tmp_path / "img")
     bench = TINY
-    info = splitlist._resolved(bench, tmp_path / "img", 28)
+    info = splitdata._resolved(bench, tmp_path / "img", 28)
     assert info.image_size == 28 and info.n_max == 12 and info.data_key
     monkeypatch.setattr("bkdbench.data.splits.dataset_info", lambda *a, **k: info)
     data = load_longtail("imagenet-lt", 2.4, "natural", data_dir=tmp_path / "img", image_size=28)

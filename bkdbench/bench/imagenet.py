@@ -6,7 +6,7 @@ The files. ``images`` JPEGs (quality 90) of ImageNet-like sizes (500×375, 375×
 like photographs rather than like white noise; ImageNet_LT_{train,val,test}.txt list them under
 ``train/`` and ``val/``.
 
-Decoding (once, ``splitlist.load_listing``: the real store, process pool, every core): seconds and
+Decoding (once, ``splitstore.load_listing``: the real store, process pool, every core): seconds and
 images/s per stored size. The reference decodes every image in every epoch instead; that cost is
 inside its pipeline figure.
 
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from bkdbench.bench.measure import Windows, load_average, machine_info, ratio, summary, sync, window
 from bkdbench.data import DeviceLoader
-from bkdbench.data import splitlist
+from bkdbench.data import splitlist, splitstore
 from bkdbench.data.imagenet_augment import JITTER, RATIO, SCALE, place
 from bkdbench.data.imagenet_lt import IMAGENET_LT
 from bkdbench.methods import build as build_method
@@ -226,10 +226,10 @@ def run_large_bench(config: LargeBenchConfig = PRESETS["default"], *, device: Op
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    workers = config.num_workers if config.num_workers is not None else splitlist.decode_workers()
+    workers = config.num_workers if config.num_workers is not None else splitstore.decode_workers()
     started, tick, load_start = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), time.perf_counter(), load_average()
     folder = Path(tempfile.mkdtemp(prefix="bkdbench-bench-", dir=work_dir))
-    cache_before = os.environ.get(splitlist.CACHE_ENV)
+    cache_before = os.environ.get(splitstore.CACHE_ENV)
     try:
         say(f"writing {config.images} synthetic JPEGs")
         t0 = time.perf_counter()
@@ -238,13 +238,13 @@ def run_large_bench(config: LargeBenchConfig = PRESETS["default"], *, device: Op
         mb = sum(f.stat().st_size for f in files) / 2**20
         counts = np.bincount(labels, minlength=config.classes).tolist()
         benchmark = replace(IMAGENET_LT, name=NAME, num_classes=config.classes)
-        os.environ[splitlist.CACHE_ENV] = str(folder / "cache")
+        os.environ[splitstore.CACHE_ENV] = str(folder / "cache")
         sizes = {}
         for size in config.sizes:
             store = splitlist.store_size_for(size)
             say(f"decoding the store at {store}px ({workers} processes)")
             t0 = time.perf_counter()
-            stored = splitlist.load_listing(splitlist.scan(folder / "images", benchmark, store))
+            stored = splitstore.load_listing(splitlist.scan(folder / "images", benchmark, store))
             decode = time.perf_counter() - t0
             decoded = sum(len(a) for a in (stored.arrays.train_x, stored.arrays.val_x, stored.arrays.test_x))
             x = place(stored.arrays.train_x, device)
@@ -270,7 +270,7 @@ def run_large_bench(config: LargeBenchConfig = PRESETS["default"], *, device: Op
             sizes[str(size)] = {
                 "store_size": store,
                 "decode": {"seconds": decode, "images": decoded, "images_per_second": decoded / decode,
-                           "processes": min(splitlist.decode_workers(), max(1, -(-decoded // splitlist._CHUNK)))},
+                           "processes": min(splitstore.decode_workers(), max(1, -(-decoded // splitstore._CHUNK)))},
                 "pipelines": {name: summary(rec, IMAGENET_LT_TRAIN, _describe(name, size, workers), warmup_seconds=warm[name])
                               for name, rec in records.items()},
                 "pipeline_ratio": ratio(records["bkdbench"].images_per_second, records["reference"].images_per_second),
@@ -282,9 +282,9 @@ def run_large_bench(config: LargeBenchConfig = PRESETS["default"], *, device: Op
             del stored, x, y
     finally:
         if cache_before is None:
-            os.environ.pop(splitlist.CACHE_ENV, None)
+            os.environ.pop(splitstore.CACHE_ENV, None)
         else:
-            os.environ[splitlist.CACHE_ENV] = cache_before
+            os.environ[splitstore.CACHE_ENV] = cache_before
         shutil.rmtree(folder, ignore_errors=True)
     return {
         "schema_version": 1, "dataset": NAME,

@@ -2,7 +2,7 @@
 a function that runs one ``TorchTrainer`` (the pattern of ``workers.py``), whose N workers train the
 sampled configuration data-parallel with ``evaluate_test=False``.
 
-Reporting. Every worker calls ``ray.train.report`` on the same evaluation epochs (``sweep.search_report``:
+Reporting. Every worker calls ``ray.train.report`` on the same evaluation epochs (``search.search_report``:
 Ray Train waits for all of them); Ray's ``TuneReportCallback`` passes rank 0's metrics to the Tune
 trial, so ASHA sees ``EPOCHS_DONE`` and the validation score at each rung and ``PrunedAwareOptunaSearch``
 records intermediate values and PRUNED exactly as for one-worker trials. When ASHA stops a trial, Tune
@@ -27,7 +27,7 @@ def search_worker_loop(config: dict) -> None:
 
     from ..training.train import train
     from .execute import teacher_state_for
-    from .sweep import search_report, search_spec
+    from .search import search_report, search_spec
     from .tracking import RunTracker, Tracking, tensorboard_dir
     from .workers import worker_setup
 
