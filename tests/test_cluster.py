@@ -17,7 +17,7 @@ from bkdbench.specs.suites import load_suite
 
 from helpers.cli import run_cli, start_cli
 from helpers.cluster import RAY, Cluster
-from helpers.files import nothing_written, row_files, tree
+from helpers.files import latest_train_checkpoint_epoch, nothing_written, row_files, tree
 from helpers.files import write_suite as write_suite_file
 from helpers.processes import cmdline, descendants, kill_pids, wait_for
 
@@ -201,20 +201,6 @@ def test_a_driver_without_the_clusters_token_is_refused_clearly(tmp_path):
         cluster.stop()
 
 
-def _latest_checkpoint_epoch(results: Path) -> int:
-    """The epoch of the last checkpoint Ray Train registered for a multi-worker trial (-1: none yet)."""
-    import json
-
-    for snap in (results / "experiments").glob("**/workers/*/checkpoint_manager_snapshot.json"):
-        try:
-            latest = json.loads(snap.read_text()).get("latest_checkpoint_result")
-        except (OSError, ValueError):
-            continue
-        if latest:
-            return int(latest["metrics"]["epoch"])
-    return -1
-
-
 def test_a_two_worker_trial_across_two_nodes_survives_losing_one(tmp_path):
     """One trial's two Ray Train workers on two nodes (one CPU each, one CPU per worker); the worker
     node is SIGKILLed after a few checkpoints and a new node joins: Ray Train restarts the worker group
@@ -235,8 +221,8 @@ def test_a_two_worker_trial_across_two_nodes_survives_losing_one(tmp_path):
                             "--max-failures", "3"], tmp_path / "driver.log", env=cluster.driver_env())
         on_worker = lambda: any("RayTrainWorker" in cmdline(p) for p in descendants({worker}) - {worker})  # noqa: E731
         wait_for(on_worker, timeout=240, every=0.5, what="a Ray Train worker on the worker node")
-        wait_for(lambda: _latest_checkpoint_epoch(results) >= 2, timeout=240, every=0.2, what="three checkpoints")
-        killed_after = _latest_checkpoint_epoch(results)
+        wait_for(lambda: latest_train_checkpoint_epoch(results) >= 2, timeout=240, every=0.2, what="three checkpoints")
+        killed_after = latest_train_checkpoint_epoch(results)
         assert worker in cluster.kill_worker(worker)
         cluster.add_worker(cpus=1)  # two CPUs again: the group of two can be placed
         driver.wait(timeout=400)

@@ -13,7 +13,7 @@ import pytest
 
 from bkdbench.leaderboard.store import read_rows
 from helpers.cli import run_logged
-from helpers.files import row_files, suite_run_ids
+from helpers.files import latest_train_checkpoint_epoch, row_files, suite_run_ids
 
 pytestmark = pytest.mark.slow
 
@@ -43,20 +43,6 @@ def test_a_suite_on_two_workers_per_trial_writes_each_row_once(tmp_path):
     assert "2 already in the leaderboard" in out and "0 to train" in out, out
 
 
-def _latest_checkpoint_epoch(results) -> int:
-    """The epoch of the last checkpoint Ray Train registered for the trial (-1: none yet)."""
-    import json
-
-    for snap in (results / "experiments").glob("**/workers/*/checkpoint_manager_snapshot.json"):
-        try:
-            latest = json.loads(snap.read_text()).get("latest_checkpoint_result")
-        except (OSError, ValueError):
-            continue
-        if latest:
-            return int(latest["metrics"]["epoch"])
-    return -1
-
-
 def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tmp_path):
     """SIGKILL one Ray Train worker after a few checkpoints: Ray Train restarts the worker group,
     which resumes from the last registered checkpoint (not from epoch 0), and the run has one row
@@ -75,8 +61,8 @@ def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tmp_path):
     driver = start_cli(["run", "--suite", str(suite), "--workers-per-trial", "2", "--checkpoint-every", "1",
                         "--results", str(results)], tmp_path / "run.log", env=cli_env(ray_tmp))
     try:
-        wait_for(lambda: _latest_checkpoint_epoch(results) >= 3, timeout=240, every=0.2)
-        killed_after = _latest_checkpoint_epoch(results)
+        wait_for(lambda: latest_train_checkpoint_epoch(results) >= 3, timeout=240, every=0.2)
+        killed_after = latest_train_checkpoint_epoch(results)
         victims = [p.pid for p in processes() if p.sid == driver.pid and "RayTrainWorker" in p.cmdline]
         assert victims, "no Ray Train worker in the driver's session"
         os.kill(victims[0], signal.SIGKILL)

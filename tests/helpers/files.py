@@ -94,3 +94,18 @@ def nothing_written(folder: Path, *, allow_empty_folders: bool = False) -> Itera
     before = snapshot(folder)
     yield
     assert_nothing_written(before, folder, allow_empty_folders=allow_empty_folders)
+
+
+def latest_train_checkpoint_epoch(results: Path) -> int:
+    """The epoch of the last checkpoint Ray Train registered for a multi-worker trial under
+    ``results/experiments`` (-1: none yet)."""
+    import json
+
+    for snap in (Path(results) / "experiments").glob("**/workers/*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snap.read_text()).get("latest_checkpoint_result")
+        except (OSError, ValueError):
+            continue
+        if latest:
+            return int(latest["metrics"]["epoch"])
+    return -1
