@@ -13,8 +13,11 @@ inside its pipeline figure.
 The pipelines, per crop size (224 and a smaller one), alternated in windows, round after round in
 the opposite order of the last (as ``bench.run``):
 
-- ``reference``: a torch DataLoader (shuffled, ``workers`` = every core, pinned memory on CUDA,
-  persistent workers: start-up is not counted against it) over the files: per image ``Image.open``
+- ``reference``: a torch DataLoader (shuffled, ``workers`` = every core, pinned memory on CUDA) over
+  the files. Its workers run only during its own windows: each window starts a fresh iterator and
+  takes the batches the workers prefetch (``workers × prefetch_factor``) untimed, so the timed batches
+  are the steady state and neither start-up nor batches made during the other pipeline's window
+  count for or against it; the iterator ends with the window. Per image ``Image.open``
   + ``convert("RGB")``, ``RandomResizedCrop(size)``, ``RandomHorizontalFlip``,
   ``ColorJitter(0.4, 0.4, 0.4, 0)``, ``ToTensor``, ``Normalize``: the decoupling code's training
   transform; the batch is copied to the device.
@@ -146,6 +149,23 @@ def _endless(loader):
         yield from loader
 
 
+class _Batches:
+    """Batches of a DataLoader without end (a new epoch when one ends), and its workers' pids."""
+
+    def __init__(self, loader):
+        self.loader, self.it = loader, iter(loader)
+
+    def __next__(self):
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            return next(self.it)
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in getattr(self.it, "_workers", []) if w.pid is not None]
+
+
 class ReferenceLarge(_Step):
     pack = 0
 
@@ -159,15 +179,24 @@ class ReferenceLarge(_Step):
                                T.ColorJitter(*JITTER), T.ToTensor(),
                                T.Normalize(splitlist.IMAGENET_MEAN, splitlist.IMAGENET_STD)])
         self.loader = torch.utils.data.DataLoader(_Files(files, labels, transform), batch_size=batch, shuffle=True,
-                                                  num_workers=workers, pin_memory=device.type == "cuda",
-                                                  persistent_workers=workers > 0, drop_last=True)
-        self._batches = _endless(self.loader)
+                                                  num_workers=workers, pin_memory=device.type == "cuda", drop_last=True)
+        self.prefetched = workers * 2 if workers else 0  # DataLoader's prefetch_factor is 2
         self._it = None
 
+    def before_window(self) -> None:
+        self._it = _Batches(self.loader)
+        for _ in range(self.prefetched):  # workers started and the queue at its steady state
+            next(self._it)
+
+    def after_window(self) -> None:
+        self._it = None  # the workers end: they take no CPU from the next window
+
     def run(self, steps: int) -> int:
+        if self._it is None:  # called outside ``measure.window``
+            self.before_window()
         seen = 0
         for _ in range(steps):
-            x, y = next(self._batches)
+            x, y = next(self._it)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.model is not None:
                 self.model.train()
@@ -180,8 +209,7 @@ class ReferenceLarge(_Step):
         return seen
 
     def worker_pids(self) -> list[int]:
-        iterator = getattr(self.loader, "_iterator", None)
-        return [w.pid for w in getattr(iterator, "_workers", []) if w.pid is not None]
+        return self._it.pids() if self._it is not None else []
 
 
 class BkdbenchLarge(_Step):
@@ -259,8 +287,7 @@ def run_large_bench(config: LargeBenchConfig = PRESETS["default"], *, device: Op
                 for pipe in pair:
                     say(f"{size}px: warming up {pipe.name}")
                     t0 = time.perf_counter()
-                    pipe.run(config.warmup_steps)
-                    sync(device)
+                    window(pipe, config.warmup_steps, device, Windows())  # untimed: allocator, oneDNN, workers
                     warm[pipe.name] = time.perf_counter() - t0
                     records[pipe.name] = Windows()
                 for r in range(config.rounds):

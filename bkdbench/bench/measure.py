@@ -54,6 +54,18 @@ class Windows:
 
 
 def window(pipe, steps: int, device: torch.device, record: Windows) -> float:
+    """Time ``pipe.run(steps)``; a pipeline's ``before_window()`` / ``after_window()`` (if it has
+    them) run untimed around it (a loader whose workers must not run between windows)."""
+    if hasattr(pipe, "before_window"):
+        pipe.before_window()
+    try:
+        return _timed(pipe, steps, device, record)
+    finally:
+        if hasattr(pipe, "after_window"):
+            pipe.after_window()
+
+
+def _timed(pipe, steps: int, device: torch.device, record: Windows) -> float:
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
