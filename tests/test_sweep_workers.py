@@ -58,8 +58,10 @@ def test_two_worker_search_trials_are_pruned_and_recorded_as_one_worker_ones(tmp
             assert trial.state == TrialState.PRUNED and trial.value is None, (trial_id, epoch, trial.state)
         else:
             assert trial.state == TrialState.COMPLETE and trial.value is not None, (trial_id, epoch, trial.state)
-        # Optuna's steps are epochs (1-based), one per evaluation epoch reached: every epoch here
-        assert sorted(trial.intermediate_values) == list(range(1, epoch + 2)), (trial_id, trial.intermediate_values)
+        # Optuna's steps are epochs (1-based), one per evaluation epoch reached (every epoch here); the
+        # last report of a trial may reach Optuna only as its final value
+        steps = set(trial.intermediate_values)
+        assert set(range(1, epoch + 1)) <= steps <= set(range(1, epoch + 2)), (trial_id, epoch, sorted(steps))
     # every trial trained on two Ray Train workers: one Train run folder per trial under the sweep
     runs = [p for p in (results / "sweeps" / cfg.sweep_id / "workers").iterdir() if p.is_dir()]
     assert len(runs) == TRIALS

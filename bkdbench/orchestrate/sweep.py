@@ -167,9 +167,11 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
     if cfg.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr=EPOCHS_DONE, max_t=base.epochs,
                                   grace_period=grace_period(base, space), reduction_factor=3)
-    resources, extra = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}, {}
+    resources, extra, callbacks = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}, {}, [_Events()]
     if workers > 1:
-        from .sweep_workers import search_trial_workers
+        from .sweep_workers import FreeStoppedGroups, search_trial_workers
+
+        callbacks.append(FreeStoppedGroups())
         from .workers import TRAIN_RUNS, concurrent_trials, driver_resources
 
         trial_fn, extra = search_trial_workers, {"workers": workers, "train_storage": str(folder / TRAIN_RUNS)}
@@ -191,7 +193,7 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
                                     scheduler=scheduler, num_samples=samples, metric=METRIC, mode="max",
                                     reuse_actors=workers == 1),  # a multi-worker trial's actor only waits on fit()
         run_config=tune.RunConfig(name=f"search-{attempt}", storage_path=tune_path, storage_filesystem=tune_fs,
-                                  verbose=0, callbacks=[_Events()]),
+                                  verbose=0, callbacks=callbacks),
     )
     try:
         grid = tuner.fit()

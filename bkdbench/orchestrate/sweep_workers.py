@@ -8,6 +8,14 @@ trial, so ASHA sees ``EPOCHS_DONE`` and the validation score at each rung and ``
 records intermediate values and PRUNED exactly as for one-worker trials. When ASHA stops a trial, Tune
 ends the trial's function; the Train run it owns ends with it.
 
+Stopped trials' workers. When ASHA stops a trial, Tune ends the trial's process and with it the
+Train controller it owns, which then never removes its workers' placement group. Ray Train's own
+``PlacementGroupCleaner`` would, but it watches the controller through Ray's State API, which needs
+the dashboard (``ray[default]``; bkdbench runs Ray without it), so the CPUs of every stopped trial
+stayed reserved and the sweep waited for them forever. Rank 0 therefore names its placement group in
+every report (``PLACEMENT_GROUP``), and the driver's ``FreeStoppedGroups`` callback removes that
+group when the trial ends, if it still exists.
+
 Faults. A search trial is never resumed (an interrupted one is FAIL and sampled anew,
 ``study.mark_interrupted_trials``), so it checkpoints nothing and Ray Train does not restart it
 (``max_failures=0``): a diverged run fails on every rank at the same epoch (the loss is all-reduced)
@@ -19,6 +27,8 @@ from pathlib import Path
 from typing import Optional
 
 from ray import tune
+
+PLACEMENT_GROUP = "train_placement_group"  # in a multi-worker search trial's reports: its workers' group
 
 
 def search_worker_loop(config: dict) -> None:
@@ -33,7 +43,9 @@ def search_worker_loop(config: dict) -> None:
 
     distributed, device = worker_setup(config["cpu"], config["gpu"])
     spec = search_spec(config["base"], config["sampled"])
-    report = search_report(spec, ray.train.report)
+    group = ray.util.get_current_placement_group()
+    named = {PLACEMENT_GROUP: group.id.hex()} if group is not None else {}
+    report = search_report(spec, lambda metrics: ray.train.report({**metrics, **named}))
     tracker = None
     if distributed.rank == 0:
         tags = {"sweep_id": config["sweep_id"], "sweep_role": "search"} if config["sweep_id"] else {"sweep_role": "search"}
@@ -74,3 +86,34 @@ def search_trial_workers(config: dict, *, base: str, results: str, data_dir: Opt
                              checkpoint_config=CheckpointConfig(num_to_keep=1), callbacks=[TuneReportCallback()]),
     )
     trainer.fit()
+
+
+class FreeStoppedGroups(tune.Callback):
+    """Removes the placement group of a multi-worker search trial's workers when the trial ends, if
+    its controller did not (module docstring: a trial ASHA stopped)."""
+
+    def __init__(self):
+        self.groups: dict[str, str] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(PLACEMENT_GROUP):
+            self.groups[trial.trial_id] = result[PLACEMENT_GROUP]
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._free(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._free(trial.trial_id)
+
+    def _free(self, trial_id: str) -> None:
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+        group = self.groups.pop(trial_id, None)
+        if group is None or placement_group_table().get(group, {}).get("state") in (None, "REMOVED"):
+            return
+        from ray._raylet import PlacementGroupID
+
+        try:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group))))
+        except Exception:  # noqa: BLE001  (removed meanwhile by its controller: nothing to free)
+            pass
