@@ -240,3 +240,19 @@ def test_lists_in_a_splits_folder_of_their_own(tmp_path, monkeypatch):
     listing = splitlist.scan(tmp_path / "img", TINY, STORE)
     assert [len(listing.splits[s]) for s in ("train", "val", "test")] == [21, 6, 9]
     assert listing.splits["train"][0].list_file == lists / "ImageNet_LT_train.txt"
+
+
+def test_hashing_contents_keys_the_store_by_bytes_not_by_timestamps(tmp_path, monkeypatch):
+    write_imagenet_lt(tmp_path / "img")
+    stamped = splitlist.scan(tmp_path / "img", TINY, STORE).key
+    monkeypatch.setenv("BKDBENCH_HASH_CONTENTS", "1")
+    hashed = splitlist.scan(tmp_path / "img", TINY, STORE).key
+    assert hashed != stamped
+    image = tmp_path / "img" / "train/n00000000/n00000000_0.JPEG"
+    os.utime(image, ns=(1, 1))  # a new timestamp, the same bytes: the same store
+    assert splitlist.scan(tmp_path / "img", TINY, STORE).key == hashed
+    monkeypatch.delenv("BKDBENCH_HASH_CONTENTS")
+    assert splitlist.scan(tmp_path / "img", TINY, STORE).key != stamped  # by timestamps it changed
+    monkeypatch.setenv("BKDBENCH_HASH_CONTENTS", "1")
+    image.write_bytes(image.read_bytes()[:-1] + b"\0")  # other bytes, same size: another store
+    assert splitlist.scan(tmp_path / "img", TINY, STORE).key != hashed

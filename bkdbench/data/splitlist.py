@@ -34,10 +34,19 @@ from .registry import DataError
 
 CACHE_FORMAT = 2  # bump when the stored layout, the resize or the validation rule changes
 DEFAULT_IMAGE_SIZE = 224
+HASH_ENV = "BKDBENCH_HASH_CONTENTS"  # 1: the cache key hashes every listed file's bytes (module docstring)
 EVAL_RATIO = 224 / 256  # evaluation: resize to image_size / 0.875, centre crop image_size
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the decoupling code normalises all three sets with these
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def store_size_for(image_size: int) -> int:
@@ -159,8 +168,9 @@ def scan(root: Path, benchmark: Benchmark, store_size: int, splits_dir: Optional
     if not root.is_dir():
         raise DataError(f"{benchmark.name}: image root {root} does not exist; pass --data-dir ROOT "
                         "(the folder the list paths are relative to)")
+    hashed = os.environ.get(HASH_ENV, "") not in ("", "0")
     key = hashlib.sha256(f"bkdbench splitlist {CACHE_FORMAT} {benchmark.name} store={store_size} "
-                         f"carve={benchmark.carve_val}\n".encode())
+                         f"carve={benchmark.carve_val}{' contents' if hashed else ''}\n".encode())
     identity = hashlib.sha256(f"bkdbench splitlist {benchmark.name}\n".encode())
     splits: dict[str, list[Entry]] = {}
     for split, name in benchmark.list_files().items():
@@ -174,7 +184,10 @@ def scan(root: Path, benchmark: Benchmark, store_size: int, splits_dir: Optional
             except OSError as exc:
                 raise DataError(f"{entry.list_file}:{entry.line}: {root / entry.rel} "
                                 f"{'does not exist' if isinstance(exc, FileNotFoundError) else 'is unreadable'}") from None
-            key.update(f"{entry.rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            if hashed:  # contents, not stamps: a copy or a touched file keeps its key, an edit changes it
+                key.update(f"{entry.rel}\t{st.st_size}\t{_file_digest(root / entry.rel)}\n".encode())
+            else:
+                key.update(f"{entry.rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
         splits[split] = entries
     if benchmark.carve_val:
         splits["train"], splits["val"] = _carve(splits["train"])

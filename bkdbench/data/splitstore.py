@@ -12,7 +12,9 @@ Cache. Per split, a uint8 N×3×S×S ``.npy`` file opened memory-mapped (ImageNe
 22.8 GB at 256 px, and never has to fit in RAM), its labels, and ``meta.json``, in one folder
 ``$BKDBENCH_CACHE/splitlist/<name>-<key>/`` (default ``~/.cache/bkdbench``). The key hashes the lists'
 bytes, every listed file's (path, size, mtime), ``store_size``, the validation rule and the cache
-format. It is built in a temporary folder and renamed into place, so an interrupted decode leaves no
+format; with ``$BKDBENCH_HASH_CONTENTS=1`` every file's bytes instead of its mtime (slower: every
+image is read once more per scan; for trees copied or restored with new timestamps, or file systems
+whose mtimes cannot be trusted). It is built in a temporary folder and renamed into place, so an interrupted decode leaves no
 folder that is later trusted; a folder without a matching ``meta.json`` is never read. Decoding uses a
 process pool over chunks (every core, or ``$BKDBENCH_DECODE_WORKERS``); each worker writes its rows
 straight into the memory-mapped file. Progress goes to a callback (``decode_progress``): the core

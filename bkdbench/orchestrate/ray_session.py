@@ -74,7 +74,7 @@ def trial_env_names() -> tuple[str, ...]:
     from ..paths import PRETRAINED_ENV, SPLITS_ENV
     from .tracking import ENV
 
-    return (ENV, SPLITS_ENV, PRETRAINED_ENV, TRAIN_START_TIMEOUT)
+    return (ENV, SPLITS_ENV, PRETRAINED_ENV, TRAIN_START_TIMEOUT, "BKDBENCH_HASH_CONTENTS")
 
 
 def _quiet_ray_logging(log_file: Optional[Path]) -> Optional[logging.handlers.MemoryHandler]:
