@@ -55,7 +55,7 @@ def test_two_worker_search_trials_are_pruned_and_recorded_as_one_worker_ones(tmp
     for trial_id, (epoch, params) in done.items():
         [trial] = [t for t in study.trials if t.params == params]
         if epoch < EPOCHS - 1:
-            assert trial.state == TrialState.PRUNED and trial.value is None, (trial_id, epoch, trial.state)
+            assert trial.state == TrialState.PRUNED, (trial_id, epoch, trial.state)  # its value: the last reported
         else:
             assert trial.state == TrialState.COMPLETE and trial.value is not None, (trial_id, epoch, trial.state)
         # Optuna's steps are epochs (1-based), one per evaluation epoch reached (every epoch here); the
