@@ -34,7 +34,6 @@ from .registry import DataError
 
 CACHE_FORMAT = 2  # bump when the stored layout, the resize or the validation rule changes
 DEFAULT_IMAGE_SIZE = 224
-HASH_ENV = "BKDBENCH_HASH_CONTENTS"  # 1: the cache key hashes every listed file's bytes (module docstring)
 EVAL_RATIO = 224 / 256  # evaluation: resize to image_size / 0.875, centre crop image_size
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the decoupling code normalises all three sets with these
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -168,7 +167,9 @@ def scan(root: Path, benchmark: Benchmark, store_size: int, splits_dir: Optional
     if not root.is_dir():
         raise DataError(f"{benchmark.name}: image root {root} does not exist; pass --data-dir ROOT "
                         "(the folder the list paths are relative to)")
-    hashed = os.environ.get(HASH_ENV, "") not in ("", "0")
+    from bkdbench.paths import HASH_CONTENTS_ENV
+
+    hashed = os.environ.get(HASH_CONTENTS_ENV, "") not in ("", "0")  # splitstore.py: keyed by bytes
     key = hashlib.sha256(f"bkdbench splitlist {CACHE_FORMAT} {benchmark.name} store={store_size} "
                          f"carve={benchmark.carve_val}{' contents' if hashed else ''}\n".encode())
     identity = hashlib.sha256(f"bkdbench splitlist {benchmark.name}\n".encode())

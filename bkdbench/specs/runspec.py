@@ -148,7 +148,7 @@ def with_pretrained(spec: RunSpec, key: Optional[str]) -> RunSpec:
         update["teacher"] = with_pretrained(spec.teacher, key)
     if spec.teachers:
         update["teachers"] = tuple(with_pretrained(t, key) for t in spec.teachers)
-    return RunSpec.model_validate({**spec.model_dump(), **{k: v for k, v in update.items()}})
+    return RunSpec.model_validate({**spec.model_dump(), **update})
 
 
 def _derived_seed(seed: int, role: str, purpose: str) -> int:
