@@ -84,8 +84,6 @@ def sweep_dir(results: "Location | str", sweep_id: str) -> Location:
     return Location(results) / "sweeps" / sweep_id
 
 
-
-
 def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[str] = None,
                  sweep_id: Optional[str] = None) -> None:
     """One search trial: the base spec with the sampled parameters, validation only."""
@@ -170,10 +168,9 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
     resources, extra, callbacks = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}, {}, [_Events()]
     if workers > 1:
         from .sweep_workers import FreeStoppedGroups, search_trial_workers
-
-        callbacks.append(FreeStoppedGroups())
         from .workers import TRAIN_RUNS, concurrent_trials, driver_resources
 
+        callbacks.append(FreeStoppedGroups())  # an ASHA-stopped trial's workers (sweep_workers.py)
         trial_fn, extra = search_trial_workers, {"workers": workers, "train_storage": str(folder / TRAIN_RUNS)}
         concurrency = min(concurrency, concurrent_trials(workers, resources))
         resources = driver_resources(resources)  # the workers' CPUs and GPUs are Ray Train's (workers.py)
