@@ -361,3 +361,12 @@ def push(location: "str | os.PathLike | Location") -> None:
 
 
 __all__ = ["Location", "LocationError", "cache_root", "mirror", "pull", "push"]
+
+
+def file_digest(path: "str | os.PathLike") -> str:
+    """The SHA-256 of a local file's bytes (hex), read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

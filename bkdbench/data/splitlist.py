@@ -40,14 +40,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def store_size_for(image_size: int) -> int:
     """The stored side for training crops of ``image_size``: 256 for 224 (the 256→224 ratio)."""
     return max(1, round(image_size / EVAL_RATIO))
@@ -168,6 +160,7 @@ def scan(root: Path, benchmark: Benchmark, store_size: int, splits_dir: Optional
         raise DataError(f"{benchmark.name}: image root {root} does not exist; pass --data-dir ROOT "
                         "(the folder the list paths are relative to)")
     from bkdbench.paths import HASH_CONTENTS_ENV
+    from bkdbench.storage import file_digest
 
     hashed = os.environ.get(HASH_CONTENTS_ENV, "") not in ("", "0")  # splitstore.py: keyed by bytes
     key = hashlib.sha256(f"bkdbench splitlist {CACHE_FORMAT} {benchmark.name} store={store_size} "
@@ -186,7 +179,7 @@ def scan(root: Path, benchmark: Benchmark, store_size: int, splits_dir: Optional
                 raise DataError(f"{entry.list_file}:{entry.line}: {root / entry.rel} "
                                 f"{'does not exist' if isinstance(exc, FileNotFoundError) else 'is unreadable'}") from None
             if hashed:  # contents, not stamps: a copy or a touched file keeps its key, an edit changes it
-                key.update(f"{entry.rel}\t{st.st_size}\t{_file_digest(root / entry.rel)}\n".encode())
+                key.update(f"{entry.rel}\t{st.st_size}\t{file_digest(root / entry.rel)}\n".encode())
             else:
                 key.update(f"{entry.rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
         splits[split] = entries

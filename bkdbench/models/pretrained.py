@@ -19,7 +19,6 @@ half-loads.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -29,6 +28,7 @@ from torch import nn
 
 CLASSIFIER = "fc."  # the head every registered model names ``fc`` (models/heads.py)
 _KEYS: dict[tuple, str] = {}  # (path, size, mtime) → content key, per process
+_LAST: list = [None, None]  # [content key, its state dict]: the last file loaded, kept for the next model
 
 
 class PretrainedError(ValueError):
@@ -46,11 +46,9 @@ def file_key(path: "str | os.PathLike") -> str:
         raise PretrainedError(f"--pretrained {path} is not a file")
     stamp = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if stamp not in _KEYS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _KEYS[stamp] = digest.hexdigest()[:16]
+        from bkdbench.storage import file_digest
+
+        _KEYS[stamp] = file_digest(path)[:16]
     return _KEYS[stamp]
 
 
@@ -108,6 +106,8 @@ def load_into(model: nn.Module, key: str, path: Optional["str | os.PathLike"] = 
         raise PretrainedError(f"this run starts from pretrained weights {key}: pass --pretrained FILE")
     if file_key(path) != key:
         raise PretrainedError(f"--pretrained {path} has content key {file_key(path)}, the run was made for {key}")
-    take, fresh = matched_state(model, read_state(path), f"--pretrained {path}")
+    if _LAST[0] != key:  # K packed students (and a teacher's students) start from one read
+        _LAST[:] = [key, read_state(path)]
+    take, fresh = matched_state(model, _LAST[1], f"--pretrained {path}")
     model.load_state_dict(take, strict=False)
     return fresh
