@@ -1,5 +1,5 @@
 """`bkdbench ablate`: grid parsing, presets, the factorial expansion, marginal effects against hand
-values, bad input, and one tiny real ablation through Ray."""
+values, bad input, tiny real ablations through Ray, and a SIGKILLed one resumed."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,11 @@ from bkdbench.cli import app
 from bkdbench.leaderboard.ablation import marginal_effects
 from bkdbench.leaderboard.store import read_rows
 from bkdbench.orchestrate.ablate import AblationError, ablation_id, ablation_specs, parse_grid, variants
-from helpers.cli import cli_env, run_cli
-from helpers.files import assert_nothing_written, nothing_written, snapshot
-from helpers.processes import cleanup_ray_tmp
+from helpers.cli import cli_env, kill_group, run_cli, start_cli
+from helpers.files import assert_nothing_written, nothing_written, row_files, snapshot
+from helpers.processes import cleanup_ray_tmp, kill_pids, ray_processes, wait_for
 from helpers.ray_tmp import ray_tmpdir
+from helpers.tune_state import history_of, named_checkpoints, resumed_at
 
 
 def test_parse_grid_values_and_errors():
@@ -148,4 +149,50 @@ def test_packed_ablation_through_ray_then_resume_trains_nothing(tmp_path):
         assert_nothing_written(rows_before, results / "leaderboard")
     finally:
         left = cleanup_ray_tmp(ray_tmp)
+    assert not left, f"Ray processes left behind: {left}"
+
+
+@pytest.mark.slow
+def test_sigkilled_ablation_resumes_each_run_once_from_its_checkpoint(tmp_path):
+    """SIGKILL the driver (and its Ray processes) while the two students train, once the saved Tune
+    state names a student checkpoint; then --resume: the teacher is not retrained, each student has
+    one finished row, and each restarts at the epoch of the checkpoint the state named (0: none)."""
+    epochs = 30
+    results = tmp_path / "results"
+    args = ["ablate", "bkd", "--grid", "alpha=0.5,2", "--imbalance", "10", "--seeds", "1", "--epochs", epochs,
+            "--checkpoint-every", "3", "--results", results]
+    ray_tmp = ray_tmpdir()
+    env = cli_env(ray_tmp)
+    driver = start_cli(args, tmp_path / "killed.log", env=env)
+    try:
+        def student_checkpointed() -> bool:
+            done = {p.stem for p in row_files(results)}
+            return len(done) == 1 and any(e for run, e in named_checkpoints(results).items() if run not in done)
+
+        wait_for(student_checkpointed, timeout=300, every=0.1,
+                 what=lambda: f"the teacher's row and a student checkpoint:\n{(tmp_path / 'killed.log').read_text()}")
+        kill_group(driver)  # SIGKILL: the driver and what it started in its session
+        driver.wait(timeout=30)
+        kill_pids(ray_processes(ray_tmp, driver.pid))  # its orphaned Ray daemons, by PID
+        before, bad = read_rows(results / "leaderboard")
+        assert bad == [] and list(before.method) == ["ce"], before[["method", "status"]]
+        named = {run: e for run, e in named_checkpoints(results).items() if run not in set(before.run_id)}
+
+        resumed = run_cli([*args, "--resume"], env=env, timeout=400)
+        assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-3000:])
+        assert "2 runs, 0 already done, 2 to train" in " ".join(resumed.stdout.split())  # the teacher is not counted
+        after, bad = read_rows(results / "leaderboard")
+        assert bad == [] and len(after) == after.run_id.nunique() == 3 and set(after.status) == {"finished"}
+        rows = after.set_index("run_id")
+        teacher = before.run_id[0]
+        assert rows.loc[teacher, "finished_at"] == before.finished_at[0], "the finished teacher was retrained"
+        students = [r for r in rows.index if r != teacher]
+        assert sorted(named) == sorted(students) and any(named.values()), named
+        histories = {r: history_of(rows.loc[r, "history"]) for r in students}
+        assert {r: resumed_at(h) for r, h in histories.items()} == named
+        assert all([h["epoch"] for h in histories[r]] == list(range(epochs)) for r in students), "every epoch once"
+        print(f"\nablate SIGKILL: students resumed at epochs {sorted(e or 0 for e in named.values())}, teacher kept")
+    finally:
+        kill_group(driver)
+        left = cleanup_ray_tmp(ray_tmp, driver.pid)
     assert not left, f"Ray processes left behind: {left}"

@@ -20,6 +20,7 @@ from helpers.cluster import RAY, Cluster
 from helpers.files import latest_train_checkpoint_epoch, nothing_written, row_files, tree
 from helpers.files import write_suite as write_suite_file
 from helpers.processes import cmdline, descendants, kill_pids, wait_for
+from helpers.tune_state import history_of, named_checkpoints, resumed_at
 
 pytestmark = pytest.mark.slow
 
@@ -76,13 +77,21 @@ def test_suite_survives_losing_a_worker_node(tmp_path):
 
 
 def test_killed_driver_resumes_without_duplicates(tmp_path):
+    """SIGKILL the driver once two runs are finished and the saved Tune state names a checkpoint of
+    a running one; then --resume: every run once, the finished ones untouched, and each interrupted
+    run restarts at the epoch of the checkpoint the state named (from 0 where it named none)."""
     suite = write_suite(tmp_path / "driverkill.yaml", ["ce", "reweight-cb", "balanced-softmax", "ldam-drw"],
                         epochs=20, seeds=2)
     results = tmp_path / "results"
     args = ["run", "--suite", str(suite), "--results", str(results), "--checkpoint-every", "5"]
+
+    def ready() -> bool:
+        done = {p.stem for p in row_files(results)}
+        return len(done) >= 2 and any(epoch for run_id, epoch in named_checkpoints(results).items() if run_id not in done)
+
     driver = start_cli(args, tmp_path / "first.log")
     try:
-        wait_for(lambda: len(row_files(results)) >= 2, timeout=240, every=0.5, what="two finished runs")
+        wait_for(ready, timeout=240, every=0.2, what="two finished runs and a named checkpoint")
         started_by_driver = descendants({driver.pid}) - {driver.pid}
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
@@ -93,6 +102,7 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
     time.sleep(1)
     before = rows(results).set_index("run_id")["finished_at"].to_dict()
     assert 2 <= len(before) < 8
+    named = {run_id: epoch for run_id, epoch in named_checkpoints(results).items() if run_id not in before}
 
     resumed = start_cli([*args, "--resume"], tmp_path / "resume.log")
     try:
@@ -101,9 +111,15 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
         kill_pids(descendants({resumed.pid}))
     assert resumed.returncode == 0, (tmp_path / "resume.log").read_text()
     assert_each_run_once(results, suite)
-    after = rows(results).set_index("run_id")["finished_at"].to_dict()
-    assert {k: after[k] for k in before} == before, "finished runs were not retrained"
-    print(f"\ndriver SIGKILL: {len(before)} rows before, {len(after)} after --resume, none retrained")
+    after = rows(results).set_index("run_id")
+    assert {k: after.loc[k, "finished_at"] for k in before} == before, "finished runs were not retrained"
+    restarts = {run_id: resumed_at(history_of(after.loc[run_id, "history"])) for run_id in named}
+    assert restarts == named, f"resumed at (run: epoch) {restarts}, the saved state named {named}"
+    assert any(named.values()), "no interrupted run had a checkpoint to resume from"
+    for run_id in named:
+        assert [h["epoch"] for h in history_of(after.loc[run_id, "history"])] == list(range(20)), "every epoch once"
+    print(f"\ndriver SIGKILL: {len(before)} rows before, {len(after)} after --resume, none retrained; "
+          f"interrupted runs resumed at epochs {sorted(e or 0 for e in restarts.values())}")
 
 
 @pytest.fixture(scope="session")
@@ -206,8 +222,6 @@ def test_a_two_worker_trial_across_two_nodes_survives_losing_one(tmp_path):
     node is SIGKILLed after a few checkpoints and a new node joins: Ray Train restarts the worker group
     from the last checkpoint, and the run has one row, workers = 2, every epoch once, the epochs after
     the restart marked as a later session."""
-    import json
-
     epochs = 16
     suite = write_suite(tmp_path / "twonode.yaml", ["ce"], epochs=epochs)
     results = tmp_path / "results"
@@ -235,10 +249,9 @@ def test_a_two_worker_trial_across_two_nodes_survives_losing_one(tmp_path):
     assert_each_run_once(results, suite)
     frame = rows(results)
     assert list(frame.workers) == [2]
-    history = frame.history[0]
-    history = json.loads(history) if isinstance(history, str) else history
+    history = history_of(frame.history[0])
     assert [h["epoch"] for h in history] == list(range(epochs)), "every epoch once"
-    resumed = [h["epoch"] for h in history if h["session"] > 0]
-    assert resumed and 0 < resumed[0] <= killed_after + 2, (killed_after, [(h["epoch"], h["session"]) for h in history])
+    restart = resumed_at(history)
+    assert restart and restart <= killed_after + 2, (killed_after, [(h["epoch"], h["session"]) for h in history])
     print(f"\ntwo-node, two-worker trial: node killed after checkpoint epoch {killed_after}; resumed at epoch "
-          f"{resumed[0]}; one row, every epoch once")
+          f"{restart}; one row, every epoch once")

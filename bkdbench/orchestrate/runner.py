@@ -22,7 +22,7 @@ from ..specs import RunSpec
 from ..storage import Location
 from ..training.teachers import teacher_path
 from .packs import pack_units, per_run_events, per_run_outcome
-from .trial import FINISHED, train_trial
+from .trial import FINISHED, KEEP_CHECKPOINTS, train_trial
 
 Event = Callable[[str, str, dict], None]  # (kind: start|result|complete|error, run_id, metrics)
 
@@ -227,7 +227,7 @@ def run_plan(
                     verbose=0, callbacks=[_Events()],
                     stop=_StopOnStorageError(),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 ),
             )
         tick = time.perf_counter()

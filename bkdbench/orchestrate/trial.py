@@ -22,6 +22,11 @@ FINISHED = "bkd_finished"
 
 
 CHECKPOINT_SECONDS = 30.0  # default: a checkpoint at most every 30 s of training
+# Checkpoints kept per trial. Tune deletes the older one when it registers a new one, but saves the
+# experiment state (which names the checkpoint a restore starts from) only every few seconds: a
+# driver killed in between leaves a state naming a deleted checkpoint, and with one kept the run
+# starts over from epoch 0. Keeping the previous one too makes that need two checkpoints in one gap.
+KEEP_CHECKPOINTS = 2
 
 
 def use_resources(config: dict) -> None:

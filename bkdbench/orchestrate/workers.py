@@ -33,7 +33,7 @@ from ray import tune
 
 from ..specs import RunSpec
 from ..storage import Location
-from .trial import CHECKPOINT_FILE, FINISHED, checkpointing_report, report_claimed_elsewhere
+from .trial import CHECKPOINT_FILE, FINISHED, KEEP_CHECKPOINTS, checkpointing_report, report_claimed_elsewhere
 
 TRAIN_RUNS = "workers"  # beside a stage's Tune experiment: the Ray Train runs of its trials
 FINAL = "bkd_final"  # the worker's last report: the run's outcome
@@ -183,7 +183,7 @@ def train_trial_workers(config: dict, *, specs: dict, results: str, tags: dict, 
         torch_config=TorchConfig(backend="nccl" if gpu > 0 else "gloo"),
         run_config=RunConfig(name=run_id, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                              callbacks=[TuneReportCallback()]),
     )
     claimed = claim(root, [run_id], force=force)  # one trainer per run (lease.py): held by this trial's process

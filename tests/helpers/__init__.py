@@ -7,5 +7,6 @@
 - ``files``: suite files, leaderboard row files, PNGs, and the one check that nothing was written;
 - ``sweeps``: the Optuna study of a sweep and the "never reads the test split" set-up;
 - ``cluster``: multi-node Ray clusters of ``ray start`` processes on this machine;
-- ``storage``: a digits suite end to end on an object store.
+- ``storage``: a digits suite end to end on an object store;
+- ``tune_state``: the checkpoints a Tune experiment's saved state names (what a restore starts from).
 """
