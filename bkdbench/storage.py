@@ -183,7 +183,11 @@ class Location:
         import pyarrow.fs as pafs
 
         fs, path = self.filesystem()
-        return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+        # GCS has prefixes, not folders: Arrow lists a "folder" there only when a marker object exists,
+        # which Tune and bkdbench never write. So the names inside come from a recursive listing.
+        deep = self.base.startswith("gs://")
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=deep))
+        return sorted({info.path[len(path):].strip("/").split("/")[0] for info in infos})
 
     def make_dir(self) -> None:
         if self.is_local:

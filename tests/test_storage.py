@@ -19,6 +19,7 @@ from helpers.s3_server import S3_ENV
 from helpers.files import write_suite
 from helpers.processes import kill_pids, processes_of_driver, ray_daemon_pids, wait_for
 from helpers.storage import check_suite_on_store
+from helpers.sweeps import check_sigkilled_sweep_resumes
 
 BUCKET = "bkd-results"
 
@@ -259,25 +260,20 @@ def test_killed_driver_resumes_from_s3(s3, tmp_path, cache, lose_checkpoints):
 
 
 @pytest.mark.slow
-def test_sweep_on_s3_keeps_its_journal_in_the_bucket(s3, tmp_path):
-    """A tiny sweep with --storage s3://...: the study journal is uploaded to the sweep folder, and
-    `sweep report` from a driver with an empty local cache reads it back from there."""
+def test_sigkilled_sweep_on_s3_resumes_from_the_bucket(s3, tmp_path):
+    """A sweep with --storage s3://... SIGKILLed and resumed with an empty local cache: the journal
+    the bucket holds has every trial finished before the kill (it is uploaded as trials end), and the
+    resumed sweep counts them (helpers.sweeps). Then `sweep report` from yet another empty cache
+    reads the journal back from the bucket, and the plots stayed on the driver's machine."""
     uri = s3(f"sweep-{uuid.uuid4().hex[:6]}")
-    args = ["sweep", "bkd", "--dataset", "digits", "--imbalance", "10", "--trials", "2", "--concurrency", "2",
-            "--epochs", "2", "--final-seeds", "1", "--scheduler", "none", "--storage", uri]
-    first = run_cli(args, folder=tmp_path, timeout=400)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    sweeps = Location(uri) / "sweeps"
-    (sweep_id,) = sweeps.list()
-    assert {"study.journal", "sweep.json"} <= set((sweeps / sweep_id).list())
-    assert not any("png" in name for name in (sweeps / sweep_id).list()), "plots stay on this machine"
-
-    import shutil
-
-    shutil.rmtree(tmp_path / "cache")  # another machine: nothing local
-    report = run_cli(["sweep", "report", sweep_id, "--storage", uri], folder=tmp_path, timeout=120)
+    sweep_id = check_sigkilled_sweep_resumes(uri, tmp_path)
+    folder = Location(uri) / "sweeps" / sweep_id
+    assert {"study.journal", "sweep.json"} <= set(folder.list())
+    assert not any("png" in name for name in folder.list()), "plots stay on this machine"
+    report = run_cli(["sweep", "report", sweep_id, "--storage", uri], folder=tmp_path, cache=tmp_path / "cache-report",
+                     timeout=120)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
-    assert "trials: 2 complete" in " ".join(report.stdout.split()), report.stdout
+    assert "trials: 4 complete" in " ".join(report.stdout.split()), report.stdout
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Results on Google Cloud Storage: ``Location`` and a digits suite with ``--storage gs://...``
 against a GCS JSON-API emulator on this machine (gcp-storage-emulator; no internet, no credentials:
-``anonymous=true``). The S3 tests (test_storage.py) cover resume, sweeps and clusters in depth; these
+``anonymous=true``). The S3 tests (test_storage.py) cover resume and clusters in depth; these
 prove that the same code paths hold on pyarrow's GCS filesystem, which differs from S3 in ways that
 matter (folders are prefixes with optional marker objects, and Arrow asks for Google credentials
 unless told not to)."""
@@ -16,6 +16,7 @@ import pytest
 from bkdbench.storage import Location, LocationError, pull, push
 from helpers.cluster import free_port
 from helpers.storage import check_suite_on_store
+from helpers.sweeps import check_sigkilled_sweep_resumes
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,10 @@ def test_gcs_location_round_trip(gcs, cache):
     assert f.read_text() == "two" and (root / "a").list() == ["b.txt"] and (root / "a").exists()
     with pytest.raises(FileNotFoundError):
         (root / "missing").read_bytes()
+    # A folder holding only folders is a prefix with no object of its own: still listed.
+    (root / "n" / "m" / "c.txt").write_text("x")
+    assert root.list() == ["a", "n"] and (root / "n").list() == ["m"]
+    (root / "n").delete()
     # A folder made only by writing a file in it has no marker object: deleting it must still work.
     (root / "a").delete()
     assert not (root / "a").exists() and root.list() == []
@@ -72,3 +77,9 @@ def test_gcs_options_are_checked():
 @pytest.mark.slow
 def test_suite_on_gcs_end_to_end(gcs, tmp_path):
     check_suite_on_store(gcs, tmp_path, "gsmini")
+
+
+@pytest.mark.slow
+def test_sigkilled_sweep_on_gcs_resumes_from_the_bucket(gcs, tmp_path):
+    """As on S3 (test_storage.py): SIGKILL, --resume with an empty local cache, nothing finished lost."""
+    check_sigkilled_sweep_resumes(gcs(f"sweep-{uuid.uuid4().hex[:6]}"), tmp_path)

@@ -25,11 +25,11 @@ from bkdbench.paths import leaderboard_dir
 from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
-from helpers.cli import cli_app, cli_env, kill_group, run_cli, start_cli
+from helpers.cli import cli_app, cli_env, run_cli, start_cli
 from helpers.files import is_png
-from helpers.processes import cleanup_ray_tmp, kill_pids, pids_matching, ray_processes, wait_for, wait_gone
+from helpers.processes import cleanup_ray_tmp, pids_matching, ray_processes, wait_gone
 from helpers.ray_tmp import ray_tmpdir
-from helpers.sweeps import POISON_N, assert_numbering, load_study, sweep_ids, watched_search
+from helpers.sweeps import POISON_N, assert_numbering, check_sigkilled_sweep_resumes, load_study, sweep_ids, watched_search
 
 # --------------------------------------------------------------------------------------------
 # 1. A tiny sweep, end to end through the console script
@@ -238,46 +238,8 @@ def test_resume_continues_numbering(tmp_path):
 
 @pytest.mark.slow
 def test_sigkilled_sweep_driver_resumes(tmp_path):
-    """SIGKILL (no handler runs: the journal and Tune's state are as the kill left them), the Ray
-    processes the driver started killed like an operator would, then --resume: the study counts
-    exactly TARGET trials, the trials running at the kill are FAIL with their parameters, finished
-    ones are kept, numbering runs on, and the final runs are in the leaderboard once each."""
-    results = tmp_path / "results"
-    ray_tmp = ray_tmpdir()
-    env = cli_env(ray_tmp)
-    driver = start_cli(_sweep_args(results, TARGET), tmp_path / "killed.out", env=env)
-    try:
-        def two_trials():
-            ids = sweep_ids(results)
-            try:
-                return ids and len(load_study(results, ids[0]).trials) >= 2 and ids[0]
-            except (KeyError, FileNotFoundError, ValueError):
-                return False
-        sweep_id = wait_for(two_trials, timeout=240, every=0.2, what="2 trials in the study")
-        kill_group(driver)  # SIGKILL: the driver and what it started in its session
-        driver.wait(timeout=30)
-        kill_pids(ray_processes(ray_tmp, driver.pid))  # its orphaned Ray daemons, by PID
-        interrupted = load_study(results, sweep_id).trials
-        running = [t.number for t in interrupted if t.state == TrialState.RUNNING]
-        assert running, "no trial was running at the kill"
-        resumed = run_cli([*_sweep_args(results, TARGET), "--resume"], env=env, timeout=400)
-        assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-3000:])
-        study = load_study(results, sweep_id)
-        assert counted_trials(study) == TARGET
-        assert_numbering(study.trials)
-        for number in running:
-            assert study.trials[number].state == TrialState.FAIL
-            assert study.trials[number].params == interrupted[number].params
-        for t in interrupted:
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                assert study.trials[t.number].state == t.state and study.trials[t.number].value == t.value
-        rows, bad = read_rows(leaderboard_dir(results))
-        finals = rows[rows.sweep_id == sweep_id]  # the final run (--final-seeds 1), trained once
-        assert bad == [] and len(finals) == finals.run_id.nunique() == 1 and set(finals.status) == {"finished"}
-    finally:
-        kill_group(driver)
-        left = cleanup_ray_tmp(ray_tmp, driver.pid)
-    assert not left, f"Ray processes left behind: {left}"
+    """SIGKILL, then --resume (helpers.sweeps; the S3 and GCS variants are in test_storage*.py)."""
+    check_sigkilled_sweep_resumes(str(tmp_path / "results"), tmp_path)
 
 
 def test_mark_interrupted_trials_fails_running_ones_and_numbering_goes_on(tmp_path):

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Optional
 
 import optuna
+from ray import tune
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from ..storage import Location, pull
+from ..storage import Location, pull, push
 from .trial import FINISHED
 
 METRIC = "val_top1"  # sweeps optimise balanced validation top-1, never a test number
@@ -48,6 +49,28 @@ def study_storage(folder: Location, storage_url: Optional[str] = None):
 
 def journal_location(folder: Location) -> Location:
     return Location(folder) / "study.journal"
+
+
+class JournalUpload(tune.Callback):
+    """Uploads the driver-local journal of a sweep on object storage each time trials end (on the
+    controller's next step, after the searcher has told Optuna the outcome). Without it the bucket
+    saw the journal only when ``fit`` returned: a driver killed mid-sweep lost every finished trial
+    there, and a resume -- on another machine, or here, where ``pull`` trusts the bucket -- trained
+    them again."""
+
+    def __init__(self, folder: Location):
+        self.journal, self.dirty = journal_location(folder), False
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.dirty = True
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.dirty = True
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.dirty:
+            self.dirty = False
+            push(self.journal)
 
 
 def optuna_step(result: dict) -> int:

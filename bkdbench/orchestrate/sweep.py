@@ -37,7 +37,7 @@ from ..specs import RunSpec, make_spec, with_pretrained
 from ..storage import Location, push
 from .packed_sweep import PackedOptunaSearch, per_config_events, search_pack_trial
 from .runner import _Events, Interrupted, plan_runs, run_plan, set_listener
-from .study import (METRIC, PrunedAwareOptunaSearch, counted_trials, journal_location, make_sampler,
+from .study import (METRIC, JournalUpload, PrunedAwareOptunaSearch, counted_trials, journal_location, make_sampler,
                     mark_interrupted_trials, open_study, study_storage)
 from .search import EPOCHS_DONE, search_report, search_spec  # noqa: F401  (EPOCHS_DONE: for callers)
 from .trial import FINISHED
@@ -166,6 +166,8 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
         scheduler = ASHAScheduler(time_attr=EPOCHS_DONE, max_t=base.epochs,
                                   grace_period=grace_period(base, space), reduction_factor=3)
     resources, extra, callbacks = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}, {}, [_Events()]
+    if not storage_url and not folder.is_local:
+        callbacks.append(JournalUpload(folder))  # the bucket's journal keeps up with finished trials
     if workers > 1:
         from .sweep_workers import FreeStoppedGroups, search_trial_workers
         from .workers import TRAIN_RUNS, concurrent_trials, driver_resources

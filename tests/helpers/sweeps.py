@@ -89,3 +89,82 @@ def watched_search(monkeypatch, module, epochs: int):
     spy_on(monkeypatch, module, "classification_metrics", watch.scored, lambda logits, targets, *a: len(targets))
     monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: watch.reports.append(dict(metrics)))
     return watch
+
+
+# --- A SIGKILLed sweep, resumed (on a folder or an object store) ---------------------------------
+
+def stored_study(results: str, sweep_id: str, into: Path) -> optuna.Study:
+    """A snapshot of the study as the results storage (a folder or a URI) holds it: its journal is
+    copied to the folder ``into`` and opened there."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from bkdbench.storage import Location
+
+    into.mkdir(parents=True, exist_ok=True)
+    copy = into / f"{sweep_id}-{len(list(into.iterdir()))}.journal"
+    copy.write_bytes((Location(results) / "sweeps" / sweep_id / "study.journal").read_bytes())
+    return optuna.load_study(study_name=sweep_id, storage=JournalStorage(JournalFileBackend(str(copy))))
+
+
+def check_sigkilled_sweep_resumes(results: str, tmp_path: Path, *, trials: int = 4) -> str:
+    """SIGKILL a `bkdbench sweep` driver (no handler runs: the journal and Tune's state are as the
+    kill left them) once the stored study has a finished trial and a running one, kill the Ray
+    processes it started like an operator would, then --resume with an empty bkdbench cache (as on
+    another machine: only what the storage holds counts). The study counts exactly ``trials``
+    trials, those running at the kill are FAIL with their parameters, finished ones are kept with
+    their values, numbering runs on, and the final run is in the leaderboard once. Returns the
+    sweep id."""
+    from optuna.trial import TrialState
+
+    from bkdbench.leaderboard.store import read_rows
+    from bkdbench.orchestrate.study import counted_trials
+    from bkdbench.storage import Location
+    from helpers.cli import cli_env, kill_group, run_cli, start_cli
+    from helpers.processes import cleanup_ray_tmp, kill_pids, ray_processes, wait_for
+    from helpers.ray_tmp import ray_tmpdir
+
+    args = ["sweep", "focal", "--dataset", "digits", "--imbalance", "10", "--trials", str(trials), "--concurrency",
+            "2", "--epochs", "4", "--final-seeds", "1", "--scheduler", "none", "--results", results]
+    snapshots, sweeps = tmp_path / "snapshots", Location(results) / "sweeps"
+    ray_tmp = ray_tmpdir()
+    env = cli_env(ray_tmp, BKDBENCH_CACHE=tmp_path / "cache-killed")
+    driver = start_cli(args, tmp_path / "killed.out", env=env)
+    try:
+        def finished_and_running():
+            for sweep_id in sweeps.list():
+                try:
+                    states = [t.state for t in stored_study(results, sweep_id, snapshots).trials]
+                except (KeyError, FileNotFoundError, ValueError):
+                    return False
+                return TrialState.COMPLETE in states and TrialState.RUNNING in states and sweep_id
+            return False
+
+        sweep_id = wait_for(finished_and_running, timeout=240, every=0.2,
+                            what=lambda: f"a finished and a running trial:\n{(tmp_path / 'killed.out').read_text()}")
+        kill_group(driver)  # SIGKILL: the driver and what it started in its session
+        driver.wait(timeout=30)
+        kill_pids(ray_processes(ray_tmp, driver.pid))  # its orphaned Ray daemons, by PID
+        interrupted = stored_study(results, sweep_id, snapshots).trials
+        running = [t.number for t in interrupted if t.state == TrialState.RUNNING]
+        assert running and any(t.state == TrialState.COMPLETE for t in interrupted)
+        env["BKDBENCH_CACHE"] = str(tmp_path / "cache-resumed")
+        resumed = run_cli([*args, "--resume"], env=env, timeout=400)
+        assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-3000:])
+        study = stored_study(results, sweep_id, snapshots)
+        assert counted_trials(study) == trials
+        assert_numbering(study.trials)
+        for number in running:
+            assert study.trials[number].state == TrialState.FAIL
+            assert study.trials[number].params == interrupted[number].params
+        for t in interrupted:
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                assert study.trials[t.number].state == t.state and study.trials[t.number].value == t.value
+        rows, bad = read_rows(Location(results) / "leaderboard")
+        finals = rows[rows.sweep_id == sweep_id]  # the final run (--final-seeds 1), trained once
+        assert bad == [] and len(finals) == finals.run_id.nunique() == 1 and set(finals.status) == {"finished"}
+    finally:
+        kill_group(driver)
+        left = cleanup_ray_tmp(ray_tmp, driver.pid)
+    assert not left, f"Ray processes left behind: {left}"
+    return sweep_id
