@@ -35,6 +35,7 @@ BAD = [
     (["train", "--method", "bkd", "--temperature", "0"], ["temperature", "> 0"]),
     (["train", "--method", "bkd", "--temperature", "-2"], ["temperature", "> 0"]),
     (["train", "--method", "bkd", "--temperature", "nan"], ["temperature", "finite"]),
+    (["train", "--method", "bkd", "--alpha", "inf"], ["alpha", "finite"]),
     (["train", "--method", "bkd", "--alpha", "-1"], ["alpha", ">= 0"]),
     (["train", "--method", "reweight-cb", "--beta", "1"], ["beta", "[0, 1)"]),
     (["train", "--method", "focal", "--gamma", "-1"], ["gamma", ">= 0"]),
@@ -65,6 +66,10 @@ BAD = [
     (["run", "--pack", "0"], ["--pack", "greater than or equal to 1"]),
     (["run", "--cpus-per-trial", "0"], ["--cpus-per-trial"]),
     (["run", "--results", "afile/sub"], ["afile is a file, not a folder"]),
+    (["run", "--checkpoint-every", "0"], ["--checkpoint-every"]),
+    # the large benchmarks without their images
+    (["train", "--dataset", "imagenet-lt"], ["imagenet-lt needs its images", "--data-dir"]),
+    (["train", "--dataset", "places-lt", "--data-dir", "nowhere"], ["places-lt", "nowhere does not exist"]),
     # sweep
     (["sweep", "nosuch"], ["no search space for 'nosuch'", "bkd"]),
     (["sweep", "bkd", "--dataset", "nosuch"], ["unknown dataset 'nosuch'"]),
@@ -75,6 +80,7 @@ BAD = [
     (["sweep", "bkd", "--imbalance", "1e9"], ["no training image"]),
     (["sweep", "bkd", "--imbalance", "nan"], ["finite"]),
     (["sweep", "bkd", "--trials", "0"], ["--trials"]),
+    (["sweep", "bkd", "--workers-per-trial", "2", "--pack", "2"], ["--pack and --workers-per-trial exclude each other"]),
     # ablate
     (["ablate", "bkd", "--grid", "alpha="], ["--grid", "PARAM=v1,v2"]),
     (["ablate", "bkd", "--grid", "nosuch=1"], ["unknown parameter 'nosuch'", "alpha"]),
@@ -82,6 +88,7 @@ BAD = [
     (["ablate", "bkd", "--grid", "temperature=0"], ["temperature", "> 0"]),
     (["ablate", "bkd", "--preset", "nosuch"], ["no preset 'nosuch'", "components"]),
     (["ablate", "nosuch", "--grid", "alpha=1"], ["unknown method 'nosuch'"]),
+    (["ablate", "bkd", "--grid", "alpha=1", "--workers-per-trial", "0"], ["--workers-per-trial"]),
     # reading the results
     (["leaderboard", "--metric", "nosuch"], ["unknown metric 'nosuch'", "top1"]),
     (["leaderboard", "--format", "nosuch"], ["unknown format 'nosuch'", "markdown"]),
