@@ -3,7 +3,7 @@
     tar xzf ../shared/data/cifar10-jpeg.tar.gz -C /tmp/cifar10-jpeg
     python benchmarks/centre_crop_cost.py --cifar /tmp/cifar10-jpeg --work /tmp/centre-crop --seeds 3
 
-The store of ImageNet-LT & co. (bkdbench/data/splitlist.py) keeps the central square of each image
+The store of ImageNet-LT & co. (bkdbench/data/large/) keeps the central square of each image
 (short side resized to ``store_size``), and random-resized crops are drawn from that square; the
 reference code draws them from the whole image. This script trains the same runs both ways and
 reports the paired difference:
@@ -87,7 +87,7 @@ def decode_full(path: Path, store: int) -> np.ndarray:
 
 def register(name: str, arrays, image_size: int):
     from bkdbench.data.registry import DatasetInfo, register_dataset
-    from bkdbench.data.splitlist import IMAGENET_MEAN, IMAGENET_STD
+    from bkdbench.data.large.lists import IMAGENET_MEAN, IMAGENET_STD
 
     return register_dataset(DatasetInfo(
         name=name, description=f"centre-crop cost: {name}", num_classes=10, channels=3, image_size=image_size,
@@ -112,8 +112,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bkdbench.data import splitlist, splitstore
-    from bkdbench.data.imagenet_lt import IMAGENET_LT
+    from bkdbench.data.large import lists as splitlist, store as splitstore
+    from bkdbench.data.large.imagenet_lt import IMAGENET_LT
     from bkdbench.data.registry import ImageArrays
     from bkdbench.specs import make_spec
     from bkdbench.training.train import train

@@ -20,7 +20,7 @@ LOCAL_PLOTS = "plots"  # where plots of a URI results root go: PNGs are for a pe
 # whose content key the runs carry). Like ``--data-dir``, the paths must be visible on every node.
 SPLITS_ENV = "BKDBENCH_SPLITS"
 PRETRAINED_ENV = "BKDBENCH_PRETRAINED"
-HASH_CONTENTS_ENV = "BKDBENCH_HASH_CONTENTS"  # 1: split-list stores keyed by file bytes (data/splitstore.py)
+HASH_CONTENTS_ENV = "BKDBENCH_HASH_CONTENTS"  # 1: split-list stores keyed by file bytes (data/large/store.py)
 
 
 def results_dir(option: "str | os.PathLike | Location | None" = None) -> Location:

@@ -1,5 +1,5 @@
 """Generated image trees in the exact layout of the decoupling code's split lists, for the split-list
-benchmarks (bkdbench/data/splitlist.py): varied sizes and aspect ratios, a grayscale JPEG, a CMYK
+benchmarks (bkdbench/data/large/): varied sizes and aspect ratios, a grayscale JPEG, a CMYK
 JPEG and a PNG named .JPEG. Pixels are a per-image random pattern plus a class-dependent colour, so a
 small network can learn the classes in two epochs."""
 from __future__ import annotations

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bkdbench.data import DeviceLoader, splitlist, splitstore
+from bkdbench.data import DeviceLoader
+from bkdbench.data.large import lists as splitlist, store as splitstore
 from bkdbench.data.imagenet_augment import eval_view, gather, place, train_view
 from splitlist_files import write_image
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from bkdbench.data import DataError, dataset_info, get_dataset, load_longtail
-from bkdbench.data import splitdata, splitlist, splitstore
-from bkdbench.data.imagenet_lt import IMAGENET_LT
-from bkdbench.data.inat18 import INAT18
+from bkdbench.data.large import lists as splitlist, register as splitdata, store as splitstore
+from bkdbench.data.large.imagenet_lt import IMAGENET_LT
+from bkdbench.data.large.inat18 import INAT18
 from splitlist_files import write_image, write_imagenet_lt
 
 TINY = replace(IMAGENET_LT, num_classes=3)  # the ImageNet-LT lists' names and rules, 3 classes

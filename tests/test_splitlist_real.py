@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bkdbench.data import splitdata, splitlist, splitstore
-from bkdbench.data.imagenet_lt import IMAGENET_LT
+from bkdbench.data.large import lists as splitlist, register as splitdata, store as splitstore
+from bkdbench.data.large.imagenet_lt import IMAGENET_LT
 from bkdbench.data.longtail import longtail_counts
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"

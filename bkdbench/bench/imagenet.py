@@ -47,9 +47,9 @@ import torch.nn.functional as F
 
 from bkdbench.bench.measure import Windows, load_average, machine_info, ratio, summary, sync, window
 from bkdbench.data import DeviceLoader
-from bkdbench.data import splitlist, splitstore
+from bkdbench.data.large import lists as splitlist, store as splitstore
 from bkdbench.data.imagenet_augment import JITTER, RATIO, SCALE, place
-from bkdbench.data.imagenet_lt import IMAGENET_LT
+from bkdbench.data.large.imagenet_lt import IMAGENET_LT
 from bkdbench.methods import build as build_method
 from bkdbench.models import create_model
 from bkdbench.training.train import channels_last_for, device_name, train_step

@@ -1,5 +1,5 @@
 """A rich progress bar (with images/s) for the one-time decode of a large benchmark's store
-(data/splitstore.py reports progress to a callback; the core never prints)."""
+(data/large/store.py reports progress to a callback; the core never prints)."""
 from __future__ import annotations
 
 import time
@@ -11,7 +11,7 @@ def show_decoding_progress() -> None:
     """Show a bar whenever this process decodes a split-list store; nothing when the cache is hit."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from bkdbench.data.splitstore import set_progress
+    from bkdbench.data.large.store import set_progress
 
     state: dict = {}
 

@@ -1,5 +1,5 @@
 """Datasets (one file each, registering itself), the long-tail construction and the device loader."""
-from . import cifar, digits, fashion, imagefolder, imagenet_lt, inat18, places_lt  # noqa: F401  (registration)
+from . import cifar, digits, fashion, imagefolder, large  # noqa: F401  (registration; large: the split-list benchmarks)
 from .longtail import longtail_counts, longtail_indices, shot_split, unused_indices, validation_indices
 from .registry import DataError, DatasetInfo, ImageArrays, dataset_info, dataset_names, get_dataset, register_dataset
 from .splits import NATURAL, LongTailData, kept_class_counts, load_longtail, natural_imbalance, restrict_classes

@@ -1,4 +1,4 @@
-"""The ImageNet-style augmentation of the large benchmarks (splitlist.py), batched on the training
+"""The ImageNet-style augmentation of the large benchmarks (large/lists.py), batched on the training
 device, and the host-memory gathering for stores that do not fit on it.
 
 Training (``train_view``), as the decoupling code's transform: ``RandomResizedCrop(image_size)``
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import color_jitter, crop_boxes, resized_crop
-from .splitlist import store_size_for as eval_resize_size  # the side evaluation resizes to: 256 for 224
+from .large.lists import store_size_for as eval_resize_size  # the side evaluation resizes to: 256 for 224
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)

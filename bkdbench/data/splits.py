@@ -115,7 +115,7 @@ def load_longtail(
     num_classes = len(arrays.classes)
     return LongTailData(
         info=info,
-        # natural keeps everything: no copy, so a memory-mapped store (splitlist.py) stays on disk
+        # natural keeps everything: no copy, so a memory-mapped store (large/store.py) stays on disk
         train_x=arrays.train_x if profile == NATURAL else arrays.train_x[kept],
         train_y=targets[kept].astype(np.int64),
         val_x=np.asarray(val_x),

@@ -3,10 +3,10 @@
 Lists ``ImageNet_LT_{train,val,test}.txt`` (from the decoupling code's ``data/ImageNet_LT/``), paths
 relative to the ImageNet root (``train/n01440764/...``, ``val/n01440764/...``). 115,846 train images,
 1,280 to 5 per class; val 20,000 (20 per class, from ImageNet train: validation); test 50,000 (ImageNet
-val, 50 per class: reported only). Reading: splitlist.py; store and cache: splitstore.py.
+val, 50 per class: reported only). Reading: lists.py; store and cache: store.py.
 """
-from .splitdata import register_benchmark
-from .splitlist import Benchmark
+from .register import register_benchmark
+from .lists import Benchmark
 
 IMAGENET_LT = Benchmark(
     name="imagenet-lt",

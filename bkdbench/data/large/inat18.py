@@ -5,10 +5,10 @@ Lists ``iNaturalist18_{train,val}.txt`` (the decoupling code's ``data/iNaturalis
 images, 24,426 val (3 per class). There is no test list: validation is carved from the train list by a
 fixed rule (per class the last ``inat_val_count(n)`` = min(3, max(1, n // 10)) images in list order)
 and the official val list is reported as the test split, so nothing is chosen on what is reported.
-Reading: splitlist.py; store and cache: splitstore.py.
+Reading: lists.py; store and cache: store.py.
 """
-from .splitdata import register_benchmark
-from .splitlist import Benchmark
+from .register import register_benchmark
+from .lists import Benchmark
 
 INAT18 = Benchmark(
     name="inat18",

@@ -3,10 +3,10 @@
 Lists ``Places_LT_{train,val,test}.txt`` (the decoupling code's ``data/Places_LT/``), paths relative to
 the Places-365 root (``train/airfield/00000001.jpg``, ...). 62,500 train images, 4,980 to 5 per class;
 val 7,300 (20 per class: validation); test 36,500 (100 per class: reported only). The field fine-tunes an
-ImageNet-pretrained ResNet-152 on it (``--pretrained``). Reading: splitlist.py; store and cache: splitstore.py.
+ImageNet-pretrained ResNet-152 on it (``--pretrained``). Reading: lists.py; store and cache: store.py.
 """
-from .splitdata import register_benchmark
-from .splitlist import Benchmark
+from .register import register_benchmark
+from .lists import Benchmark
 
 PLACES_LT = Benchmark(
     name="places-lt",

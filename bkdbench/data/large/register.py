@@ -1,6 +1,6 @@
-"""The split-list benchmarks as datasets: a ``Benchmark`` (splitlist.py: its lists and rules)
+"""The split-list benchmarks as datasets: a ``Benchmark`` (lists.py: its lists and rules)
 registered as a ``DatasetInfo`` that is resolved per image root and image size, and whose images
-are the decoded store (splitstore.py). ImageNet-LT, Places-LT and iNat18 each register one."""
+are the decoded store (store.py). ImageNet-LT, Places-LT and iNat18 each register one."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +8,9 @@ from typing import Optional
 
 import numpy as np
 
-from .registry import DataError, DatasetInfo, register_dataset
-from .splitlist import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Benchmark, scan, store_size_for
-from .splitstore import load_listing
+from ..registry import DataError, DatasetInfo, register_dataset
+from .lists import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Benchmark, scan, store_size_for
+from .store import load_listing
 
 
 def _need_root(benchmark: Benchmark, root: Optional[Path]) -> Path:

@@ -15,7 +15,7 @@ has at least 2, else none) -- and the official val list is reported as test, so 
 the reported split. The carved images leave the training set (437,513 listed; between one and three
 per class, at most 24,426, are held out).
 
-Store and cache: splitstore.py (each image decoded once into a memory-mapped uint8 square).
+Store and cache: store.py (each image decoded once into a memory-mapped uint8 square).
 
 Identity. A run's ``data_key`` hashes the lists' bytes (not paths or mtimes): the same lists on
 another machine give the same run ids; edited lists give other ones.
@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from .registry import DataError
+from ..registry import DataError
 
 CACHE_FORMAT = 2  # bump when the stored layout, the resize or the validation rule changes
 DEFAULT_IMAGE_SIZE = 224
@@ -162,7 +162,7 @@ def scan(root: Path, benchmark: Benchmark, store_size: int, splits_dir: Optional
     from bkdbench.paths import HASH_CONTENTS_ENV
     from bkdbench.storage import file_digest
 
-    hashed = os.environ.get(HASH_CONTENTS_ENV, "") not in ("", "0")  # splitstore.py: keyed by bytes
+    hashed = os.environ.get(HASH_CONTENTS_ENV, "") not in ("", "0")  # store.py: keyed by bytes
     key = hashlib.sha256(f"bkdbench splitlist {CACHE_FORMAT} {benchmark.name} store={store_size} "
                          f"carve={benchmark.carve_val}{' contents' if hashed else ''}\n".encode())
     identity = hashlib.sha256(f"bkdbench splitlist {benchmark.name}\n".encode())

@@ -1,4 +1,4 @@
-"""The decoded store of the split-list benchmarks (splitlist.py): every listed image decoded once
+"""The decoded store of the split-list benchmarks (lists.py): every listed image decoded once
 into a memory-mapped uint8 square, content-keyed, built atomically by a process pool.
 
 Store. Each image is decoded once (Pillow: grayscale, CMYK and palette images become RGB; the file's
@@ -34,8 +34,8 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .registry import DataError, ImageArrays
-from .splitlist import CACHE_FORMAT, EVAL_RATIO, SPLITS, Listing
+from ..registry import DataError, ImageArrays
+from .lists import CACHE_FORMAT, EVAL_RATIO, SPLITS, Listing
 
 CACHE_ENV = "BKDBENCH_CACHE"
 WORKERS_ENV = "BKDBENCH_DECODE_WORKERS"
