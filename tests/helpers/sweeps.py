@@ -14,11 +14,16 @@ def sweep_ids(results: Path) -> list[str]:
 
 
 def load_study(results: Path, sweep_id: str) -> optuna.Study:
+    journal = Path(results) / "sweeps" / sweep_id / "study.journal"
+    assert journal.is_file(), f"no study journal at {journal}"
+    return open_journal(journal, sweep_id)
+
+
+def open_journal(journal: Path, sweep_id: str) -> optuna.Study:
+    """The study ``sweep_id`` in the journal file ``journal`` (read live)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    journal = Path(results) / "sweeps" / sweep_id / "study.journal"
-    assert journal.is_file(), f"no study journal at {journal}"
     return optuna.load_study(study_name=sweep_id, storage=JournalStorage(JournalFileBackend(str(journal))))
 
 
@@ -96,15 +101,12 @@ def watched_search(monkeypatch, module, epochs: int):
 def stored_study(results: str, sweep_id: str, into: Path) -> optuna.Study:
     """A snapshot of the study as the results storage (a folder or a URI) holds it: its journal is
     copied to the folder ``into`` and opened there."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     from bkdbench.storage import Location
 
     into.mkdir(parents=True, exist_ok=True)
     copy = into / f"{sweep_id}-{len(list(into.iterdir()))}.journal"
     copy.write_bytes((Location(results) / "sweeps" / sweep_id / "study.journal").read_bytes())
-    return optuna.load_study(study_name=sweep_id, storage=JournalStorage(JournalFileBackend(str(copy))))
+    return open_journal(copy, sweep_id)
 
 
 def check_sigkilled_sweep_resumes(results: str, tmp_path: Path, *, trials: int = 4) -> str:
