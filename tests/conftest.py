@@ -81,6 +81,16 @@ def one_thread_for_module():
     yield from _one_torch_thread()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """bkdbench's cache in this session's own folder unless a test sets its own (``cache``): no test
+    reads or writes ~/.cache/bkdbench (decoded datasets, the leaderboard's compacted copies)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("BKDBENCH_CACHE", str(tmp_path_factory.mktemp("bkdbench-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """bkdbench's cache (``BKDBENCH_CACHE``) in this test's own folder."""

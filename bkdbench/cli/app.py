@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click
     from typer.exceptions import Abort
 
+    code = 1  # an exception that escapes is a failure too
     try:
         code = app(args=argv, prog_name="bkdbench", standalone_mode=False)
+        code = code if isinstance(code, int) else 0
     except NoArgsIsHelpError as exc:  # `bkdbench`, `bkdbench plot`: the help, as click shows it
         print(exc.ctx.get_help())
         sys.exit(2)
@@ -67,4 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     except Abort:  # Ctrl-C outside a command's own handling
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+    finally:
+        copies = sys.modules.get("bkdbench.leaderboard.index")
+        if copies is not None and code != 0:  # a failed command leaves nothing behind, not even a cache entry
+            copies.discard()
+    sys.exit(code)
