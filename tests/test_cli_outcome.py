@@ -51,7 +51,8 @@ def test_sweep_exits_1_naming_a_final_run_that_failed(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from bkdbench.cli import app
-    from bkdbench.orchestrate import ray_session, sweep
+    from bkdbench.orchestrate import ray_session
+    from bkdbench.orchestrate.sweeps import driver as sweep
 
     monkeypatch.setattr(ray_session, "ray_session", lambda *a, **k: contextlib.nullcontext({}))
 

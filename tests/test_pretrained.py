@@ -119,7 +119,7 @@ def test_cli_trains_from_the_file_and_refuses_a_misfit_with_nothing_written(tmp_
 def test_a_sweep_from_other_weights_or_another_folder_is_another_sweep(tmp_path):
     from dataclasses import replace
 
-    from bkdbench.orchestrate.sweep import SweepConfig
+    from bkdbench.orchestrate.sweeps.driver import SweepConfig
 
     base = SweepConfig(method="bkd", dataset="digits", imbalance=10.0, space_file="x.yaml", space_hash="abc")
     ids = {base.sweep_id, replace(base, pretrained="0123456789abcdef").sweep_id,

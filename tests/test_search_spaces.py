@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bkdbench.methods import validate_params
-from bkdbench.orchestrate.sweep import grace_period
+from bkdbench.orchestrate.sweeps.driver import grace_period
 from bkdbench.specs.search_spaces import HERE, SpaceError, load_space, space_names
 from bkdbench.specs import make_spec
 from helpers.cli import cli_app, run_cli
@@ -176,7 +176,7 @@ def cli(monkeypatch, tmp_path):
     """`bkdbench sweep` in-process, with Ray and the search made unreachable: each case below must be
     refused before either."""
     import bkdbench.orchestrate.ray_session as ray_session
-    import bkdbench.orchestrate.sweep as sweep
+    import bkdbench.orchestrate.sweeps.driver as sweep
 
     def unreachable(*args, **kwargs):
         raise AssertionError("bad input reached Ray")

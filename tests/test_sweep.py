@@ -18,9 +18,9 @@ import pytest
 from optuna.trial import TrialState
 
 from bkdbench.leaderboard.store import read_rows
-from bkdbench.orchestrate import sweep as sweep_mod
+from bkdbench.orchestrate.sweeps import driver as sweep_mod
 from bkdbench.orchestrate.trial import FINISHED
-from bkdbench.orchestrate.study import METRIC, counted_trials, mark_interrupted_trials, study_storage
+from bkdbench.orchestrate.sweeps.study import METRIC, counted_trials, mark_interrupted_trials, study_storage
 from bkdbench.paths import leaderboard_dir
 from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec

@@ -8,10 +8,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bkdbench.orchestrate import sweep as sweep_mod
+from bkdbench.orchestrate.sweeps import driver as sweep_mod
 from bkdbench.orchestrate.trial import FINISHED
-from bkdbench.orchestrate.study import METRIC, study_storage
-from bkdbench.orchestrate.sweep import SweepConfig, space_hash
+from bkdbench.orchestrate.sweeps.study import METRIC, study_storage
+from bkdbench.orchestrate.sweeps.driver import SweepConfig, space_hash
 from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
@@ -27,7 +27,7 @@ from helpers.sweeps import assert_numbering, load_study, watched_search
 # --------------------------------------------------------------------------------------------
 
 def test_packed_searcher_asks_k_configurations_and_tells_each_its_own_score(tmp_path):
-    from bkdbench.orchestrate.packed_sweep import EPOCHS, PACK, VALUES, PackedOptunaSearch
+    from bkdbench.orchestrate.sweeps.packed import EPOCHS, PACK, VALUES, PackedOptunaSearch
     from ray.tune.search import Searcher
 
     storage = study_storage(tmp_path)
@@ -60,7 +60,7 @@ def test_packed_objective_never_reads_test_split(monkeypatch, tmp_path):
     """A pack of search configurations: validation only, each configuration's score reported apart."""
     import bkdbench.training.packed as packed_mod
     from bkdbench.data import load_longtail
-    from bkdbench.orchestrate.packed_sweep import EPOCHS, PACK, VALUES, search_pack_trial
+    from bkdbench.orchestrate.sweeps.packed import EPOCHS, PACK, VALUES, search_pack_trial
 
     epochs = 2
     w = watched_search(monkeypatch, packed_mod, epochs)
@@ -85,7 +85,7 @@ def test_packed_objective_never_reads_test_split(monkeypatch, tmp_path):
 def test_packed_sweep_through_ray(tmp_path):
     """3 configurations in packs of 2: 2 Ray trials, 3 COMPLETE Optuna trials, one per configuration."""
     from bkdbench.orchestrate.ray_session import ray_session
-    from bkdbench.orchestrate.sweep import run_search
+    from bkdbench.orchestrate.sweeps.driver import run_search
 
     results = tmp_path / "results"
     results.mkdir()

@@ -8,10 +8,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bkdbench.orchestrate import sweep as sweep_mod
+from bkdbench.orchestrate.sweeps import driver as sweep_mod
 from bkdbench.orchestrate.trial import FINISHED
-from bkdbench.orchestrate.study import METRIC, PrunedAwareOptunaSearch, counted_trials, study_storage
-from bkdbench.orchestrate.sweep import SweepConfig, grace_period, space_hash
+from bkdbench.orchestrate.sweeps.study import METRIC, PrunedAwareOptunaSearch, counted_trials, study_storage
+from bkdbench.orchestrate.sweeps.driver import SweepConfig, grace_period, space_hash
 from bkdbench.specs.search_spaces import load_space
 from bkdbench.specs import make_spec
 
@@ -76,7 +76,7 @@ def ray_searches(tmp_path_factory):
     shipped file waits for the drop at epoch round(0.8·6) = 5, so its only rung is the last epoch), and
     an ldam-drw space whose every trial diverges."""
     from bkdbench.orchestrate.ray_session import ray_session
-    from bkdbench.orchestrate.sweep import run_search
+    from bkdbench.orchestrate.sweeps.driver import run_search
 
     results = tmp_path_factory.mktemp("ray-searches") / "results"
     results.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""ASHA's rungs (``orchestrate.sweep.grace_period``): the first comes one epoch after a method's
+"""ASHA's rungs (``orchestrate.sweeps.driver.grace_period``): the first comes one epoch after a method's
 class-balanced weighting switches on (digits, a 10-class set, switches BKD's on at 80 % of the budget by
 default, as the reference does for CIFAR-10) and, unless the search space sets ``asha_before_lr_drop``,
 one epoch after the recipe's first learning-rate drop (epoch round(0.8·E)); every rung falls on an
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from bkdbench.orchestrate.sweep import grace_period
+from bkdbench.orchestrate.sweeps.driver import grace_period
 from bkdbench.specs import make_spec
 from bkdbench.specs.search_spaces import SearchSpace, load_space, space_names
 
@@ -88,8 +88,8 @@ def test_search_trials_report_only_evaluation_epochs_with_a_score(monkeypatch, t
     after 5 and 7 epochs, each time with a real validation score, never a missing one."""
     from ray import tune
 
-    from bkdbench.orchestrate import sweep as sweep_mod
-    from bkdbench.orchestrate.study import METRIC
+    from bkdbench.orchestrate.sweeps import driver as sweep_mod
+    from bkdbench.orchestrate.sweeps.study import METRIC
     from bkdbench.orchestrate.trial import FINISHED
 
     reports = []

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bkdbench.orchestrate import sweep as sweep_mod
-from bkdbench.orchestrate.study import METRIC, counted_trials
+from bkdbench.orchestrate.sweeps import driver as sweep_mod
+from bkdbench.orchestrate.sweeps.study import METRIC, counted_trials
 from bkdbench.specs import make_spec
 from bkdbench.specs.search_spaces import load_space, space_names
 

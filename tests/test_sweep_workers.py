@@ -8,9 +8,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bkdbench.orchestrate import sweep as sweep_mod
-from bkdbench.orchestrate.study import counted_trials, study_storage
-from bkdbench.orchestrate.sweep import SweepConfig, grace_period, space_hash
+from bkdbench.orchestrate.sweeps import driver as sweep_mod
+from bkdbench.orchestrate.sweeps.study import counted_trials, study_storage
+from bkdbench.orchestrate.sweeps.driver import SweepConfig, grace_period, space_hash
 from bkdbench.specs import make_spec
 from bkdbench.specs.search_spaces import load_space
 from helpers.processes import cleanup_ray_tmp
@@ -22,7 +22,7 @@ EPOCHS, TRIALS = 6, 6
 @pytest.mark.slow
 def test_two_worker_search_trials_are_pruned_and_recorded_as_one_worker_ones(tmp_path):
     from bkdbench.orchestrate.ray_session import ray_session
-    from bkdbench.orchestrate.sweep import run_search
+    from bkdbench.orchestrate.sweeps.driver import run_search
 
     results = tmp_path / "results"
     results.mkdir()

@@ -158,7 +158,7 @@ def test_sweep_search_trials_are_mirrored_too(tmp_path, monkeypatch):
     import bkdbench.training.train as train_mod
     from mlflow import MlflowClient
 
-    from bkdbench.orchestrate.sweep import search_trial
+    from bkdbench.orchestrate.sweeps.driver import search_trial
     from bkdbench.orchestrate.tracking import ENV, Tracking
     from helpers.sweeps import watched_search
 

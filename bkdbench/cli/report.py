@@ -77,7 +77,7 @@ def _scope(suite, sweep, ablation) -> str:
 
 def _sweep_record(results: Optional[str], sweep_id: str) -> dict:
     from bkdbench.paths import results_dir
-    from bkdbench.orchestrate.sweep import load_sweep_record  # Ray and Optuna: only for a sweep's page
+    from bkdbench.orchestrate.sweeps.driver import load_sweep_record  # Ray and Optuna: only for a sweep's page
 
     try:
         return load_sweep_record(results_dir(results), sweep_id)
@@ -87,7 +87,7 @@ def _sweep_record(results: Optional[str], sweep_id: str) -> dict:
 
 def _sweep_section(results: Optional[str], record: dict, out: Path):
     from bkdbench.leaderboard.report import figures_dir
-    from bkdbench.orchestrate.sweep_report import sweep_section
+    from bkdbench.orchestrate.sweeps.report import sweep_section
     from bkdbench.paths import results_dir
 
     return sweep_section(results_dir(results), record, figures_dir(out) / f"sweep-{record['sweep_id']}")

@@ -101,9 +101,9 @@ def sweep(
     address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
     from bkdbench.orchestrate.ray_session import ClusterRefused, ray_session
     from bkdbench.orchestrate.runner import Interrupted, plan_runs, run_plan
-    from bkdbench.orchestrate.sweep import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
+    from bkdbench.orchestrate.sweeps.driver import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
                                     space_hash, sweep_dir)
-    from bkdbench.orchestrate.sweep_report import best_trial
+    from bkdbench.orchestrate.sweeps.report import best_trial
     from bkdbench.storage import mirror
 
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
@@ -164,8 +164,8 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
     from rich.table import Table
 
     from bkdbench.leaderboard.store import read_rows
-    from bkdbench.orchestrate.sweep import load_sweep_record, open_study, sweep_dir
-    from bkdbench.orchestrate.sweep_report import plot_sweep, trial_rows
+    from bkdbench.orchestrate.sweeps.driver import load_sweep_record, open_study, sweep_dir
+    from bkdbench.orchestrate.sweeps.report import plot_sweep, trial_rows
     from bkdbench.paths import leaderboard_dir
 
     try:

@@ -79,7 +79,7 @@ class SearchSpace(BaseModel):
     description: str = ""
     params: dict[str, Param] = Field(min_length=1)
     fixed: dict[str, Any] = Field(default_factory=dict)  # parameters held constant during the search
-    # ASHA's first rung waits for the recipe's first learning-rate drop (orchestrate.sweep.grace_period):
+    # ASHA's first rung waits for the recipe's first learning-rate drop (orchestrate.sweeps.driver.grace_period):
     # true lets it come earlier, for a space whose ranking is known not to change at the drop. No shipped
     # space sets it: none has been shown to keep its order across the ×0.01 drop.
     asha_before_lr_drop: bool = False

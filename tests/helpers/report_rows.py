@@ -71,8 +71,8 @@ def write_sweep(root) -> dict[str, list[str]]:
     rows (tuned ones tagged with the sweep id, defaults not, as ``bkdbench sweep`` writes them)."""
     import optuna
 
-    from bkdbench.orchestrate.study import open_study
-    from bkdbench.orchestrate.sweep import sweep_dir
+    from bkdbench.orchestrate.sweeps.study import open_study
+    from bkdbench.orchestrate.sweeps.driver import sweep_dir
 
     folder = sweep_dir(root, SWEEP)
     folder.local.mkdir(parents=True, exist_ok=True)

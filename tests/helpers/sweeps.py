@@ -120,7 +120,7 @@ def check_sigkilled_sweep_resumes(results: str, tmp_path: Path, *, trials: int =
     from optuna.trial import TrialState
 
     from bkdbench.leaderboard.store import read_rows
-    from bkdbench.orchestrate.study import counted_trials
+    from bkdbench.orchestrate.sweeps.study import counted_trials
     from bkdbench.storage import Location
     from helpers.cli import cli_env, kill_group, run_cli, start_cli
     from helpers.processes import cleanup_ray_tmp, kill_pids, ray_processes, wait_for

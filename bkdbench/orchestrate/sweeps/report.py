@@ -93,9 +93,9 @@ def sweep_section(root, record: dict, folder: Path):
     """A sweep as a section of ``bkdbench report``: its best trials (validation only), the plots of
     ``plot_sweep`` (objective per trial over the first two parameters, e.g. α × T; history;
     parameter importances) written into ``folder``."""
-    from ..leaderboard.report import Figure, Section, Table
-    from ..storage import Location
-    from .sweep import sweep_dir
+    from ...leaderboard.report import Figure, Section, Table
+    from ...storage import Location
+    from .driver import sweep_dir
 
     sweep_id = record["sweep_id"]
     study = open_study(sweep_id, sweep_dir(Location(root), sweep_id), record.get("optuna_storage"))

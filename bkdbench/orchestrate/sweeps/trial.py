@@ -1,17 +1,17 @@
-"""What one search trial trains and tells Tune, with one worker (``sweep.search_trial``) or several
-(``sweep_workers``): the base spec with Optuna's sample, and reports on evaluation epochs only."""
+"""What one search trial trains and tells Tune, with one worker (``driver.search_trial``) or several
+(``workers``): the base spec with Optuna's sample, and reports on evaluation epochs only."""
 from __future__ import annotations
 
-from ..specs import RunSpec
+from ...specs import RunSpec
 from .study import METRIC
-from .trial import FINISHED
+from ..trial import FINISHED
 
 EPOCHS_DONE = "epochs_done"  # ASHA's time attribute: epochs trained when the result was reported
 
 
 def search_spec(base: str, config: dict) -> RunSpec:
     """The base spec (JSON) with the parameters Optuna sampled (``config`` less its ``_`` keys)."""
-    from ..methods import validate_params
+    from ...methods import validate_params
 
     spec = RunSpec.model_validate_json(base)
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}

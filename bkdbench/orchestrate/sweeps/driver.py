@@ -12,7 +12,7 @@ evaluation epoch, so every rung (g, 3g, 9g, ...) falls on one.
 With ``--pack K`` one Ray trial asks Optuna for K configurations, trains them as one pack (shared
 batches and teacher forward), still with ``evaluate_test=False``, and tells each configuration its own
 validation score as its own Optuna trial; ASHA is off for packs, since it would stop or keep all K
-students on one number (``packed_sweep``).
+students on one number (``sweeps/packed.py``).
 The study lives in the sweep folder (JournalStorage, file backend) or an RDB given by URL, so an
 interrupted sweep resumes and a finished one can be extended with more trials. With object storage
 the journal is a driver-local copy, fetched at the start and uploaded after the search.
@@ -31,16 +31,16 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from ..methods.registry import resolve_cb_epoch
-from ..specs.search_spaces import SearchSpace
-from ..specs import RunSpec, make_spec, with_pretrained
-from ..storage import Location, push
-from .packed_sweep import PackedOptunaSearch, per_config_events, search_pack_trial
-from .runner import _Events, Interrupted, plan_runs, run_plan, set_listener
+from ...methods.registry import resolve_cb_epoch
+from ...specs.search_spaces import SearchSpace
+from ...specs import RunSpec, make_spec, with_pretrained
+from ...storage import Location, push
+from .packed import PackedOptunaSearch, per_config_events, search_pack_trial
+from ..runner import _Events, Interrupted, plan_runs, run_plan, set_listener
 from .study import (METRIC, JournalUpload, PrunedAwareOptunaSearch, counted_trials, journal_location, make_sampler,
                     mark_interrupted_trials, open_study, study_storage)
-from .search import EPOCHS_DONE, search_report, search_spec  # noqa: F401  (EPOCHS_DONE: for callers)
-from .trial import FINISHED
+from .trial import EPOCHS_DONE, search_report, search_spec  # noqa: F401  (EPOCHS_DONE: for callers)
+from ..trial import FINISHED
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI reports progress itself
 
@@ -89,9 +89,9 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
     """One search trial: the base spec with the sampled parameters, validation only."""
     import torch
 
-    from ..training.train import TrainingDiverged, train  # noqa: F401  (TrainingDiverged propagates: FAIL)
-    from .execute import teacher_state_for
-    from .tracking import RunTracker, Tracking, tensorboard_dir
+    from ...training.train import TrainingDiverged, train  # noqa: F401  (TrainingDiverged propagates: FAIL)
+    from ..execute import teacher_state_for
+    from ..tracking import RunTracker, Tracking, tensorboard_dir
 
     torch.set_num_threads(max(1, int(config.get("_cpus", 1))))
     spec = search_spec(base, config)
@@ -121,7 +121,7 @@ def grace_period(spec: RunSpec, space: Optional[SearchSpace] = None) -> int:
     evaluates), so that this rung and every later one (×3) falls on an epoch with a validation score.
     Read from the parameters, not a method built for made-up class counts (class-subset KD's groups
     name real classes, and an image folder's class count is not known here)."""
-    from ..specs.recipes import get_recipe
+    from ...specs.recipes import get_recipe
 
     starts = [spec.params.get("cb_start")]
     if space is not None and "cb_start" in space.params:
@@ -141,7 +141,7 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
                pack: int = 1, workers: int = 1) -> optuna.Study:
     """Run search trials until the study holds ``trials`` completed or pruned ones; ``pack`` > 1
     trains that many configurations per Ray trial (no scheduler then); ``workers`` > 1 trains each
-    trial's run on that many Ray Train workers (``sweep_workers``; resources then per worker)."""
+    trial's run on that many Ray Train workers (``sweeps/workers.py``; resources then per worker)."""
     packed = pack > 1
     if packed and cfg.scheduler != "none":
         raise ValueError("packed search trials run without early stopping: use scheduler 'none' with pack > 1")
@@ -169,10 +169,10 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
     if not storage_url and not folder.is_local:
         callbacks.append(JournalUpload(folder))  # the bucket's journal keeps up with finished trials
     if workers > 1:
-        from .sweep_workers import FreeStoppedGroups, search_trial_workers
-        from .workers import TRAIN_RUNS, concurrent_trials, driver_resources
+        from .workers import FreeStoppedGroups, search_trial_workers
+        from ..workers import TRAIN_RUNS, concurrent_trials, driver_resources
 
-        callbacks.append(FreeStoppedGroups())  # an ASHA-stopped trial's workers (sweep_workers.py)
+        callbacks.append(FreeStoppedGroups())  # an ASHA-stopped trial's workers (sweeps/workers.py)
         trial_fn, extra = search_trial_workers, {"workers": workers, "train_storage": str(folder / TRAIN_RUNS)}
         concurrency = min(concurrency, concurrent_trials(workers, resources))
         resources = driver_resources(resources)  # the workers' CPUs and GPUs are Ray Train's (workers.py)

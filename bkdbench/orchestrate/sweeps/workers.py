@@ -35,11 +35,11 @@ def search_worker_loop(config: dict) -> None:
     """One Train worker of one search trial."""
     import ray.train
 
-    from ..training.train import train
-    from .execute import teacher_state_for
-    from .search import search_report, search_spec
-    from .tracking import RunTracker, Tracking, tensorboard_dir
-    from .workers import worker_setup
+    from ...training.train import train
+    from ..execute import teacher_state_for
+    from .trial import search_report, search_spec
+    from ..tracking import RunTracker, Tracking, tensorboard_dir
+    from ..workers import worker_setup
 
     distributed, device = worker_setup(config["cpu"], config["gpu"])
     spec = search_spec(config["base"], config["sampled"])
@@ -70,7 +70,7 @@ def search_trial_workers(config: dict, *, base: str, results: str, data_dir: Opt
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ..storage import Location
+    from ...storage import Location
 
     cpu, gpu = float(config.get("_cpus", 1) or 1), float(config.get("_gpus", 0) or 0)
     storage_path, storage_fs = Location(train_storage).tune_storage()

@@ -1,6 +1,6 @@
 """The Optuna side of a sweep: the objective's name, samplers, the study's storage (a journal in the
 sweep folder, or an RDB URL), and the searcher that tells Optuna the truth about pruned and failed
-trials. ``sweep`` and ``packed_sweep`` both build on it."""
+trials. ``driver`` and ``packed`` both build on it."""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,8 +10,8 @@ from ray import tune
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from ..storage import Location, pull, push
-from .trial import FINISHED
+from ...storage import Location, pull, push
+from ..trial import FINISHED
 
 METRIC = "val_top1"  # sweeps optimise balanced validation top-1, never a test number
 SAMPLERS = ("tpe", "gp", "cmaes", "random")

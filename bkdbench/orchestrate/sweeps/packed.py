@@ -18,9 +18,9 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from ..specs import RunSpec
+from ...specs import RunSpec
 from .study import METRIC, optuna_step
-from .trial import FINISHED
+from ..trial import FINISHED
 
 PACK = "_pack"  # a packed trial's config: the K sampled parameter sets, in the order Optuna gave them
 VALUES = "pack_val_top1"  # each configuration's validation top-1 (None: not evaluated, or diverged)
@@ -77,9 +77,9 @@ def search_pack_trial(config: dict, *, base: str, results: str, data_dir: Option
     """One packed search trial: the base spec with each sampled parameter set, validation only."""
     import torch
 
-    from ..methods import validate_params
-    from ..training.packed import PackedTrainingDiverged, train_packed
-    from .execute import teacher_state_for
+    from ...methods import validate_params
+    from ...training.packed import PackedTrainingDiverged, train_packed
+    from ..execute import teacher_state_for
 
     torch.set_num_threads(max(1, int(config.get("_cpus", 1))))
     spec = RunSpec.model_validate_json(base)
