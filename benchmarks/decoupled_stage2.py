@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 PROTOCOL_2 = {"bn_stats": "re-estimate", "drop_last": True, "scale_bias": True}
-CHANGES = {  # the protocol-1 value of each change
+PROTOCOL_1 = {  # the protocol-1 value of each change
     "bn_stats": "frozen",
     "drop_last": False,
     "scale_bias": False,
@@ -48,7 +48,7 @@ CHANGES = {  # the protocol-1 value of each change
 def configurations(method: str) -> list[dict]:
     axes = ["bn_stats", "drop_last"] + (["scale_bias"] if method == "lws" else [])
     out = []
-    for values in itertools.product(*[(PROTOCOL_2[a], CHANGES[a]) for a in axes]):
+    for values in itertools.product(*[(PROTOCOL_2[a], PROTOCOL_1[a]) for a in axes]):
         config = dict(zip(axes, values))
         config.setdefault("scale_bias", PROTOCOL_2["scale_bias"])  # cRT has no scale
         out.append(config)
@@ -115,7 +115,7 @@ def paired(rows: list[dict], method: str, factor: float, change: str, base: dict
     def pick(config):
         return {r["seed"]: r["top1"] for r in rows if r["method"] == method and r["imbalance"] == factor
                 and all(r[k] == v for k, v in config.items())}
-    a, b = pick({**base, change: CHANGES[change]}), pick({**base, change: PROTOCOL_2[change]})
+    a, b = pick({**base, change: PROTOCOL_1[change]}), pick({**base, change: PROTOCOL_2[change]})
     diffs = [a[s] - b[s] for s in sorted(a) if s in b]
     mean = statistics.fmean(diffs)
     sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
@@ -162,8 +162,8 @@ def main(argv=None) -> int:
     effects = []
     for factor, method in itertools.product(factors, ("crt", "lws")):
         for change in (["bn_stats", "drop_last"] + (["scale_bias"] if method == "lws" else [])):
-            others = [c for c in CHANGES if c != change and (method == "lws" or c != "scale_bias")]
-            for setting in (PROTOCOL_2, CHANGES):  # the other changes at protocol 2, then at protocol 1
+            others = [c for c in PROTOCOL_1 if c != change and (method == "lws" or c != "scale_bias")]
+            for setting in (PROTOCOL_2, PROTOCOL_1):  # the other changes at protocol 2, then at protocol 1
                 effects.append(paired(rows, method, factor, change, {c: setting[c] for c in others}))
     report = {"what": "benchmarks/decoupled_stage2.py", "torch": torch.__version__, "python": platform.python_version(),
               "machine": platform.machine(), "seconds": round(time.time() - tick, 1), "seeds": args.seeds,
