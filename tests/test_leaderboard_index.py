@@ -1,6 +1,7 @@
 """The compacted copy of a leaderboard folder (leaderboard/index.py): a read through it gives exactly
 the rows of the per-run files, opens only the files that changed, and never writes into the folder."""
 import os
+import time
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -28,6 +29,13 @@ def _ids(frame) -> list[str]:
     return list(frame["run_id"])
 
 
+def _settle(folder) -> None:
+    """Date every run file a minute back: only files older than ``index.SETTLE_SECONDS`` enter the copy."""
+    then = time.time_ns() - 60 * 10**9
+    for path in folder.glob("*.parquet"):
+        os.utime(path, ns=(then, then))
+
+
 def _direct(folder) -> pd.DataFrame:
     """The folder read without bkdbench: what any Parquet reader sees."""
     frame = pd.read_parquet(folder)
@@ -37,6 +45,7 @@ def _direct(folder) -> pd.DataFrame:
 def test_second_read_opens_no_file_and_gives_the_same_rows(tmp_path, cache, opened):
     for i in range(5):
         store.write_row(tmp_path, make_row(f"r{i}", seed=i, top1=50.0 + i))
+    _settle(tmp_path)
     first, _ = store.read_rows(tmp_path)
     index.flush()  # the copy on disk: the second read takes every row from it
     assert not index._pending
@@ -51,6 +60,7 @@ def test_new_replaced_and_deleted_files_are_seen(tmp_path, cache, opened):
     tmp_path = tmp_path / "board"  # beside the cache, not above it (pandas reads folders recursively)
     for i in range(3):
         store.write_row(tmp_path, make_row(f"r{i}", seed=i, status="failed", top1=None, error="diverged"))
+    _settle(tmp_path)
     store.read_rows(tmp_path)
     store.write_row(tmp_path, make_row("r1", seed=1, top1=77.5))  # a failed run re-run: its file replaced
     store.write_row(tmp_path, make_row("r9", seed=9, top1=12.0))  # a new run
@@ -68,6 +78,7 @@ def test_the_copy_is_never_in_the_results_folder(tmp_path, cache):
     folder = tmp_path / "leaderboard"
     for i in range(3):
         store.write_row(folder, make_row(f"r{i}", seed=i))
+    _settle(folder)
     before = sorted(os.listdir(folder))
     store.read_rows(folder)
     index.flush()
@@ -80,6 +91,7 @@ def test_the_copy_is_never_in_the_results_folder(tmp_path, cache):
 def test_a_damaged_copy_is_ignored_and_rebuilt(tmp_path, cache, opened):
     for i in range(3):
         store.write_row(tmp_path, make_row(f"r{i}", seed=i))
+    _settle(tmp_path)
     store.read_rows(tmp_path)
     index.flush()
     (copy,) = (cache / "leaderboard-index").iterdir()
@@ -107,6 +119,7 @@ def test_an_unwritable_cache_only_makes_reads_slower(tmp_path, monkeypatch, open
 def test_an_unreadable_file_is_named_on_every_read_and_never_copied(tmp_path, cache, opened):
     store.write_row(tmp_path, make_row("good", seed=0))
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    _settle(tmp_path)
     for _ in range(2):
         frame, skipped = store.read_rows(tmp_path)
         assert _ids(frame) == ["good"] and [os.path.basename(p) for p in skipped] == ["bad.parquet"]
@@ -119,3 +132,36 @@ def test_a_copy_of_another_schema_is_not_used(tmp_path, cache):
 
     other = pa.schema(list(store.SCHEMA) + [pa.field("new_column", pa.string())])
     assert index.index_path(str(tmp_path), other) != index.index_path(str(tmp_path), store.SCHEMA)
+
+
+def test_a_file_replaced_within_its_second_with_the_same_size_is_seen(tmp_path, cache, opened):
+    """Object stores date files to the second: a row rewritten in the same second, same size, has the
+    same listing. Files that new never enter the copy, so the next read opens them again."""
+    store.write_row(tmp_path, make_row("r0", top1=10.0))
+    stamp = (tmp_path / "r0.parquet").stat().st_mtime_ns
+    first, _ = store.read_rows(tmp_path)
+    index.flush()
+    size = (tmp_path / "r0.parquet").stat().st_size
+    store.write_row(tmp_path, make_row("r0", top1=20.0))  # one float for another: the same size
+    assert (tmp_path / "r0.parquet").stat().st_size == size
+    os.utime(tmp_path / "r0.parquet", ns=(stamp, stamp))  # and the same time, as within one second
+    second, _ = store.read_rows(tmp_path)
+    assert list(first["top1"]) == [10.0] and list(second["top1"]) == [20.0] and len(opened) == 2
+
+
+def test_on_s3_settled_objects_come_from_the_copy(cache, opened, monkeypatch):
+    """moto's S3 server: the listing's names and (whole-second) times serve the copy as on disk."""
+    from helpers.s3_server import s3_endpoint
+
+    monkeypatch.setattr(index, "SETTLE_SECONDS", 1)
+    with s3_endpoint("board") as s3:
+        board = s3.uri("results/leaderboard")
+        for i in range(3):
+            store.write_row(board, make_row(f"r{i}", seed=i))
+        time.sleep(2.1)  # older than SETTLE_SECONDS by the listing's whole seconds, whatever the rounding
+        store.read_rows(board)
+        index.flush()
+        store.write_row(board, make_row("r1", seed=1, top1=99.0))  # replaced: a later second
+        second, skipped = store.read_rows(board)
+    assert opened == [["r0.parquet", "r1.parquet", "r2.parquet"], ["r1.parquet"]] and skipped == []
+    assert _ids(second) == ["r0", "r1", "r2"] and list(second["top1"]) == [71.25, 99.0, 71.25]

@@ -3,10 +3,14 @@ file instead of N. Opening each per-run file is what a read costs: about 1.5 ms 
 disk (0.45 s for 300 runs), more on object storage; the copy reads in milliseconds.
 
 The per-run files stay the truth (they are what keeps concurrent writers safe, store.py). The copy
-holds every row it has seen together with the name, size and modification time of the file it came
-from, and a read takes a row from it only while that file still has that size and that time. New or
-changed files are read from the folder; rows of deleted files drop out; the copy is then rewritten.
-A file whose listing gives no modification time is always read from the folder. Anything wrong with
+holds rows together with the name, size and modification time of the file each came from, and a read
+takes a row from it only while that file still has that size and that time. New or changed files are
+read from the folder; rows of deleted files drop out; the copy is then rewritten. Only *settled*
+files enter the copy: modified at least ``SETTLE_SECONDS`` before the folder was listed. Object
+stores give times to the second, so a file replaced within the second it was written, with the same
+size, would look unchanged; a settled file, once replaced, has a later time (as git treats "racily
+clean" index entries). A file whose listing gives no modification time is always read from the
+folder. Anything wrong with
 the copy (missing, unreadable, of another schema, a cache that cannot be written) means the files are
 read as if there were no copy: it can make a read slower, never different.
 
@@ -35,6 +39,7 @@ from ..storage import cache_root
 _FILE, _SIZE, _MTIME = "_file", "_size", "_mtime_ns"  # where a copied row came from
 Reader = Callable[[list[str]], "tuple[pa.Table, list[str]]"]  # paths → (rows with _file, unreadable)
 _pending: dict[Path, pa.Table] = {}  # copies to write at exit, by path
+SETTLE_SECONDS = 2  # > the coarsest modification-time resolution (1 s, object stores), plus clock slack
 
 
 def flush() -> None:
@@ -57,10 +62,11 @@ def index_path(location: str, schema: pa.Schema) -> Path:
     return cache_root() / "leaderboard-index" / f"{key}.parquet"
 
 
-def read(location: str, schema: pa.Schema, infos: list[pafs.FileInfo], read_files: Reader
-         ) -> tuple[pa.Table, list[str]]:
-    """The rows of the files ``infos`` (a listing of the folder), in path order: copied rows where
-    their file is unchanged, the others through ``read_files``; (rows, unreadable files)."""
+def read(location: str, schema: pa.Schema, infos: list[pafs.FileInfo], read_files: Reader,
+         listed_at_ns: int) -> tuple[pa.Table, list[str]]:
+    """The rows of the files ``infos`` (a listing of the folder, begun at ``listed_at_ns``, the local
+    clock), in path order: copied rows where their file is unchanged, the others through
+    ``read_files``; (rows, unreadable files)."""
     path = index_path(location, schema)
     copy = _pending[path] if path in _pending else _load(path, schema)
     stats = {info.path: (info.size, info.mtime_ns) for info in infos}
@@ -71,7 +77,8 @@ def read(location: str, schema: pa.Schema, infos: list[pafs.FileInfo], read_file
     parts = [kept] + ([_stamped(fresh, stats, schema)] if fresh is not None and fresh.num_rows else [])
     table = pa.concat_tables(parts) if len(parts) > 1 else kept
     if (todo or copy is None or len(kept) != len(copy)) and (copy is not None or table.num_rows):
-        _pending[path] = table.filter(pc.is_valid(table.column(_MTIME)))  # no time: nothing to compare later
+        settled = listed_at_ns - SETTLE_SECONDS * 10**9  # later (or no) time: read again next time
+        _pending[path] = table.filter(pc.fill_null(pc.less_equal(table.column(_MTIME), settled), False))
     order = pc.sort_indices(table, sort_keys=[(_FILE, "ascending")])
     return table.take(order).select(schema.names), skipped
 
@@ -93,14 +100,15 @@ def _load(path: Path, schema: pa.Schema) -> "pa.Table | None":
 
 def _unchanged(copy: pa.Table, stats: dict) -> pa.Array:
     files, sizes, times = (copy.column(c).to_pylist() for c in (_FILE, _SIZE, _MTIME))
-    return pa.array([t is not None and stats.get(f) == (s, t) for f, s, t in zip(files, sizes, times)])
+    return pa.array([t is not None and stats.get(f) == (s, t) for f, s, t in zip(files, sizes, times)], pa.bool_())
 
 
 def _stamped(rows: pa.Table, stats: dict, schema: pa.Schema) -> pa.Table:
     """``rows`` (schema's columns and _file) with the size and time their file was listed with."""
     files = rows.column(_FILE).to_pylist()
-    size = pa.array([stats[f][0] for f in files], pa.int64())
-    mtime = pa.array([stats[f][1] for f in files], pa.int64())
+    listed = [stats.get(f, (None, None)) for f in files]  # a name the listing spells otherwise: never copied
+    size = pa.array([s for s, _ in listed], pa.int64())
+    mtime = pa.array([t for _, t in listed], pa.int64())
     return pa.Table.from_arrays([*rows.select(schema.names).columns, rows.column(_FILE), size, mtime],
                                 schema=_empty(schema).schema)
 

@@ -37,6 +37,7 @@ import json
 import numbers
 import os
 import re
+import time
 
 import pandas as pd
 import pyarrow as pa
@@ -270,8 +271,9 @@ def read_rows(root: Root, **filters) -> tuple[pd.DataFrame, list[str]]:
         raise ValueError(f"cannot filter on {', '.join(unknown)}; filterable: {', '.join(FILTERABLE)}")
     where = _location(root)
     fs, folder = resolve(where)
+    listed_at = time.time_ns()  # before listing: a file written after it is never taken as settled
     infos = _row_files(fs, folder)
-    table, skipped = index.read(str(where), SCHEMA, infos, lambda paths: _read_files(fs, where, paths))
+    table, skipped = index.read(str(where), SCHEMA, infos, lambda paths: _read_files(fs, where, paths), listed_at)
     frame = table.to_pandas()
     frame["split"] = frame["split"].fillna(LEGACY_SPLIT)
     return filter_rows(frame, **filters), skipped
