@@ -10,22 +10,21 @@ files enter the copy: modified at least ``SETTLE_SECONDS`` before the folder was
 stores give times to the second, so a file replaced within the second it was written, with the same
 size, would look unchanged; a settled file, once replaced, has a later time (as git treats "racily
 clean" index entries). A file whose listing gives no modification time is always read from the
-folder. Anything wrong with
-the copy (missing, unreadable, of another schema, a cache that cannot be written) means the files are
-read as if there were no copy: it can make a read slower, never different.
+folder. Anything wrong with the copy (missing, unreadable, of another schema, a cache that cannot be
+written) means the files are read as if there were no copy: it can make a read slower, never
+different.
 
 A read keeps the new copy in memory and writes it when the process ends (``atexit``), so a command
-that then fails on bad input (``bkdbench compare`` with no common seeds) writes nothing:
-the CLI calls ``discard()`` before it exits with an error. The copy lives in ``<cache>/leaderboard-index/`` (``$BKDBENCH_CACHE``, else ``~/.cache/bkdbench``),
-named by a hash of the folder's location and of the schema, never in the results folder: reading
-writes nothing there, and pandas, DuckDB or polars reading the folder see only the per-run files.
+that then fails on bad input (``bkdbench compare`` with no common seeds) writes nothing: the CLI
+calls ``discard()`` before it exits with an error. The copy lives in ``<cache>/leaderboard-index/``
+(``$BKDBENCH_CACHE``, else ``~/.cache/bkdbench``), named by a hash of the folder's location and of the
+schema, never in the results folder: reading writes nothing there, and pandas, DuckDB or polars
+reading the folder see only the per-run files.
 """
 from __future__ import annotations
 
 import atexit
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..storage import cache_root
+from ..storage import Location, LocationError, cache_root
 
 _FILE, _SIZE, _MTIME = "_file", "_size", "_mtime_ns"  # where a copied row came from
 Reader = Callable[[list[str]], "tuple[pa.Table, list[str]]"]  # paths → (rows with _file, unreadable)
@@ -114,17 +113,11 @@ def _stamped(rows: pa.Table, stats: dict, schema: pa.Schema) -> pa.Table:
 
 
 def _store(path: Path, table: pa.Table) -> None:
-    """Write the copy atomically (a reader never sees half of it); a cache that cannot be written is
-    only a slower next read."""
+    """Write the copy atomically (``Location.write_bytes``: a reader never sees half of it); a cache
+    that cannot be written is only a slower next read."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as sink:
-                pq.write_table(table, sink)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except (OSError, pa.ArrowException):
+        Location(path).write_bytes(sink.getvalue().to_pybytes())
+    except (OSError, LocationError):
         pass
