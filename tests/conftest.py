@@ -11,6 +11,23 @@ from cifar_files import write_cifar10, write_cifar100
 from helpers.ray_tmp import made_count, ray_tmpdir, remove, sessions_in_folders_made_since
 
 
+# --- pytest-xdist (`make test` runs the quick tests with -n 2 --dist loadgroup) ---------------
+
+# Files whose tests share one session fixture that is costly to build: one group, one worker.
+_SHARED_GROUPS = {"test_cifar.py": "cifar_root", "test_validation_split.py": "cifar_root"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Each test file is one xdist group (its module fixtures then run once, in one worker), except
+    the files of ``_SHARED_GROUPS``, which share a group (the 370-MB ``cifar_root`` is written once).
+    Without xdist the marker does nothing."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            name = item.path.name
+            item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(name, name)))
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory):
     """One folder holding full-size generated ``cifar-10-batches-py`` and ``cifar-100-python``
