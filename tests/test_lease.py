@@ -13,15 +13,21 @@ import pytest
 
 from bkdbench.orchestrate import lease as lease_mod
 from bkdbench.orchestrate.lease import acquire, leases_dir, try_acquire
+from helpers.processes import wait_for
 
+# The racers and the holder move on events (files the test creates), never on the clock: a process
+# that starts seconds late under load changes nothing.
 RACER = """
-import sys, time
+import pathlib, sys, time
 from bkdbench.orchestrate.lease import try_acquire
-root, start = sys.argv[1], float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
-lease = try_acquire(root, "run-x")
+root = pathlib.Path(sys.argv[1])
+print("ready", flush=True)
+while not (root / "go").exists():  # all four look at once, whenever the slowest started
+    time.sleep(0.005)
+lease = try_acquire(str(root), "run-x")
 print("got" if lease is not None else "no", flush=True)
-time.sleep(3)  # hold it while the others look
+while not (root / "done").exists():  # hold it (alive) until every racer has answered
+    time.sleep(0.01)
 """
 
 HOLDER = """
@@ -31,7 +37,8 @@ root, outcome = sys.argv[1], sys.argv[2]
 lease = try_acquire(root, "run-x")
 assert lease is not None
 print("held", flush=True)
-time.sleep(2.5)
+while not pathlib.Path(root, "go").exists():  # until the waiting driver has found the lease held
+    time.sleep(0.01)
 pathlib.Path(root, "outcome").write_text(outcome)  # the row, written before the release
 lease.release()
 """
@@ -42,10 +49,16 @@ def files(root):
 
 
 def test_exactly_one_of_racing_processes_gets_the_lease(tmp_path):
-    start = str(time.time() + 2.0)
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), start], stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
-    said = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 4
+        (tmp_path / "go").touch()
+        said = sorted(p.stdout.readline().strip() for p in procs)
+    finally:
+        (tmp_path / "done").touch()
+        for p in procs:
+            p.communicate(timeout=60)
     assert said == ["got", "no", "no", "no"]
     assert files(tmp_path) == ["run-x.0.json"]
 
@@ -68,8 +81,8 @@ def test_the_holder_renews_its_lease(tmp_path, monkeypatch):
     monkeypatch.setattr(lease_mod, "RENEW", 0.2)
     held = try_acquire(tmp_path, "run-x")
     first = json.loads(held.path.read_text())["expires"]
-    time.sleep(1.0)
-    assert json.loads(held.path.read_text())["expires"] > first
+    wait_for(lambda: json.loads(held.path.read_text())["expires"] > first, timeout=60,
+             what="a renewal of the lease's expiry")
     held.release()
 
 
@@ -98,12 +111,18 @@ def test_a_dead_holders_lease_is_taken_over_at_once(tmp_path):
 def test_a_waiting_driver_takes_the_holders_outcome(tmp_path, outcome):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), outcome], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    seen = tmp_path / "outcome"
-    got = acquire(tmp_path, "run-x", poll=0.1,
-                  finished=lambda: seen.exists() and seen.read_text() == "finished",
+    seen, looks = tmp_path / "outcome", []
+
+    def finished():
+        looks.append(1)
+        if len(looks) == 2:  # the first look found the lease held: now let the holder finish
+            (tmp_path / "go").touch()
+        return seen.exists() and seen.read_text() == "finished"
+
+    got = acquire(tmp_path, "run-x", poll=0.1, finished=finished,
                   failure=lambda: "training loss became nan" if seen.exists() and seen.read_text() == "failed" else None)
     holder.wait(timeout=30)
-    assert got.lease is None and got.waited > 1.0
+    assert got.lease is None and len(looks) >= 2 and got.waited >= 0.1  # it waited for the live holder
     assert (got.finished, got.failed) == ((True, None) if outcome == "finished" else (False, "training loss became nan"))
     assert files(tmp_path) == []
 
