@@ -134,11 +134,14 @@ def test_a_copy_of_another_schema_is_not_used(tmp_path, cache):
     assert index.index_path(str(tmp_path), other) != index.index_path(str(tmp_path), store.SCHEMA)
 
 
-def test_a_file_replaced_within_its_second_with_the_same_size_is_seen(tmp_path, cache, opened):
+def test_a_file_replaced_within_its_second_with_the_same_size_is_seen(tmp_path, cache, opened, monkeypatch):
     """Object stores date files to the second: a row rewritten in the same second, same size, has the
     same listing. Files that new never enter the copy, so the next read opens them again."""
     store.write_row(tmp_path, make_row("r0", top1=10.0))
     stamp = (tmp_path / "r0.parquet").stat().st_mtime_ns
+    # Every listing dated the instant the file was written (the clock injected, not raced: a stall
+    # of the test here once made the file look settled).
+    monkeypatch.setattr(index, "now_ns", lambda: stamp)
     first, _ = store.read_rows(tmp_path)
     index.flush()
     size = (tmp_path / "r0.parquet").stat().st_size

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,11 @@ _FILE, _SIZE, _MTIME = "_file", "_size", "_mtime_ns"  # where a copied row came 
 Reader = Callable[[list[str]], "tuple[pa.Table, list[str]]"]  # paths → (rows with _file, unreadable)
 _pending: dict[Path, pa.Table] = {}  # copies to write at exit, by path
 SETTLE_SECONDS = 2  # > the coarsest modification-time resolution (1 s, object stores), plus clock slack
+
+
+def now_ns() -> int:
+    """The clock a listing is dated by (the local one): tests set it rather than sleep against it."""
+    return time.time_ns()
 
 
 def flush() -> None:

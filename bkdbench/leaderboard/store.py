@@ -37,7 +37,6 @@ import json
 import numbers
 import os
 import re
-import time
 
 import pandas as pd
 import pyarrow as pa
@@ -271,7 +270,7 @@ def read_rows(root: Root, **filters) -> tuple[pd.DataFrame, list[str]]:
         raise ValueError(f"cannot filter on {', '.join(unknown)}; filterable: {', '.join(FILTERABLE)}")
     where = _location(root)
     fs, folder = resolve(where)
-    listed_at = time.time_ns()  # before listing: a file written after it is never taken as settled
+    listed_at = index.now_ns()  # before listing: a file written after it is never taken as settled
     infos = _row_files(fs, folder)
     table, skipped = index.read(str(where), SCHEMA, infos, lambda paths: _read_files(fs, where, paths), listed_at)
     frame = table.to_pandas()
