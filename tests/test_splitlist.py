@@ -119,6 +119,86 @@ def test_a_process_pool_decodes_the_same_pixels(tmp_path, monkeypatch):
     assert seen[0] == (0, 36) and seen[-1] == (36, 36) and len(seen) > 3
 
 
+DECODER = """
+import pathlib, sys, time
+from dataclasses import replace
+import numpy as np
+from bkdbench.data.large import lists, store
+from bkdbench.data.large.imagenet_lt import IMAGENET_LT
+root, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+listing = lists.scan(root, replace(IMAGENET_LT, num_classes=3), 32)
+print("ready", flush=True)
+while not go.exists():  # both decode at once, whenever the slower one started
+    time.sleep(0.005)
+stored = store.load_listing(listing)
+x = np.asarray(stored.arrays.train_x, dtype=np.int64)
+print(stored.folder, int(x.sum()), int((x * np.arange(x.shape[0])[:, None, None, None]).sum()), flush=True)
+"""
+
+
+def _store_folders(cache):
+    return sorted(p.name for p in (cache / "splitlist").iterdir())
+
+
+def test_two_processes_decoding_the_same_store_at_once_both_get_it(tmp_path):
+    """Two processes decode one listing at the same moment: both finish with the same pixels (their
+    sums checked against the images decoded by Pillow here) from one store folder, nothing left over."""
+    import subprocess
+    import sys
+
+    lines = write_imagenet_lt(tmp_path / "img")
+    want = np.stack([pil_store(tmp_path / "img" / line.split()[0], STORE) for line in lines["train"]]).astype(np.int64)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", DECODER, str(tmp_path / "img"), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+        go.touch()
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        go.touch()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    said = [out.split() for out, _ in outs]
+    weights = np.arange(want.shape[0])[:, None, None, None]
+    assert said[0] == said[1] == [said[0][0], str(int(want.sum())), str(int((want * weights).sum()))]
+    assert _store_folders(tmp_path / "cache") == [Path(said[0][0]).name]  # one store, no temp or set-aside folder
+
+
+def test_a_store_finished_by_another_process_after_our_look_is_never_removed(tmp_path, monkeypatch):
+    """The race, made certain: this process looks (no valid store yet), another one then finishes the
+    store, and this one decodes too. Theirs stays in place, the very same files (another process may
+    be about to open them); this one's copy is dropped."""
+    write_imagenet_lt(tmp_path / "img")
+    listing = splitlist.scan(tmp_path / "img", TINY, STORE)
+    theirs = splitstore.load_listing(listing)
+    inode = os.stat(theirs.folder / "train_x.npy").st_ino
+    real, looks = splitstore._valid, []
+
+    def first_look_before_theirs_was_there(folder, listing):
+        looks.append(folder)
+        return False if len(looks) == 1 else real(folder, listing)
+
+    monkeypatch.setattr(splitstore, "_valid", first_look_before_theirs_was_there)
+    mine = splitstore.load_listing(listing)
+    assert os.stat(theirs.folder / "train_x.npy").st_ino == inode  # their files, never replaced
+    assert mine.decoded and mine.folder == theirs.folder and len(looks) >= 2
+    np.testing.assert_array_equal(np.asarray(mine.arrays.train_x), np.asarray(theirs.arrays.train_x))
+    assert _store_folders(tmp_path / "cache") == [theirs.folder.name]
+
+
+def test_a_damaged_folder_under_the_stores_name_is_replaced(tmp_path):
+    write_imagenet_lt(tmp_path / "img")
+    listing = splitlist.scan(tmp_path / "img", TINY, STORE)
+    folder = splitstore.load_listing(listing).folder
+    (folder / "meta.json").write_text("{not json")  # damaged by hand: never trusted
+    again = splitstore.load_listing(listing)
+    assert again.decoded and again.folder == folder and splitstore._valid(folder, listing)
+    assert _store_folders(tmp_path / "cache") == [folder.name]  # the damaged one went, set aside first
+
+
 BAD_LINES = [
     ("train", "train/n00000000/n00000000_0.JPEG zero", "label 'zero' is not an integer"),
     ("train", "train/n00000000/n00000000_0.JPEG 3", "label 3 is out of range 0..2"),

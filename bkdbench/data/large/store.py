@@ -168,15 +168,38 @@ def _build(listing: Listing, target: Path) -> None:
                 "store_size": listing.store_size, "classes": list(listing.classes),
                 "counts": {s: len(e) for s, e in listing.splits.items()}}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished the same cache first: keep theirs
-            if not _valid(target, listing):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        _install(tmp, target, listing)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _install(tmp: Path, target: Path, listing: Listing) -> None:
+    """Rename the finished store ``tmp`` to ``target``. A valid store found there (another process
+    decoded the same listing first) is kept and ``tmp`` dropped; a folder there that is no valid store
+    is renamed aside, then removed. A valid store is never removed: another process may be about to
+    open it (two processes decoding one listing at once once lost the first one's store that way)."""
+    for _ in range(5):
+        try:
+            os.rename(tmp, target)
+            return
+        except OSError:  # a folder is there
+            if _valid(target, listing):  # another process finished the same store first: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+        aside = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+        try:
+            os.rename(target, aside)  # atomic: nobody sees a half-removed folder under the store's name
+        except FileNotFoundError:  # someone else moved it aside: try again
+            continue
+        if _valid(aside, listing):  # became valid between the look and the move: put it back
+            try:
+                os.rename(aside, target)
+            except OSError:
+                pass  # a valid store is at target again; this one stays aside, hidden, never removed
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
+    raise OSError(f"could not put the decoded store in place at {target}")
 
 
 def _valid(folder: Path, listing: Listing) -> bool:
@@ -199,8 +222,8 @@ def load_listing(listing: Listing) -> StoredSplits:
     folder = cache_dir() / f"{listing.benchmark.name}-{listing.key}"
     decoded = False
     if not _valid(folder, listing):
-        if folder.exists():  # a foreign or damaged folder under our name: replace it
-            shutil.rmtree(folder, ignore_errors=True)
+        # A folder under our name is not removed here: it may be another process's store, finished
+        # since the look above; _install replaces it only if it is still no valid store.
         made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
