@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cifar_files import write_cifar10, write_cifar100
-from helpers.ray_tmp import made_count, ray_tmpdir, remove, sessions_in_folders_made_since
+from helpers.ray_tmp import made_count, process_token_file, ray_tmpdir, remove, sessions_in_folders_made_since
 
 
 # --- pytest-xdist (`make test` runs the quick tests with -n 2 --dist loadgroup) ---------------
@@ -104,6 +104,18 @@ def _session_cache(tmp_path_factory):
     reads or writes ~/.cache/bkdbench (decoded datasets, the leaderboard's compacted copies)."""
     patch = pytest.MonkeyPatch()
     patch.setenv("BKDBENCH_CACHE", str(tmp_path_factory.mktemp("bkdbench-cache")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_ray_token():
+    """Ray started in this process reads its token from a file of this process (``RAY_AUTH_TOKEN_PATH``),
+    never ~/.ray/auth_token, which Ray writes non-atomically when it is missing and which every Ray
+    user on the machine shares (CLI subprocesses get one of their own: helpers.cli.cli_env)."""
+    patch = pytest.MonkeyPatch()
+    patch.delenv("RAY_AUTH_TOKEN", raising=False)
+    patch.setenv("RAY_AUTH_TOKEN_PATH", process_token_file())
     yield
     patch.undo()
 

@@ -207,7 +207,9 @@ def test_a_driver_without_the_clusters_token_is_refused_clearly(tmp_path):
                 "--address", cluster.address, "--results", results]
         for extra, words in (({}, ["has no token", "~/.ray/auth_token", "RAY_AUTH_TOKEN"]),
                              ({"RAY_AUTH_TOKEN": "0" * 32}, ["could not join the Ray cluster", "the head's?"])):
-            result = run_cli(args, folder=tmp_path, env=cluster.driver_env(HOME=home, **extra), timeout=180)
+            env = cluster.driver_env(HOME=home, **extra)
+            del env["RAY_AUTH_TOKEN_PATH"]  # the cluster's token file: this driver must not find it
+            result = run_cli(args, folder=tmp_path, env=env, timeout=180)
             assert result.returncode == 2, result.stdout + result.stderr
             errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
             assert len(errors) == 1 and all(w in errors[0] for w in words), errors

@@ -12,19 +12,21 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from helpers.ray_tmp import ray_tmpdir
+from helpers.ray_tmp import ray_tmpdir, token_file
 
 # The console script next to this interpreter.
 BKDBENCH = Path(sys.executable).parent / "bkdbench"
 COLUMNS = "250"
-NOT_INHERITED = ("RAY_ADDRESS", "BKDBENCH_RESULTS", "RAY_AUTH_MODE")
+NOT_INHERITED = ("RAY_ADDRESS", "BKDBENCH_RESULTS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 
 
 def cli_env(ray_tmp: Optional[str] = None, **extra) -> dict:
     """The environment of a CLI subprocess: this one's, less ``NOT_INHERITED``, with
-    ``RAY_TMPDIR=ray_tmp`` (a new private folder when not given) and ``extra`` on top."""
+    ``RAY_TMPDIR=ray_tmp`` (a new private folder when not given), Ray's token in a file in that
+    folder (``RAY_AUTH_TOKEN_PATH``, never ~/.ray/auth_token) and ``extra`` on top."""
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
-    env.update(RAY_TMPDIR=ray_tmp or ray_tmpdir(), PYTHONUNBUFFERED="1", COLUMNS=COLUMNS)
+    ray_tmp = ray_tmp or ray_tmpdir()
+    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_TOKEN_PATH=token_file(ray_tmp), PYTHONUNBUFFERED="1", COLUMNS=COLUMNS)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

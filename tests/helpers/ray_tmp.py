@@ -10,6 +10,8 @@ leaves a ``session_*`` folder in its temp folder (``sessions_in_folders_made_sin
 from __future__ import annotations
 
 import atexit
+import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -58,15 +60,46 @@ def sessions_in_folders_made_since(count: int) -> list[str]:
 
 @atexit.register
 def _remove_all() -> None:
-    for folder in _MADE:
+    for folder in _MADE + _TOKEN_FOLDER:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- Ray's authentication token (REFERENCE.md §5, trap 7) ------------------------------------------
+# Ray 2.60 reads the token from RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH names, else
+# ~/.ray/auth_token, which it writes (not atomically) when it is missing. The tests never touch that
+# one: each CLI's Ray (and a `ray start` cluster's nodes and drivers) reads a token file in its own
+# temp folder, and Ray started in the test process reads the process's own.
+
+_TOKEN_FOLDER: list[str] = []
+
+
+def token_file(folder: str) -> str:
+    """``FOLDER/auth_token``, a new random token (as Ray makes one: 64 hex digits) written atomically
+    the first time it is asked for."""
+    path = os.path.join(folder, "auth_token")
+    if not os.path.exists(path):
+        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        with open(tmp, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        os.replace(tmp, path)
+    return path
+
+
+def process_token_file() -> str:
+    """The token file of Ray started in this process: one for the process's life, since Ray's C++
+    core loads the token once per process."""
+    if not _TOKEN_FOLDER:
+        _TOKEN_FOLDER.append(tempfile.mkdtemp(prefix="bkdtok", dir="/tmp"))
+    return token_file(_TOKEN_FOLDER[0])
 
 
 def in_process_ray_env(mp, ray_tmp: str) -> None:
     """With ``mp`` (a pytest MonkeyPatch context), the environment a test that calls ``ray_session`` in
     its own process needs: a private temp folder, no cluster address, and the two variables that
-    ``ray_session`` would otherwise set for the rest of the test process (restored when ``mp`` ends)."""
+    ``ray_session`` would otherwise set for the rest of the test process (restored when ``mp`` ends),
+    and the process's own Ray token file."""
     mp.delenv("RAY_ADDRESS", raising=False)
     mp.setenv("RAY_TMPDIR", ray_tmp)
+    mp.setenv("RAY_AUTH_TOKEN_PATH", process_token_file())
     mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
