@@ -190,3 +190,37 @@ def test_bad_input_through_the_console_script(tmp_path, results):
     assert len(lines) == 1 and str(path) in lines[0] and "epoch" in lines[0], proc.stderr
     assert proc.stdout.strip() == ""
     assert_nothing_written(before, tmp_path)
+
+
+# --- run ids, pinned ---------------------------------------------------------------------------
+# A run id names everything cached for the run (its leaderboard row, a teacher's checkpoint): a change
+# to how ids are computed, or to any default that enters a spec, orphans every cached result, and
+# every leaderboard starts over. These literals were computed once (2026-12, protocol 2); changing
+# one is a deliberate edit whose commit says that every cached result is invalidated.
+PINNED_RUN_IDS = {
+    ("digits-lt", "ce", 10.0, 0): "8b09286de5027e17",
+    ("digits-lt", "bkd", 10.0, 0): "cfb9d7edd39e494a",
+    ("cifar-lt", "ce", 100.0, 0): "c28ebcee7588c48e",
+    ("cifar-lt", "bkd", 100.0, 0): "a7dd70c295f1bbb4",
+}
+# The spec behind the first id, as text: the id is the first 16 hex digits of its SHA-256.
+DIGITS_CE_JSON = ('{"data_seed":0,"dataset":"digits","epochs":40,"imbalance_factor":10.0,"method":"ce",'
+                  '"model":"cnn-small","params":{},"profile":"exp","protocol":2,"recipe":"small","seed":0,'
+                  '"split":"every-class","teacher":null}')
+
+
+@pytest.mark.parametrize("suite, method, imbalance, seed", sorted(PINNED_RUN_IDS))
+def test_run_ids_of_shipped_specs_are_pinned(suite, method, imbalance, seed):
+    (spec,) = [s for s in load_suite(suite).expand()
+               if (s.method, s.imbalance_factor, s.seed) == (method, imbalance, seed) and s.dataset in ("digits", "cifar10")]
+    assert spec.run_id == PINNED_RUN_IDS[suite, method, imbalance, seed]
+    if method == "bkd":  # its teacher is the CE run of the same setup, by id
+        assert spec.teacher.run_id == PINNED_RUN_IDS[suite, "ce", imbalance, seed]
+
+
+def test_a_run_id_is_the_sha256_of_the_canonical_spec():
+    import hashlib
+
+    (spec,) = [s for s in load_suite("digits-lt").expand() if (s.method, s.imbalance_factor, s.seed) == ("ce", 10.0, 0)]
+    assert spec.canonical_json() == DIGITS_CE_JSON
+    assert hashlib.sha256(DIGITS_CE_JSON.encode()).hexdigest()[:16] == PINNED_RUN_IDS["digits-lt", "ce", 10.0, 0]
