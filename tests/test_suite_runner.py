@@ -1,5 +1,5 @@
-"""`bkdbench run` end to end through real Ray Tune on the embedded digits data: a mini suite, a
-second invocation with nothing to do, Ctrl-C then --resume, and a diverging trial failing alone.
+"""`bkdbench run` end to end through real Ray Tune on the embedded digits data: a five-method suite
+(packed and mirrored to MLflow, then one trial per run), a second invocation with nothing to do, Ctrl-C then --resume, and a diverging trial failing alone.
 
 Every run is a `bkdbench` subprocess with its own results folder; a driver that is interrupted is
 started in a session of its own so that SIGINT reaches it alone (like one Ctrl-C), and whatever
@@ -30,48 +30,80 @@ def rows_of(results):
     return rows
 
 
-# --- 1. a mini suite, then nothing to do ------------------------------------------------------
+# --- 1. one five-method suite: packed with MLflow, then nothing to do, then one trial per run -----
+
+FIVE = ["ce", "reweight-cb", "balanced-softmax", "kd", "bkd"]
+
 
 @pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    """digits IF 10, ce + kd + bkd, one seed, 3 epochs: run once, then run again."""
-    tmp = tmp_path_factory.mktemp("mini")
-    suite = write_suite(tmp / "mini.yaml", datasets=["digits"], imbalance=[10], methods=["ce", "kd", "bkd"],
-                        seeds=1, epochs=3)
-    results = tmp / "results"
-    args = ["run", "--suite", str(suite), "--results", str(results)]
-    first = run_logged(args, tmp / "first.log")
-    before = snapshot(results)
-    second = run_logged(args, tmp / "second.log", timeout=120)
-    return dict(suite=suite, results=results, first=first, second=second, before=before)
+def five(tmp_path_factory):
+    """digits IF 10, five methods, one seed, 3 epochs, run three times and read by several tests (one
+    set of Ray starts instead of one per test): ``--pack 4`` mirrored to MLflow, the same invocation
+    again (nothing to do), and ``--pack 1`` into a second results folder."""
+    tmp = tmp_path_factory.mktemp("five")
+    suite = write_suite(tmp / "mix.yaml", datasets=["digits"], imbalance=[10], methods=FIVE, seeds=1, epochs=3)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    packed, separate = tmp / "packed", tmp / "separate"
+    args = ["run", "--suite", str(suite), "--results", str(packed), "--pack", "4", "--tracking", f"mlflow:{uri}"]
+    first = run_logged(args, tmp / "packed.log", timeout=400)
+    before = snapshot(packed)
+    again = run_logged(args, tmp / "again.log", timeout=120)
+    one_each = run_logged(["run", "--suite", str(suite), "--results", str(separate), "--pack", "1"],
+                          tmp / "separate.log")
+    return dict(suite=suite, mlflow=uri, packed=packed, separate=separate, first=first, again=again,
+                one_each=one_each, before=before)
 
 
-def test_mini_suite_then_nothing_to_do(mini):
-    code, out = mini["first"]
+def test_mini_suite_then_nothing_to_do(five):
+    code, out = five["first"]
     assert code == 0, out
-    results = mini["results"]
-    expected = suite_run_ids(mini["suite"])
-    assert len(expected) == 3
+    results = five["packed"]
+    expected = suite_run_ids(five["suite"])
+    assert len(expected) == 5
     rows = rows_of(results)
     assert sorted(rows.run_id) == sorted(expected), out
     assert sorted(p.stem for p in row_files(results)) == sorted(expected)  # one file per run
     assert set(rows.status) == {"finished"}, rows[["method", "status", "error"]]
-    assert set(rows.suite) == {"mini"}
+    assert set(rows.suite) == {"mix"}
     by_method = rows.set_index("method")
     ce_id = by_method.loc["ce", "run_id"]
     assert by_method.loc["kd", "teacher_run_id"] == ce_id
     assert by_method.loc["bkd", "teacher_run_id"] == ce_id
-    assert pd.isna(by_method.loc["ce", "teacher_run_id"])
+    for name in ("ce", "reweight-cb", "balanced-softmax"):
+        assert pd.isna(by_method.loc[name, "teacher_run_id"])
     assert (results / "teachers" / f"{ce_id}.pt").is_file()
 
-    # The second invocation: the same three runs are found, none is trained, nothing is written.
-    code, out = mini["second"]
+    # The second invocation: the same five runs are found, none is trained, nothing is written.
+    code, out = five["again"]
     assert code == 0, out
     flat = " ".join(out.split())  # rich wraps long lines
-    assert "3 already in the leaderboard" in flat, out
+    assert "5 already in the leaderboard" in flat, out
     assert "0 to train" in flat, out
     assert "trained" not in flat, out
-    assert_nothing_written(mini["before"], results)  # since the first invocation ended
+    assert_nothing_written(five["before"], results)  # since the first invocation ended
+
+
+def test_suite_through_ray_mirrors_every_trial_to_mlflow(five):
+    """The --tracking choice reaches Ray trials (their own processes and folders), packed ones
+    included: every run of the suite is an MLflow run tagged with its run id and the suite, and has
+    its TensorBoard events. (Moved here from test_tracking.py: it reads this module's suite run.)"""
+    from mlflow import MlflowClient
+
+    from test_tracking import tensorboard_scalars
+
+    results = five["packed"]
+    rows = rows_of(results)
+    assert len(rows) == 5 and rows["history"].notna().all()
+    client = MlflowClient(five["mlflow"])
+    runs = client.search_runs([client.get_experiment_by_name("bkdbench/mix").experiment_id])
+    assert sorted(r.data.tags["bkdbench.run_id"] for r in runs) == sorted(rows["run_id"])
+    assert {r.data.tags["bkdbench.suite"] for r in runs} == {"mix"} and {r.info.status for r in runs} == {"FINISHED"}
+    by_id = {r.data.tags["bkdbench.run_id"]: r for r in runs}
+    for row in rows.to_dict("records"):
+        assert by_id[row["run_id"]].data.metrics["final/top1"] == pytest.approx(row["top1"])
+    boards = list((results / "experiments" / "tensorboard" / "mix").iterdir())
+    assert sorted(b.name.rsplit("-", 1)[1] for b in boards) == sorted(rows["run_id"])
+    assert all(tensorboard_scalars(b)["train_loss"] for b in boards)
 
 
 # --- 2. Ctrl-C, then --resume ------------------------------------------------------------------
@@ -118,8 +150,9 @@ def rows_settled(results, at_least, quiet=1.0):
 
 
 def test_sigint_then_resume(tmp_path):
+    # 3 epochs: enough that the SIGINT (after the first pair of rows) lands with six runs to go
     suite = write_suite(tmp_path / "sig.yaml", datasets=["digits"], imbalance=[10, 50], methods=["ce", "bkd"],
-                        seeds=2, epochs=6)
+                        seeds=2, epochs=3)
     expected = suite_run_ids(suite)
     assert len(expected) == 8
     results = tmp_path / "results"
@@ -181,8 +214,9 @@ def test_sigint_in_student_stage_then_resume(tmp_path):
     from bkdbench.orchestrate.execute import run_and_record
     from bkdbench.specs.suites import load_suite
 
+    # 4 epochs: the SIGINT lands as soon as both students' trials exist, well before they end
     suite = write_suite(tmp_path / "students.yaml", datasets=["digits"], imbalance=[10],
-                        methods=["ce", "kd", "bkd"], seeds=1, epochs=6)
+                        methods=["ce", "kd", "bkd"], seeds=1, epochs=4)
     specs = load_suite(str(suite)).expand()
     assert [s.method for s in specs] == ["ce", "kd", "bkd"]
     teacher, kd, bkd = (s.run_id for s in specs)
@@ -325,21 +359,18 @@ PACK_COLUMNS = ("run_id", "status", "method", "params", "seed", "teacher_run_id"
                 "few", "top1_best_epoch", "best_epoch", "nll", "ece", "suite")
 
 
-def test_a_packed_suite_writes_the_rows_of_one_trial_per_run(tmp_path):
+def test_a_packed_suite_writes_the_rows_of_one_trial_per_run(five):
     """Five methods of one seed: with ``--pack 4`` CE, CB re-weighting and Balanced Softmax share a trial
     beside the teacher stage and KD and BKD share one after it (2 trials); ``--pack 1`` trains 5 trials.
     On CPU a pack runs each member's exact operations, so every row is the same number for number."""
-    suite = write_suite(tmp_path / "mix.yaml", datasets=["digits"], imbalance=[10],
-                        methods=["ce", "reweight-cb", "balanced-softmax", "kd", "bkd"], seeds=1, epochs=3)
     got = {}
-    for name, extra in (("packed", ["--pack", "4"]), ("separate", ["--pack", "1"])):
-        results = tmp_path / name
-        code, out = run_logged(["run", "--suite", str(suite), "--results", str(results), *extra], tmp_path / f"{name}.log")
+    for name, key in (("packed", "first"), ("separate", "one_each")):
+        code, out = five[key]
         assert code == 0, out
         trials = re.search(r"trained 5 run\(s\) in [\d.]+ s \((\d+) Ray trials\)", " ".join(out.split()))
         assert trials and int(trials.group(1)) == (2 if name == "packed" else 5), out
         assert re.search(r"time: planning [\d.]+ s · Ray start [\d.]+ s · teachers [\d.]+ s · students", " ".join(out.split())), out
-        got[name] = rows_of(results).set_index("run_id", drop=False).sort_index()
+        got[name] = rows_of(five[name]).set_index("run_id", drop=False).sort_index()
     packed, separate = got["packed"], got["separate"]
     assert len(packed) == 5 and list(packed.run_id) == list(separate.run_id)
     for col in PACK_COLUMNS:
@@ -348,3 +379,39 @@ def test_a_packed_suite_writes_the_rows_of_one_trial_per_run(tmp_path):
         assert list(a) == list(b)
     for a, b in zip(packed.history, separate.history):  # JSON text: one entry per epoch
         assert [h["train_loss"] for h in json.loads(a)] == [h["train_loss"] for h in json.loads(b)]
+
+
+def test_report_of_the_suites_own_rows(five, tmp_path):
+    """`bkdbench report` on rows a real suite run wrote (test_report.py uses rows made by hand): the
+    figures are real images, runs.json holds every run with its row's numbers and its epochs, and
+    in Chromium (where installed) the page loads without an error, its leaderboard one line per method."""
+    from PIL import Image
+
+    from helpers.browser import chromium, load_page
+    from test_report import check_page, report
+
+    rows = rows_of(five["packed"]).set_index("run_id")
+    out = tmp_path / "report"
+    index = report(five["packed"], out, "--suite", "mix")
+    figures = sorted((out / "figures").glob("*.png"))
+    assert [p.name for p in figures] == ["curves-digits-if10.png", "per-class-digits-if10.png", "summary-top1.png"]
+    for path in figures:
+        with Image.open(path) as image:
+            assert image.width > 600 and image.height > 300, (path.name, image.size)
+    runs = {r["run_id"]: r for r in json.loads((out / "runs.json").read_text())}
+    assert set(runs) == set(rows.index)
+    for run_id, run in runs.items():
+        assert run["top1"] == pytest.approx(rows.loc[run_id, "top1"]) and run["method"] == rows.loc[run_id, "method"]
+        assert [h["epoch"] for h in run["history"]] == [0, 1, 2]
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no Chromium here: `apt-get install chromium` (.ci/run does); the files were checked")
+    page = load_page(index, browser)
+    check_page(page, images=3)
+    board = page.tables["leaderboard"]
+    assert sorted(r[0] for r in board) == sorted(FIVE)
+    top1 = rows.set_index("method").top1
+    for line in board:  # one seed: the mean is the run's own top-1
+        assert line[1].startswith(f"{top1[line[0]]:.2f}"), line
+    shown = [top1[line[0]] for line in board]
+    assert shown == sorted(shown, reverse=True)  # ranked by top-1

@@ -1,7 +1,7 @@
 """Runs mirrored to trackers and read back with each tool's own reader: MLflow (a local SQLite store,
 its client), W&B (offline run files) and TensorBoard (the event files); the values match the
 leaderboard row, which stays the source of truth. A bad --tracking value or a missing extra ends with
-one line, exit 2, nothing written; through Ray the choice reaches every trial."""
+one line, exit 2, nothing written; through Ray the choice reaches every trial (test_suite_runner.py)."""
 from __future__ import annotations
 
 import glob
@@ -16,8 +16,6 @@ from typer.testing import CliRunner
 from bkdbench.cli.app import app
 from bkdbench.leaderboard.store import read_rows
 from bkdbench.paths import leaderboard_dir
-from helpers.cli import cli_env, run_cli
-from helpers.files import write_suite
 from helpers.wandb_files import offline_run
 
 TRAIN = ["train", "--dataset", "digits", "--imbalance", "10", "--method", "ce", "--epochs", "2", "--seed", "3"]
@@ -127,29 +125,7 @@ def test_wandb_online_without_a_login_fails_before_any_work(tmp_path, monkeypatc
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.slow
-def test_suite_through_ray_mirrors_every_trial_to_mlflow(tmp_path):
-    """The --tracking choice reaches Ray trials (their own processes and folders): every run of the
-    suite is an MLflow run tagged with its run id and the suite, and has its TensorBoard events."""
-    from mlflow import MlflowClient
-
-    suite = write_suite(tmp_path / "track-lt.yaml", datasets=["digits"], imbalance=[10], methods=["ce"], seeds=2, epochs=1)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = run_cli(["run", "--suite", suite, "--results", tmp_path / "results", "--tracking", f"mlflow:{uri}"],
-                   folder=tmp_path, env=cli_env(), timeout=400)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    rows, _ = read_rows(leaderboard_dir(tmp_path / "results"))
-    assert len(rows) == 2 and rows["history"].notna().all()
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("bkdbench/track-lt").experiment_id])
-    assert sorted(r.data.tags["bkdbench.run_id"] for r in runs) == sorted(rows["run_id"])
-    assert {r.data.tags["bkdbench.suite"] for r in runs} == {"track-lt"} and {r.info.status for r in runs} == {"FINISHED"}
-    by_id = {r.data.tags["bkdbench.run_id"]: r for r in runs}
-    for row in rows.to_dict("records"):
-        assert by_id[row["run_id"]].data.metrics["final/top1"] == pytest.approx(row["top1"])
-    boards = list((tmp_path / "results" / "experiments" / "tensorboard" / "track-lt").iterdir())
-    assert sorted(b.name.rsplit("-", 1)[1] for b in boards) == sorted(rows["run_id"])
-    assert all(tensorboard_scalars(b)["train_loss"] for b in boards)
+# The suite through Ray mirrored to MLflow: tests/test_suite_runner.py, which reads its suite's run.
 
 
 def test_sweep_search_trials_are_mirrored_too(tmp_path, monkeypatch):
