@@ -45,11 +45,11 @@ def five(tmp_path_factory):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     packed, separate = tmp / "packed", tmp / "separate"
     args = ["run", "--suite", str(suite), "--results", str(packed), "--pack", "4", "--tracking", f"mlflow:{uri}"]
-    first = run_logged(args, tmp / "packed.log", timeout=400)
+    first = run_logged(args, tmp / "packed.log", timeout=600)
     before = snapshot(packed)
-    again = run_logged(args, tmp / "again.log", timeout=120)
+    again = run_logged(args, tmp / "again.log", timeout=240)
     one_each = run_logged(["run", "--suite", str(suite), "--results", str(separate), "--pack", "1"],
-                          tmp / "separate.log")
+                          tmp / "separate.log", timeout=600)
     return dict(suite=suite, mlflow=uri, packed=packed, separate=separate, first=first, again=again,
                 one_each=one_each, before=before)
 
