@@ -202,6 +202,14 @@ def test_attach_sets_the_prior_bias(name):
     assert torch.sigmoid(model.fc.bias).detach().numpy() == pytest.approx(np.full(10, 0.1), rel=1e-6)
 
 
+@pytest.mark.parametrize("name", FAMILY)
+def test_never_packed_since_packed_students_skip_attach(name):
+    from bkdbench.specs import make_spec
+    from bkdbench.training.packed import pack_refusal
+
+    assert pack_refusal(make_spec("digits", 10, name)) is not None  # they would train without the prior bias
+
+
 def test_attach_refuses_a_head_without_a_matching_bias():
     with pytest.raises(MethodError, match="bias"):
         build("sigmoid", [5, 1]).attach(create_model("cnn-small", 10, 1))  # 2 classes, a 10-class head
