@@ -273,3 +273,22 @@ def test_each_trains_through_bkdbench_train(tmp_path, monkeypatch):
     for row in rows.itertuples():
         assert row.status == "finished" and 0 <= row.top1 <= 100
         assert math.isfinite(row.nll) and 0 <= row.ece <= 100
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", FAMILY)
+def test_cuda_loss_matches_cpu_without_host_syncs(batch, name):
+    z, y = batch
+    m = build(name, COUNTS)
+    ref = m.loss(tt(z), torch.tensor(y)).item()
+    x, yy = torch.tensor(z, dtype=torch.float32, device="cuda"), torch.tensor(y, device="cuda")
+    m.loss(x, yy)  # the first call copies the per-class constants over
+    x.requires_grad_(True)
+    torch.cuda.set_sync_debug_mode("error")  # any host-device sync in the step now raises
+    try:
+        loss = m.loss(x, yy)
+        loss.backward()
+        m.eval_logits(x.detach())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert loss.item() == pytest.approx(ref, rel=1e-5)

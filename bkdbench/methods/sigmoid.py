@@ -42,10 +42,15 @@ from bkdbench.methods.params import Beta, Gamma, MethodParams
 from bkdbench.methods.registry import Method, MethodError, float_logits, register
 
 
-def sigmoid_bce(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-class BCE with logits on one-hot targets, B×C (softplus form: finite for any z)."""
-    onehot = F.one_hot(targets, z.shape[1]).to(z.dtype)
-    return F.binary_cross_entropy_with_logits(z, onehot, reduction="none")
+def one_hot(targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """B×C one-hot targets in ``like``'s dtype; a comparison, since one_hot's range check can sync."""
+    classes = torch.arange(like.shape[1], device=like.device)
+    return (targets.unsqueeze(1) == classes).to(like.dtype)
+
+
+def sigmoid_bce(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-class BCE with logits on the one-hot targets ``t``, B×C (softplus form: finite for any z)."""
+    return F.binary_cross_entropy_with_logits(z, t, reduction="none")
 
 
 class _SigmoidMethod(Method):
@@ -89,7 +94,7 @@ class SigmoidCE(_SigmoidMethod):
 
     def loss(self, logits, targets, *, epoch=0, teacher_logits=None) -> torch.Tensor:
         z = float_logits(logits)
-        return sigmoid_bce(z, targets).sum() / z.shape[0]
+        return sigmoid_bce(z, one_hot(targets, z)).sum() / z.shape[0]
 
 
 @register("balanced-sigmoid")
@@ -118,7 +123,7 @@ class BalancedSigmoid(_SigmoidMethod):
     def loss(self, logits, targets, *, epoch=0, teacher_logits=None) -> torch.Tensor:
         z = float_logits(logits)
         shifted = z - self.constant("log_odds_against", z)
-        return sigmoid_bce(shifted, targets).sum() / z.shape[0]
+        return sigmoid_bce(shifted, one_hot(targets, z)).sum() / z.shape[0]
 
 
 class ClassBalancedSigmoidParams(MethodParams):
@@ -140,7 +145,7 @@ class ClassBalancedSigmoid(_SigmoidMethod):
     def loss(self, logits, targets, *, epoch=0, teacher_logits=None) -> torch.Tensor:
         z = float_logits(logits)
         w = self.cb_weights(z)[targets]
-        return (w * sigmoid_bce(z, targets).sum(dim=1)).sum() / z.shape[0]
+        return (w * sigmoid_bce(z, one_hot(targets, z)).sum(dim=1)).sum() / z.shape[0]
 
 
 class ClassBalancedFocalParams(MethodParams):
@@ -165,10 +170,10 @@ class ClassBalancedFocal(_SigmoidMethod):
 
     def loss(self, logits, targets, *, epoch=0, teacher_logits=None) -> torch.Tensor:
         z = float_logits(logits)
-        bce = sigmoid_bce(z, targets)
+        t = one_hot(targets, z)
+        bce = sigmoid_bce(z, t)
         gamma = self.params.gamma
         if gamma != 0:  # a Python float: no host sync
-            t = F.one_hot(targets, z.shape[1]).to(z.dtype)
             bce = torch.exp(-gamma * t * z - gamma * F.softplus(-z)) * bce
         w = self.cb_weights(z)[targets]
         return (w * bce.sum(dim=1)).sum() / z.shape[0]
