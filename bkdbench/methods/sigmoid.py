@@ -19,7 +19,8 @@ classification problem rather than near 1/2 (a loss dominated by C - 1 negatives
 "pi = 0.1" on CIFAR-10, and 0.01 on CIFAR-100. BALMS reads a `PRIOR_PROB` from its config (0.001 for
 LVIS's 1,230 classes, about 1/C); bkdbench uses 1/C for Balanced Sigmoid too. The bias is set in
 `attach`, i.e. on every freshly built model, also over the classifier of a `--pretrained` file; a
-resumed run or a teacher then loads its own saved bias over it. Not followed: Cui's code leaves
+resumed run or a teacher then loads its own saved bias over it. Packed students are built without
+`attach`, so these methods are never packed. Not followed: Cui's code leaves
 the last layer's bias out of weight decay and draws the kernel with TF's Glorot default (BALMS:
 normal, std 0.01); bkdbench's recipe decays every parameter and keeps the model's own kernel init.
 
