@@ -15,7 +15,8 @@ from bkdbench.specs import make_spec
 from helpers.cli import cli_app, run_cli
 from helpers.files import assert_nothing_written, nothing_written, snapshot
 
-SHIPPED = ["bkd", "breadcrumb", "cbd", "dive", "dkd", "focal", "kd", "ldam-drw", "logit-adjust", "reweight-cb", "subset-kd"]
+SHIPPED = ["bkd", "breadcrumb", "cb-focal", "cb-sigmoid", "cbd", "dive", "dkd", "focal", "kd", "ldam-drw", "logit-adjust", "reweight-cb",
+           "subset-kd"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from bkdbench.specs.suites import load_suite, suite_names
 from helpers.cli import run_cli
 from helpers.files import assert_nothing_written, snapshot, tree, write_suite
 
-SHIPPED = {"digits-lt": 36, "cifar-lt": 144, "fashion-lt": 30, "imagenet-lt": 8, "places-lt": 6, "inat18": 6}
+SHIPPED = {"digits-lt": 36, "cifar-lt": 216, "fashion-lt": 30, "imagenet-lt": 8, "places-lt": 6, "inat18": 6}
 
 GOOD = dict(datasets=["digits"], imbalance=[10], methods=["ce"], seeds=1, epochs=2)
 
