@@ -242,8 +242,45 @@ def _plots_folder(results: Optional[str], out: Optional[str]):
     return plots_dir(root)
 
 
+def published(dataset: DatasetOpt = None,
+              imbalance: Annotated[Optional[str], typer.Option(
+                  "--imbalance", help="Only this imbalance factor (a number, or natural).")] = None,
+              table: Annotated[Optional[str], typer.Option(
+                  "--table", help="Only this published table (cifar-lt, large-lt).")] = None,
+              fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex or csv.")] = "table") -> None:
+    """The field's published results that bkdbench ships, each with its source (docs/published.md)."""
+    if fmt not in FORMATS:
+        _fail(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if imbalance is not None and imbalance != "natural":
+        try:
+            imbalance = float(imbalance)
+        except ValueError:
+            _fail(f"--imbalance takes a number or natural (got {imbalance!r})")
+    from bkdbench.leaderboard import render
+    from bkdbench.leaderboard.published_results import PublishedError, published_rows, select
+
+    try:
+        rows = select(published_rows([table] if table else None), dataset, imbalance)
+    except PublishedError as exc:
+        _fail(str(exc))
+    out = Console()
+    if rows.empty:
+        out.print(f"no published results for {dataset or 'any dataset'} at IF {imbalance}", markup=False,
+                  highlight=False, soft_wrap=True)
+        return
+    if fmt == "table":
+        for shown in render.published_tables(rows):
+            out.print(shown)
+            out.print()
+        return
+    text = {"markdown": render.published_markdown, "latex": render.published_latex,
+            "csv": render.published_csv}[fmt](rows)
+    out.out(text, highlight=False, end="")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``leaderboard``, ``compare`` and the ``plot`` group to the main app."""
+    """Add ``leaderboard``, ``compare``, ``published`` and the ``plot`` group to the main app."""
     app.command("leaderboard")(leaderboard)
+    app.command("published")(published)
     app.command("compare")(compare)
     app.add_typer(plot_app, name="plot")
