@@ -259,11 +259,11 @@ class SSDLT(Method):
         if teacher is None:
             raise MethodError("ssd-lt needs its frozen stage-II model as the teacher")
         teacher.train(self.params.teacher_bn == "batch")
+        with torch.no_grad():  # the stage-II teacher in fp32, outside autocast (methods/step.py)
+            t_logits = teacher(x)
         with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
             hard, feats = model(x, features=True)
             soft = model.kd_head(feats)
-            with torch.no_grad():
-                t_logits = teacher(x)
         loss = self.loss(hard.float(), y, teacher_logits=t_logits.detach(), soft_logits=soft.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -321,10 +321,12 @@ def _resolve_names(info, method, model, recipe, epochs, params):
         model = model or info.default_model
         if model not in model_names():
             raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(model_names())}")
-        rec = get_recipe(recipe or info.default_recipe)
         merged = {**info.method_defaults.get(method, {}), **(params or {})}
         resolved = validate_params(method, **merged)
-        needs_teacher = method_class(method).needs_teacher  # no build: a folder's class count is not known yet
+        cls = method_class(method)
+        resolved = cls.resolve_for_model(resolved, model, merged)  # e.g. DKD's β by student model
+        rec = get_recipe(cls.recipe_for(recipe or info.default_recipe, resolved))  # e.g. DiVE's milestones
+        needs_teacher = cls.needs_teacher  # no build: a folder's class count is not known yet
     except (DataError, MethodError, ModelError, RecipeError) as exc:
         raise SpecError(str(exc)) from None
     return model, rec, resolved, needs_teacher

@@ -56,7 +56,7 @@ def packed_step(pack: nn.Module, optimizer: torch.optim.Optimizer, methods: Sequ
     out); the teacher runs once. Returns the K losses, detached, without a host sync."""
     t_logits = None
     if teacher is not None:
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        with torch.no_grad():  # fp32, outside autocast (methods/step.py says why)
             t_logits = teacher(x)
         t_logits = t_logits.float()
     optimizer.zero_grad(set_to_none=True)
