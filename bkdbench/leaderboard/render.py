@@ -282,3 +282,63 @@ PUB_CSV = ["dataset", "imbalance", "model", "epochs", "stage2_epochs", "method",
 
 def published_csv(frame: pd.DataFrame) -> str:
     return frame[PUB_CSV].to_csv(index=False)
+
+
+# --- ours beside the published results (leaderboard --published) ----------------------------------
+
+VERSUS_HEADINGS = ["method", "IF", "ours", "published", "Δ", "95% interval", "source / why not"]
+
+
+def _versus_rows(result: pd.DataFrame, dataset) -> list[list[str]]:
+    from bkdbench.leaderboard.versus import cells
+
+    part = result[result["dataset"] == dataset]
+    return [list(cells(row).values()) for row in part.itertuples(index=False)]
+
+
+def versus_tables(result: pd.DataFrame) -> list[Table]:
+    from bkdbench.leaderboard.versus import CAPTION
+
+    metric = result.attrs.get("metric", "top1")
+    tables = []
+    for dataset in sorted(result["dataset"].unique()):
+        table = Table(title=f"{dataset}: {metric}, ours beside the published", caption=CAPTION, caption_justify="left")
+        for heading in VERSUS_HEADINGS:
+            table.add_column(heading, justify="right" if heading in ("ours", "published", "Δ") else "left",
+                             overflow="fold")
+        for cells in _versus_rows(result, dataset):
+            table.add_row(*(_escape_rich(c) for c in cells))
+        tables.append(table)
+    return tables
+
+
+def versus_markdown(result: pd.DataFrame) -> str:
+    from bkdbench.leaderboard.versus import CAPTION
+
+    parts = []
+    for dataset in sorted(result["dataset"].unique()):
+        lines = [f"### {dataset}", "", f"_{CAPTION}_", "", "| " + " | ".join(VERSUS_HEADINGS) + " |",
+                 "|---|---|---:|---:|---:|---|---|"]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in _versus_rows(result, dataset)]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def versus_latex(result: pd.DataFrame) -> str:
+    from bkdbench.leaderboard.versus import CAPTION
+
+    parts = []
+    for dataset in sorted(result["dataset"].unique()):
+        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(dataset)}: {_latex_escape(CAPTION)}}}",
+                 r"\begin{tabular}{llrrrll}", r"\toprule",
+                 " & ".join(_latex_escape(h) for h in VERSUS_HEADINGS).replace("Δ", r"$\Delta$") + r" \\", r"\midrule"]
+        lines += [" & ".join(_latex_cell(c) for c in cells) + r" \\" for cells in _versus_rows(result, dataset)]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def versus_csv(result: pd.DataFrame) -> str:
+    frame = result.copy()
+    frame["metric"] = result.attrs.get("metric", "top1")
+    return frame.to_csv(index=False)
