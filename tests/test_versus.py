@@ -109,3 +109,37 @@ def test_cli_leaderboard_published(tmp_path):
     assert "| ldam-drw | 100 | 42.00 ± 1.00 (3) | 42.04 | -0.04 |" in markdown
     bad = run_cli(["leaderboard", "--published", "--metric", "ece", "--results", tmp_path])
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no published value" in bad.stderr
+
+
+def test_the_report_has_the_published_section(tmp_path):
+    from bkdbench.leaderboard.report import write_report
+    from bkdbench.leaderboard.store import read_rows
+
+    board = leaderboard_dir(tmp_path / "results")
+    for r in [row("ldam-drw", v, s) for s, v in enumerate([41.0, 42.0, 43.0])] + [row("ce", 30.0, 0, recipe="cpu-short", epochs=10)]:
+        write_row(board, {k: v for k, v in r.items() if k != "schema_version"})
+    rows, _ = read_rows(board)
+    page = write_report(rows, tmp_path / "report", title="t", scope="s", command="c").read_text()
+    section = page.split("Beside the published results", 1)[1]
+    assert "<td>-0.04</td>" in section and "42.04" in section
+    assert "not comparable: recipe cpu-short, 10 epochs (published 200)" in section
+
+
+def test_a_suite_names_its_published_table_and_run_ends_with_the_comparison(tmp_path):
+    from bkdbench.cli.console import console
+    from bkdbench.cli.run import _show_leaderboard
+    from bkdbench.specs.suites import SuiteError, load_suite
+
+    assert load_suite("cifar-lt", check_names=False).published == "cifar-lt"
+    assert load_suite("imagenet-lt", check_names=False).published == "large-lt"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ndatasets: [digits]\nimbalance: [10]\nmethods: [ce]\npublished: nope\n")
+    with pytest.raises(SuiteError, match="unknown published table 'nope'; choose one of: cifar-lt, large-lt"):
+        load_suite(str(bad), check_names=False)
+    board = leaderboard_dir(tmp_path)
+    for r in [row("ldam-drw", v, s) for s, v in enumerate([41.0, 42.0, 43.0])]:
+        write_row(board, {**{k: v for k, v in r.items() if k != "schema_version"}, "suite": "cifar-lt"})
+    with console.capture() as captured:
+        _show_leaderboard(tmp_path, "cifar-lt", "cifar-lt")
+    text = captured.get()
+    assert "ours beside the published" in text and "42.04" in text and "-0.04" in text

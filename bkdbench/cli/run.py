@@ -137,7 +137,7 @@ def run(
     else:
         failed, crashed = {}, []
         record_suite_runs(root, s.name, members)
-    _show_leaderboard(root, s.name)
+    _show_leaderboard(root, s.name, s.published)
     phases.end("leaderboard")
     console.print(phases.line())
     _next_commands(s, specs, results)
@@ -196,7 +196,7 @@ def _next_commands(suite, specs, results: Optional[str]) -> None:
     console.print("next:\n" + "\n".join(f"  [bold]{line}[/]" for line in lines))
 
 
-def _show_leaderboard(root, suite: str) -> None:
+def _show_leaderboard(root, suite: str, published: Optional[str] = None) -> None:
     from bkdbench.leaderboard.aggregate import summarise
     from bkdbench.leaderboard.render import leaderboard_tables
     from bkdbench.leaderboard.store import read_rows
@@ -212,3 +212,11 @@ def _show_leaderboard(root, suite: str) -> None:
         return
     for _, table in leaderboard_tables(summarise(rows, "top1"), "top1"):
         console.print(table)
+    if published:  # the suite names the published table it targets
+        from bkdbench.leaderboard.published_results import published_rows
+        from bkdbench.leaderboard.render import versus_tables
+        from bkdbench.leaderboard.versus import versus_published
+
+        result = versus_published(rows, published_rows([published]), "top1")
+        for table in versus_tables(result) if not result.empty else []:
+            console.print(table)

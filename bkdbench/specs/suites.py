@@ -50,6 +50,18 @@ class Suite(BaseModel):
     # Data-parallel workers per trial (`bkdbench run --workers-per-trial`, which overrides it);
     # an execution setting, not part of any run id.
     workers_per_trial: int = Field(1, ge=1)
+    # The published table the suite targets (bkdbench/leaderboard/published/<name>.yaml): `bkdbench run`
+    # ends with our cells beside it (Δ where the protocol matches). Not part of any run id.
+    published: Optional[str] = None
+
+    @field_validator("published")
+    @classmethod
+    def _shipped_table(cls, v: Optional[str]) -> Optional[str]:
+        tables = Path(__file__).parent.parent / "leaderboard" / "published"  # a path: specs never import results
+        if v is not None and not (tables / f"{v}.yaml").is_file():
+            names = sorted(p.stem for p in tables.glob("*.yaml"))
+            raise ValueError(f"unknown published table {v!r}; choose one of: {', '.join(names)}")
+        return v
 
     @field_validator("seeds")
     @classmethod
