@@ -373,7 +373,10 @@ def spec_columns(spec: RunSpec) -> dict:
     from bkdbench.specs.recipes import get_recipe
 
     info = get_dataset(spec.dataset)
+    recipe = {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs}
     return {
+        "resize": resize_of(info, spec), "recipe_name": spec.recipe,
+        "recipe_hash": hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16],
         "many_threshold": info.many_threshold, "few_threshold": info.few_threshold,
         "run_id": spec.run_id, "dataset": spec.dataset, "data_key": spec.data_key, "imbalance_factor": spec.imbalance_factor,
         "profile": spec.profile, "data_seed": spec.data_seed, "model": spec.model, "method": spec.method,
@@ -381,6 +384,17 @@ def spec_columns(spec: RunSpec) -> dict:
         "epochs": spec.epochs, "seed": spec.seed, "split": spec.split, "pretrained": spec.pretrained,
         "teacher_run_id": ",".join(t.run_id for t in spec.all_teachers) or None,
     }
+
+
+def resize_of(info, spec: RunSpec) -> str:
+    """How a run's images reach the model's input size, in words (a reproduction detail papers omit)."""
+    if info.augmentation == "imagenet":
+        return (f"store: short side bilinear antialiased (PIL) + centre crop; train: random-resized crop to "
+                f"{info.image_size}, bilinear without antialias (batched); eval: resize + centre crop {info.image_size}")
+    if spec.data_key is not None:
+        return f"decode: bilinear antialiased to {spec.image_size}×{spec.image_size}" if spec.image_size else \
+            "none: images as stored"
+    return f"none: native {info.image_size}×{info.image_size}" if info.image_size else "none"
 
 
 def _params_column(spec: RunSpec) -> dict:

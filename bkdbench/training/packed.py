@@ -33,6 +33,7 @@ from bkdbench.models.packing import pack_models, resolve_strategy
 from bkdbench.specs.recipes import get_recipe, history_lr
 from bkdbench.specs import RunSpec
 from bkdbench.training.train import (RunResult, TrainingDiverged, device_name, _layout, build_model, channels_last_for,
+                                     precision_of,
                     device_splits, frozen_teacher, load_run_data, training_device)
 
 # report(per-student metrics, make_checkpoint): called once per epoch, like train()'s report.
@@ -251,6 +252,7 @@ def train_packed(
             class_counts=list(data.class_counts), train_seconds=train_seconds,
             images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
             device=device_name(device), started_at=started, finished_at=finished,
+            precision=precision_of(autocast, methods[0]),
         ))
     return results
 

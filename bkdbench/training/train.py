@@ -50,6 +50,8 @@ class RunResult:
     finished_at: datetime
     extra: Optional[dict] = None  # what a method chose while training (e.g. τ-norm's τ, chosen on validation)
     workers: int = 1  # data-parallel workers that trained the run (training/distributed.py)
+    precision: str = "fp32"  # the autocast the run trained under, and the teacher's (always fp32)
+    select: str = "last"  # which epoch's weights the row reports ("best-val": the best validation epoch)
 
     def to_row(self, **tags) -> dict:
         """A leaderboard row (plain Python values) for this run; ``tags`` sets suite/sweep_id/..."""
@@ -62,6 +64,8 @@ class RunResult:
             "started_at": self.started_at, "finished_at": self.finished_at,
             "extra": json.dumps(self.extra, sort_keys=True) if self.extra else None, **provenance(), **tags,
             **({"workers": self.workers} if self.workers > 1 else {}),  # one worker: the row as before
+            "effective_batch": get_recipe(self.spec.recipe).batch_size,  # the global batch; each worker takes 1/workers
+            "precision": self.precision, "select": self.select,
         }
 
 
@@ -76,6 +80,12 @@ def training_device(device: Optional[str | torch.device], bf16: bool) -> tuple[t
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return device, (torch.bfloat16 if (device.type == "cuda" or bf16) else None)
+
+
+def precision_of(autocast: Optional[torch.dtype], method) -> str:
+    """The row's ``precision``: the student's autocast; a distilling method's teacher runs in fp32."""
+    student = "bf16 autocast" if autocast == torch.bfloat16 else ("fp32" if autocast is None else f"{autocast} autocast")
+    return student + (", teacher fp32" if method.needs_teacher and not method.stage1 and autocast is not None else "")
 
 
 def channels_last_for(device: torch.device) -> bool:
@@ -282,6 +292,7 @@ def train(
         class_counts=list(data.class_counts), train_seconds=train_seconds,
         images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
         device=device_name(device), started_at=started, finished_at=datetime.now(timezone.utc), extra=extra,
+        precision=precision_of(autocast, method),
     )
     if dist_.active:
         result.workers, result.device = dist_.world_size, ddp.device_names(result.device, dist_)
