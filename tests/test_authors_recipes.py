@@ -2,6 +2,8 @@
 milestones, the teacher's logits in fp32; and the run ids of everything else left as they were."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,26 @@ def test_the_teacher_runs_in_fp32_under_bf16_autocast():
     assert seen["teacher"].dtype == torch.float32
     assert torch.equal(seen["teacher"], exact)
     assert not torch.equal(rounded, exact)  # bf16 would have been visibly different
+
+
+def test_kang_stage2_on_the_large_benchmark_recipes():
+    # classifier-balancing config/ImageNet_LT/cls_crt.yaml: "num_epochs: 10", "batch_size: 512",
+    # classifier "lr: 0.2", "weight_decay: 0.0005", "coslr: true", "endlr: 0.0"; cls_lws.yaml: "num_epochs: 5".
+    crt = make_spec("digits", 50, "crt", recipe="imagenet-lt")
+    assert (crt.recipe, crt.epochs) == ("imagenet-lt-stage2", 10)
+    assert (crt.teacher.recipe, crt.teacher.epochs) == ("imagenet-lt", 90)  # stage 1 keeps its recipe
+    stage2 = get_recipe(crt.recipe)
+    assert (stage2.batch_size, stage2.lr, stage2.weight_decay, stage2.schedule) == (512, 0.2, 5e-4, "cosine")
+    assert stage2.lr_at(9, 10) == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 9 / 10)))
+    assert make_spec("digits", 50, "lws", recipe="imagenet-lt").epochs == 5
+    # config/iNaturalist18/cls_crt.yaml: "num_epochs: 30", "weight_decay: 0.0001"
+    inat = make_spec("digits", 50, "crt", recipe="inat18")
+    assert (inat.recipe, inat.epochs, get_recipe(inat.recipe).weight_decay) == ("inat18-stage2", 30, 1e-4)
+    # config/Places_LT/cls_crt.yaml: "batch_size: 256", classifier "lr: 0.1", "num_epochs: 10"
+    places = get_recipe(make_spec("digits", 50, "crt", recipe="places-lt").recipe)
+    assert (places.batch_size, places.lr, places.epochs) == (256, 0.1, 10)
+    # bkdbench's fraction rule: a shortened budget, a given stage2_fraction, and every other recipe
+    assert make_spec("digits", 50, "crt", recipe="imagenet-lt", epochs=20).epochs == 2
+    given = make_spec("digits", 50, "crt", recipe="imagenet-lt", params={"stage2_fraction": 0.1})
+    assert (given.recipe, given.epochs) == ("imagenet-lt", 9)
+    assert make_spec("digits", 10, "crt").run_id == "6d3b0c892945ad7b"  # computed on main: unchanged

@@ -253,7 +253,13 @@ def make_spec(
     if not cls.trains:
         common["epochs"] = 1  # no training (τ-norm): only the stage-1 classifier is changed
     elif "stage2_fraction" in resolved:  # decoupled classifiers: stage 1 gets the budget, stage 2 a part
-        common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))
+        kang = None
+        if "stage2_fraction" not in (params or {}) and common["epochs"] == rec.epochs:  # the recipe's own budget
+            kang = getattr(cls, "stage2_recipe", lambda _: None)(rec.name)  # Kang's stage 2 on the large benchmarks (methods/decoupled.py)
+        if kang:
+            common["recipe"], common["epochs"] = kang
+        else:
+            common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))
     return RunSpec(method=method, params=resolved, teacher=teacher, teachers=tuple(teachers) if teachers else None,
                    **common)
 
