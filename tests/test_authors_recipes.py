@@ -27,7 +27,8 @@ UNCHANGED = [
 ]
 # ... and the ids these changes must move (a stale DKD/DiVE row is never taken for the new recipe).
 CHANGED = [(("digits", 10, "dkd"), "6f51441b30f7829f"), (("cifar100", 100, "dkd"), "981c0bf0cb295c50"),
-           (("digits", 10, "dive"), "747e8493bcaac315"), (("cifar100", 100, "dive"), "7630437a318a4d1a")]
+           (("digits", 10, "dive"), "747e8493bcaac315"), (("cifar100", 100, "dive"), "7630437a318a4d1a"),
+           (("digits", 10, "ssd-lt"), "c2dc1f22921b7815")]
 
 
 @pytest.mark.parametrize("args, run_id", UNCHANGED)
@@ -159,3 +160,16 @@ def test_kang_stage2_on_the_large_benchmark_recipes():
     given = make_spec("digits", 50, "crt", recipe="imagenet-lt", params={"stage2_fraction": 0.1})
     assert (given.recipe, given.epochs) == ("imagenet-lt", 9)
     assert make_spec("digits", 10, "crt").run_id == "6d3b0c892945ad7b"  # computed on main: unchanged
+
+
+def test_ssd_lt_key_momentum_is_tied_to_the_step_budget():
+    # 7,650 images, batch 128, drop_last: 59 steps an epoch, 10 epochs = 590 steps. The authors' ~61k steps
+    # at 0.999 leave 0.999**61000 of the initial key weights; the per-step momentum m must leave the same.
+    method = build("ssd-lt-stage1", [5000, 2000, 500, 100, 50], epochs=10, batch_size=128)
+    m = 0.999 ** (61000 / 590)
+    assert method.key_momentum == pytest.approx(m, rel=1e-12)
+    assert method.key_momentum ** 590 == pytest.approx(0.999 ** 61000, rel=1e-9)
+    fixed = build("ssd-lt-stage1", [5000, 2000, 500, 100, 50], epochs=10, batch_size=128, momentum_horizon="fixed")
+    assert fixed.key_momentum == 0.999 and fixed.key_momentum ** 590 == pytest.approx(0.554, abs=1e-3)
+    long = build("ssd-lt-stage1", [5000, 2000, 500, 100, 50], epochs=2000, batch_size=128)  # 118,000 steps
+    assert long.key_momentum == 0.999
