@@ -173,3 +173,33 @@ def test_ssd_lt_key_momentum_is_tied_to_the_step_budget():
     assert fixed.key_momentum == 0.999 and fixed.key_momentum ** 590 == pytest.approx(0.554, abs=1e-3)
     long = build("ssd-lt-stage1", [5000, 2000, 500, 100, 50], epochs=2000, batch_size=128)  # 118,000 steps
     assert long.key_momentum == 0.999
+
+
+def test_select_best_val_is_part_of_the_run_and_its_prerequisites():
+    default, best = make_spec("digits", 10, "crt"), make_spec("digits", 10, "crt", select="best-val")
+    assert default.run_id == make_spec("digits", 10, "crt", select="last").run_id == "6d3b0c892945ad7b"
+    assert best.run_id != default.run_id and best.select == best.teacher.select == "best-val"
+    with pytest.raises(SpecError, match="select takes last or best-val"):
+        make_spec("digits", 10, "ce", select="best-test")
+
+
+def test_select_best_val_reports_the_best_validation_epoch():
+    from bkdbench.training.train import train
+
+    spec = make_spec("digits", 50, "ce", epochs=6, select="best-val")
+    result = train(spec, device="cpu")
+    vals = [h["val_top1"] for h in result.history]
+    best_epoch = vals.index(max(vals))  # the first best, as Kang's `>` keeps it
+    assert result.extra["best_val_epoch"] == best_epoch
+    assert result.metrics["val_top1"] == pytest.approx(max(vals))
+    row = result.to_row()
+    assert row["select"] == "best-val" and row["run_id"] == spec.run_id
+
+
+@pytest.mark.parametrize("command", [["train", "--dataset", "digits"], ["run", "--suite", "digits-lt"]])
+def test_a_bad_select_is_one_line_and_exit_2(tmp_path, command):
+    from helpers.cli import run_cli
+
+    result = run_cli([*command, "--select", "best-test", "--results", tmp_path / "results"], folder=tmp_path)
+    assert result.returncode == 2 and "select takes last or best-val" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []

@@ -96,15 +96,17 @@ class Suite(BaseModel):
         epochs: Optional[int] = None,
         data_dir: Optional[Path] = None,
         split: Optional[str] = None,
+        select: Optional[str] = None,
     ) -> list[RunSpec]:
         """RunSpecs of the suite (filters narrow it; ``epochs`` overrides the budget for smoke runs;
-        ``data_dir`` is where the data lives, needed by ``imagefolder``; ``split`` overrides the suite's)."""
+        ``data_dir`` is where the data lives, needed by ``imagefolder``; ``split`` overrides the suite's;
+        ``select``: "best-val" keeps each run's best validation epoch, as ``make_spec``)."""
         from bkdbench.data.imagefolder import scan_once
 
         with scan_once():  # one listing of an image folder for all the suite's specs
-            return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir, split or self.split)
+            return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir, split or self.split, select)
 
-    def _expand(self, datasets, imbalance, methods, seeds, epochs, data_dir, split) -> list[RunSpec]:
+    def _expand(self, datasets, imbalance, methods, seeds, epochs, data_dir, split, select=None) -> list[RunSpec]:
         chosen_seeds = self.seed_list()[:seeds] if seeds is not None else self.seed_list()
         specs = []
         for dataset in self.datasets:
@@ -121,7 +123,7 @@ class Suite(BaseModel):
                             dataset, factor, entry.method, seed=seed, data_seed=self.data_seed,
                             profile=self.profile, model=self.model, recipe=self.recipe,
                             epochs=epochs or self.epochs, params=entry.params, data_dir=data_dir,
-                            split=split,
+                            split=split, select=select,
                         ))
         return specs
 

@@ -79,6 +79,8 @@ def pack_refusal(spec: RunSpec) -> Optional[str]:
     if cls.uses_features or cls.stage1 or own_step or own_head or spec.teachers or spec.train_classes:
         return (f"{spec.method} cannot be packed (it needs features, several teachers, a stage-1 model, "
                 "a training step or network modules of its own or a class subset): train its runs separately")
+    if spec.select:  # the pack keeps no per-student best-validation weights
+        return f"a run with --select {spec.select} cannot be packed: train its runs separately"
     return None
 
 
