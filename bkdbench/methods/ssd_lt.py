@@ -6,7 +6,9 @@ I. ``ssd-lt-stage1`` — self-supervised guided feature learning. The model (enc
    trains with CE on labels plus a MoCo-style contrastive loss (weight 1). Queries: the encoder's
    features of the usual training view through a 2-layer MLP (d→d, ReLU, d→128), L2-normalised. Keys:
    the same from a momentum copy of encoder and MLP (m = 0.999, updated before each key forward) on a
-   MoCo-v2 view of the same images (``data.augment.moco_v2_view``). A queue of K keys and their labels
+   MoCo-v2 view of the same images (``data.augment.moco_v2_view``); on a budget of fewer steps than the
+   authors' ~61k the per-step momentum is 0.999^(61000/steps), so that the key encoder ends as far from
+   its initial weights as theirs (``momentum_horizon="budget"``; ``"fixed"``: 0.999 per step). A queue of K keys and their labels
    (initialised as the authors do: random unit vectors, label 0) gives the negatives; with T = 0.2,
 
        L_con = −mean_i [ q_i·k_i/T − log( exp(q_i·k_i/T) + Σ_{j: label_j ≠ y_i} exp(q_i·queue_j/T) ) ]
