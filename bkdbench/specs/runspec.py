@@ -264,7 +264,8 @@ def make_spec(
     elif "stage2_fraction" in resolved:  # decoupled classifiers: stage 1 gets the budget, stage 2 a part
         kang = None
         if "stage2_fraction" not in (params or {}) and common["epochs"] == rec.epochs:  # the recipe's own budget
-            kang = getattr(cls, "stage2_recipe", lambda _: None)(rec.name)  # Kang's stage 2 on the large benchmarks (methods/decoupled.py)
+            # Kang's stage 2 on the large benchmarks (methods/decoupled.py)
+            kang = getattr(cls, "stage2_recipe", lambda _: None)(rec.name)
         if kang:
             common["recipe"], common["epochs"] = kang
         else:
