@@ -149,7 +149,8 @@ def test_the_package_top_level_holds_only_shared_modules_and_layer_folders():
 def test_pyproject_lists_every_package_folder():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     code = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
-    assert set(config["packages"]) == code | {"bkdbench.suites", "bkdbench.search_spaces", "bkdbench.leaderboard.templates"}
+    assert set(config["packages"]) == code | {"bkdbench.suites", "bkdbench.search_spaces", "bkdbench.leaderboard.templates",
+                                           "bkdbench.leaderboard.published"}
     assert config["package-dir"] == {"bkdbench.search_spaces": "search_spaces"}
 
 

@@ -103,14 +103,27 @@ def leaderboard(suite: SuiteOpt = None, dataset: DatasetOpt = None, imbalance: I
                 method: Annotated[Optional[str], typer.Option("--method", help="Only this method.")] = None,
                 metric: MetricOpt = "top1",
                 fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex or csv.")] = "table",
-                results: ResultsOpt = None, split: SplitFilterOpt = None) -> None:
+                results: ResultsOpt = None, split: SplitFilterOpt = None,
+                published: Annotated[bool, typer.Option(
+                    "--published", help="Beside the published results: Δ = ours − published where the protocol "
+                                        "matches, why not elsewhere (docs/published.md).")] = False) -> None:
     """Show mean ± std over seeds per method and imbalance factor, one table per dataset."""
     _check_metric(metric)
     if fmt not in FORMATS:
         _fail(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     _check_split(split)
+    if published:
+        from bkdbench.leaderboard.versus import check_published_metric
+
+        try:
+            check_published_metric(metric)
+        except ValueError as exc:
+            _fail(str(exc))
     filters = dict(suite=suite, dataset=dataset, imbalance_factor=imbalance, method=method, split=split)
     folder, rows = _load(results, **filters)
+    if published:
+        _show_versus(folder, rows, metric, fmt, filters)
+        return
 
     from bkdbench.leaderboard import render
     from bkdbench.leaderboard.aggregate import summarise
@@ -128,6 +141,29 @@ def leaderboard(suite: SuiteOpt = None, dataset: DatasetOpt = None, imbalance: I
     text = {"markdown": lambda: render.to_markdown(summary, metric),
             "latex": lambda: render.to_latex(summary, metric),
             "csv": lambda: render.to_csv(summary)}[fmt]()
+    out.out(text, highlight=False, end="")
+
+
+def _show_versus(folder, rows, metric: str, fmt: str, filters: dict) -> None:
+    """``leaderboard --published``: our cells beside the published table (leaderboard/versus.py)."""
+    from bkdbench.leaderboard import render
+    from bkdbench.leaderboard.published_results import PublishedError, published_rows
+    from bkdbench.leaderboard.versus import versus_published
+
+    try:
+        result = versus_published(rows, published_rows(), metric)
+    except (PublishedError, ValueError) as exc:
+        _fail(str(exc))
+    if result.empty:
+        _say_empty(folder, **filters)
+        return
+    out = Console()
+    if fmt == "table":
+        for table in render.versus_tables(result):
+            out.print(table)
+            out.print()
+        return
+    text = {"markdown": render.versus_markdown, "latex": render.versus_latex, "csv": render.versus_csv}[fmt](result)
     out.out(text, highlight=False, end="")
 
 
@@ -242,8 +278,45 @@ def _plots_folder(results: Optional[str], out: Optional[str]):
     return plots_dir(root)
 
 
+def published(dataset: DatasetOpt = None,
+              imbalance: Annotated[Optional[str], typer.Option(
+                  "--imbalance", help="Only this imbalance factor (a number, or natural).")] = None,
+              table: Annotated[Optional[str], typer.Option(
+                  "--table", help="Only this published table (cifar-lt, large-lt).")] = None,
+              fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex or csv.")] = "table") -> None:
+    """The field's published results that bkdbench ships, each with its source (docs/published.md)."""
+    if fmt not in FORMATS:
+        _fail(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if imbalance is not None and imbalance != "natural":
+        try:
+            imbalance = float(imbalance)
+        except ValueError:
+            _fail(f"--imbalance takes a number or natural (got {imbalance!r})")
+    from bkdbench.leaderboard import render
+    from bkdbench.leaderboard.published_results import PublishedError, published_rows, select
+
+    try:
+        rows = select(published_rows([table] if table else None), dataset, imbalance)
+    except PublishedError as exc:
+        _fail(str(exc))
+    out = Console()
+    if rows.empty:
+        out.print(f"no published results for {dataset or 'any dataset'} at IF {imbalance}", markup=False,
+                  highlight=False, soft_wrap=True)
+        return
+    if fmt == "table":
+        for shown in render.published_tables(rows):
+            out.print(shown)
+            out.print()
+        return
+    text = {"markdown": render.published_markdown, "latex": render.published_latex,
+            "csv": render.published_csv}[fmt](rows)
+    out.out(text, highlight=False, end="")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``leaderboard``, ``compare`` and the ``plot`` group to the main app."""
+    """Add ``leaderboard``, ``compare``, ``published`` and the ``plot`` group to the main app."""
     app.command("leaderboard")(leaderboard)
+    app.command("published")(published)
     app.command("compare")(compare)
     app.add_typer(plot_app, name="plot")

@@ -58,6 +58,8 @@ def run(
     tracking: Optional[str] = TrackingOpt,
     pack: Optional[int] = typer.Option(None, "--pack", min=1, help=f"Runs per Ray trial, trained as one pack: runs of one seed (and teacher) that differ only in method or loss parameters share batches and the teacher's forward; each keeps the row it gets alone. Default: students of one teacher (KD, BKD, DKD), up to {AUTO_PACK} a trial; K: every packable run; 1: none."),
     split: Optional[str] = SplitOpt,
+    select: str = typer.Option("last", "--select", help="Which epoch's weights each run keeps and reports: last "
+                               "(default) or best-val (the best validation epoch, as Kang et al.)."),
     workers_per_trial: Optional[int] = typer.Option(None, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP; NCCL on GPUs, gloo on CPU): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). Default: the suite's workers_per_trial (1). See docs/cluster.md."),
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
@@ -79,7 +81,7 @@ def run(
     try:
         s = load_suite(suite)
         specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=method, seeds=seeds, epochs=epochs,
-                         data_dir=data_dir, split=parse_split(split))
+                         data_dir=data_dir, split=parse_split(split), select=select)
         if not specs:
             fail(_no_runs(s, dataset, parse_imbalances(imbalance), method))
         specs = use_pretrained(pretrained, specs, data_dir)
@@ -137,7 +139,7 @@ def run(
     else:
         failed, crashed = {}, []
         record_suite_runs(root, s.name, members)
-    _show_leaderboard(root, s.name)
+    _show_leaderboard(root, s.name, s.published)
     phases.end("leaderboard")
     console.print(phases.line())
     _next_commands(s, specs, results)
@@ -196,7 +198,7 @@ def _next_commands(suite, specs, results: Optional[str]) -> None:
     console.print("next:\n" + "\n".join(f"  [bold]{line}[/]" for line in lines))
 
 
-def _show_leaderboard(root, suite: str) -> None:
+def _show_leaderboard(root, suite: str, published: Optional[str] = None) -> None:
     from bkdbench.leaderboard.aggregate import summarise
     from bkdbench.leaderboard.render import leaderboard_tables
     from bkdbench.leaderboard.store import read_rows
@@ -212,3 +214,11 @@ def _show_leaderboard(root, suite: str) -> None:
         return
     for _, table in leaderboard_tables(summarise(rows, "top1"), "top1"):
         console.print(table)
+    if published:  # the suite names the published table it targets
+        from bkdbench.leaderboard.published_results import published_rows
+        from bkdbench.leaderboard.render import versus_tables
+        from bkdbench.leaderboard.versus import versus_published
+
+        result = versus_published(rows, published_rows([published]), "top1")
+        for table in versus_tables(result) if not result.empty else []:
+            console.print(table)

@@ -45,6 +45,8 @@ def train(
     splits: Optional[Path] = SplitsOpt,
     pretrained: Optional[Path] = PretrainedOpt,
     split: Optional[str] = SplitOpt,
+    select: str = typer.Option("last", "--select", help="Which epoch's weights the run keeps and reports: last "
+                               "(default) or best-val (the best validation epoch, as Kang et al.; teachers too)."),
     results: Optional[str] = ResultsOpt,  # a str: Path would mangle a URI
     tracking: Optional[str] = TrackingOpt,
 ):
@@ -75,7 +77,7 @@ def train(
     try:
         spec = make_spec(dataset, imbalance, method, seed=seed, data_seed=data_seed, profile=profile, model=model,
                          recipe=recipe, epochs=epochs, params=params, data_dir=data_dir, image_size=image_size,
-                         split=parse_split(split) or "every-class")
+                         split=parse_split(split) or "every-class", select=select)
         spec = use_pretrained(pretrained, [spec], data_dir)[0]
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root)):

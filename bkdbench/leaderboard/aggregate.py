@@ -58,7 +58,7 @@ DATA_DERIVED = frozenset({"groups"})
 # Not method parameters, but a different value is a different configuration (a smoke run, the other
 # validation split: its training set differs in the classes it takes validation images from; other
 # starting weights).
-SETUP = ("model", "epochs", "split", "pretrained")
+SETUP = ("model", "epochs", "split", "pretrained", "select")
 
 
 def keyed_datasets(df: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +88,8 @@ def select_dataset(df: pd.DataFrame, name: str | None) -> pd.DataFrame:
 def _config(row: Mapping) -> dict:
     """The row's method parameters plus the setup keys, so that (say) a 5-epoch smoke run is
     never averaged with 200-epoch runs as if it were another seed."""
-    setup = {key: row.get(key) for key in SETUP if _present(row.get(key))}
+    setup = {key: row.get(key) for key in SETUP if _present(row.get(key))
+             and not (key == "select" and row.get(key) == "last")}  # "last" is what rows without the column did
     return {**_params(row), **{k: (int(v) if isinstance(v, (float, np.floating)) and float(v).is_integer() else v)
                                for k, v in setup.items()}}
 

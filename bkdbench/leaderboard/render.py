@@ -203,3 +203,142 @@ def comparison_table(result: pd.DataFrame) -> Table:
         table.add_row(str(row.dataset), f"{row.imbalance_factor:g}", str(row.n),
                       f"{row.mean_a:.{d}f}", f"{row.mean_b:.{d}f}", delta, ci)
     return table
+
+
+# --- published results (bkdbench published) -------------------------------------------------------
+
+PUBLISHED_CAPTION = ("published top-1 % as its source reports it (mostly the best test epoch); "
+                     "– where the source gives none; citation and URL in --format csv")
+
+
+def _pub_value(value) -> str:
+    return "–" if value is None or pd.isna(value) else f"{float(value):g}"
+
+
+def _pub_budget(row) -> str:
+    epochs = "?" if pd.isna(row.epochs) else f"{int(row.epochs)}"
+    return epochs + ("" if pd.isna(row.stage2_epochs) else f"+{int(row.stage2_epochs)}")
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _pub_remark(row) -> str:
+    comparable = _text(row.not_comparable) and f"not comparable: {row.not_comparable}"
+    return "; ".join(p for p in (_text(row.reported), _text(row.note), comparable) if p)
+
+
+def _pub_cells(row) -> list[str]:
+    imbalance = row.imbalance if isinstance(row.imbalance, str) else f"{float(row.imbalance):g}"
+    return [str(row.dataset), imbalance, str(row.model), _pub_budget(row), str(row.method), _pub_value(row.top1),
+            _pub_value(row.many), _pub_value(row.medium), _pub_value(row.few), str(row.source_class),
+            "; ".join(p for p in (str(row.citation), _text(row.where)) if p), _pub_remark(row)]
+
+
+PUB_HEADINGS = ["dataset", "IF", "model", "epochs", "method", "top-1", "many", "medium", "few", "source", "citation",
+                "remark"]
+
+
+def published_tables(frame: pd.DataFrame) -> list[Table]:
+    """One rich Table per dataset (long citations wrap)."""
+    tables = []
+    for dataset, part in frame.groupby("dataset", sort=True):
+        table = Table(title=f"published: {dataset}", caption=PUBLISHED_CAPTION, caption_justify="left")
+        for heading in [*PUB_HEADINGS[1:10], "where", "remark"]:
+            table.add_column(heading, justify="right" if heading in ("top-1", "many", "medium", "few") else "left",
+                             overflow="fold")
+        for row in part.itertuples(index=False):  # the terminal shows the source's key; citations: csv/markdown
+            cells = _pub_cells(row)
+            where = "; ".join(p for p in (str(row.source), _text(row.where)) if p)
+            table.add_row(*(_escape_rich(c) for c in [*cells[1:10], where, cells[11]]))
+        tables.append(table)
+    return tables
+
+
+def published_markdown(frame: pd.DataFrame) -> str:
+    lines = [f"_{PUBLISHED_CAPTION}_", "", "| " + " | ".join(PUB_HEADINGS) + " |",
+             "|" + "---|" * 5 + "---:|" * 4 + "---|" * 3]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in _pub_cells(row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def published_latex(frame: pd.DataFrame) -> str:
+    """One booktabs table, citations left out (they go in the paper's bibliography)."""
+    heads = PUB_HEADINGS[:10]
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(PUBLISHED_CAPTION)}}}",
+             r"\begin{tabular}{lllll" + "r" * 4 + "l}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in heads) + r" \\", r"\midrule"]
+    for row in frame.itertuples(index=False):
+        lines.append(" & ".join(_latex_cell(c) for c in _pub_cells(row)[:10]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+PUB_CSV = ["dataset", "imbalance", "model", "epochs", "stage2_epochs", "method", "top1", "many", "medium", "few",
+           "source", "source_class", "citation", "where", "url", "reported", "note", "not_comparable", "table"]
+
+
+def published_csv(frame: pd.DataFrame) -> str:
+    return frame[PUB_CSV].to_csv(index=False)
+
+
+# --- ours beside the published results (leaderboard --published) ----------------------------------
+
+VERSUS_HEADINGS = ["method", "IF", "ours", "published", "Δ", "95% interval", "source / why not"]
+
+
+def _versus_rows(result: pd.DataFrame, dataset) -> list[list[str]]:
+    from bkdbench.leaderboard.versus import cells
+
+    part = result[result["dataset"] == dataset]
+    return [list(cells(row).values()) for row in part.itertuples(index=False)]
+
+
+def versus_tables(result: pd.DataFrame) -> list[Table]:
+    from bkdbench.leaderboard.versus import CAPTION
+
+    metric = result.attrs.get("metric", "top1")
+    tables = []
+    for dataset in sorted(result["dataset"].unique()):
+        table = Table(title=f"{dataset}: {metric}, ours beside the published", caption=CAPTION, caption_justify="left")
+        for heading in VERSUS_HEADINGS:
+            table.add_column(heading, justify="right" if heading in ("ours", "published", "Δ") else "left",
+                             overflow="fold")
+        for cells in _versus_rows(result, dataset):
+            table.add_row(*(_escape_rich(c) for c in cells))
+        tables.append(table)
+    return tables
+
+
+def versus_markdown(result: pd.DataFrame) -> str:
+    from bkdbench.leaderboard.versus import CAPTION
+
+    parts = []
+    for dataset in sorted(result["dataset"].unique()):
+        lines = [f"### {dataset}", "", f"_{CAPTION}_", "", "| " + " | ".join(VERSUS_HEADINGS) + " |",
+                 "|---|---|---:|---:|---:|---|---|"]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in _versus_rows(result, dataset)]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def versus_latex(result: pd.DataFrame) -> str:
+    from bkdbench.leaderboard.versus import CAPTION
+
+    parts = []
+    for dataset in sorted(result["dataset"].unique()):
+        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(dataset)}: {_latex_escape(CAPTION)}}}",
+                 r"\begin{tabular}{llrrrll}", r"\toprule",
+                 " & ".join(_latex_escape(h) for h in VERSUS_HEADINGS).replace("Δ", r"$\Delta$") + r" \\", r"\midrule"]
+        lines += [" & ".join(_latex_cell(c) for c in cells) + r" \\" for cells in _versus_rows(result, dataset)]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def versus_csv(result: pd.DataFrame) -> str:
+    frame = result.copy()
+    frame["metric"] = result.attrs.get("metric", "top1")
+    return frame.to_csv(index=False)

@@ -106,6 +106,26 @@ def _figure_sections(rows: pd.DataFrame, out: Path) -> list[Section]:
     return [per_class, curves, summary]
 
 
+def published_section(rows: pd.DataFrame) -> Section:
+    """Our top-1 beside the published results (leaderboard/versus.py): Δ where the protocol matches."""
+    from bkdbench.leaderboard.published_results import published_rows
+    from bkdbench.leaderboard.versus import CAPTION, cells, versus_published
+
+    section = Section("Beside the published results", notes=[
+        CAPTION + ". Published numbers are mostly best-test-epoch accuracies; ours are last-epoch "
+        "(`bkdbench leaderboard --published --metric top1_best_epoch` compares the papers' protocol). Sources: "
+        "`bkdbench published --format csv`, docs/published.md."])
+    result = versus_published(rows, published_rows(), "top1")
+    for dataset in sorted(result["dataset"].unique()):
+        part = result[result["dataset"] == dataset]
+        section.tables.append(Table(str(dataset), ["method", "IF", "ours (top-1)", "published", "Δ", "95% interval",
+                                                   "source / why not"],
+                                    [list(cells(r).values()) for r in part.itertuples(index=False)]))
+    if result.empty:
+        section.notes.append("no finished runs to compare")
+    return section
+
+
 def _numeric(values) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
@@ -171,7 +191,7 @@ def write_report(rows: pd.DataFrame, out: "str | Path", *, title: str, scope: st
     finished = rows[rows["status"] == "finished"]
     runs = tables.run_records(rows)
     comparisons = tables.comparisons(rows, baseline)
-    parts = _figure_sections(rows, out) + ablation_sections(rows, out) + list(sections)
+    parts = [published_section(rows)] + _figure_sections(rows, out) + ablation_sections(rows, out) + list(sections)
     for part in parts:
         for fig in part.figures:
             fig.src = Path(fig.path).resolve().relative_to(out.resolve()).as_posix()

@@ -101,6 +101,13 @@ SCHEMA = pa.schema([
     pa.field("workers", pa.int64()),
     # Content key of the weights the run started from (--pretrained); null: from scratch.
     pa.field("pretrained", pa.string()),
+    # What reproducing a run needs (docs/published.md); null in rows written before they existed.
+    pa.field("resize", pa.string()),  # how images reach the model's input size (interpolation, antialias)
+    pa.field("effective_batch", pa.int64()),  # images per optimizer step over all workers (per worker × workers)
+    pa.field("precision", pa.string()),  # e.g. "bf16 autocast, teacher fp32" or "fp32"
+    pa.field("recipe_name", pa.string()),
+    pa.field("recipe_hash", pa.string()),  # SHA-256 (16 hex) of the recipe column's canonical JSON
+    pa.field("select", pa.string()),  # which epoch's weights the row reports: "last" or "best-val"
 ])
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 LEGACY_SPLIT = "reference"  # the split of every row written before the ``split`` column existed

@@ -139,6 +139,8 @@ def retrain_command(row) -> str:
     parts += ["--epochs", str(int(row["epochs"]))]
     if row.get("split") == "reference":  # the default is every-class
         parts += ["--split", "reference"]
+    if row.get("select") == "best-val":  # the default keeps the last epoch
+        parts += ["--select", "best-val"]
     for name, value in sorted((_json_or_none(row.get("params")) or {}).items()):
         if name == "classes":  # a class-subset teacher: trained by its student's run, not on its own
             continue

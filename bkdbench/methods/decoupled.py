@@ -70,8 +70,26 @@ class TauNormParams(MethodParams):
         "keep", description="the stage-1 bias: kept (BagofTricks-LT) or dropped (Kang's tau_norm.py)")
 
 
+# Kang et al.'s stage 2 per stage-1 recipe and method: (stage-2 recipe, epochs), from the decoupling code's
+# config/<benchmark>/cls_crt.yaml and cls_lws.yaml (specs/recipes.py lists their values). iNat18's LWS
+# configuration was not checked here: it keeps the fraction rule.
+KANG_STAGE2 = {
+    ("imagenet-lt", "crt"): ("imagenet-lt-stage2", 10), ("imagenet-lt", "lws"): ("imagenet-lt-stage2", 5),
+    ("inat18", "crt"): ("inat18-stage2", 30),
+    ("places-lt", "crt"): ("places-lt-stage2", 10), ("places-lt", "lws"): ("places-lt-stage2", 5),
+}
+
+
 class _Decoupled(Method):
-    """A stage-2 method: ``needs_teacher`` because its stage-1 model is provided like a teacher."""
+    """A stage-2 method: ``needs_teacher`` because its stage-1 model is provided like a teacher.
+
+    Stage 2's recipe: on the large benchmarks at their recipe's own budget, Kang's (``KANG_STAGE2``:
+    its own recipe, epochs, lr, batch and cosine schedule); elsewhere, or when ``stage2_fraction`` is
+    given, the stage-1 recipe for ``stage2_fraction`` of its epochs (bkdbench's rule, one -p away)."""
+
+    @classmethod
+    def stage2_recipe(cls, recipe: str) -> "tuple[str, int] | None":
+        return KANG_STAGE2.get((recipe, cls.name))
 
     needs_teacher = True
     stage1 = True  # the "teacher" is this run's starting point, not a distillation target

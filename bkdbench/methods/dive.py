@@ -12,11 +12,18 @@ KL summed over classes and averaged over the batch; BalancedSoftmaxCE(z, y) = CE
 The teacher is a ``balanced-softmax`` run of the same model, data, recipe and seed (not the CE run);
 predictions use the student's plain logits. Defaults (BagofTricks' CIFAR configuration): alpha=0.5,
 temperature=2, power=0.5.
+
+Schedule: BagofTricks-LT's DiVE configurations (``configs/cao_cifar/DiVE/*/teacher.yaml`` and
+``student.yaml``) step the learning rate ×0.01 at epochs 120 and 160 of 200 (``LR_STEP: [120, 160]``), not
+at LDAM's 160/180. ``milestones="authors"`` (default) trains the student and its Balanced-Softmax teacher
+under the run's recipe with its steps moved to 0.6 / 0.8 of the budget (recipe name
+``<recipe>/milestones=0.6,0.8``; a cosine recipe is unchanged); ``milestones="recipe"`` keeps the recipe's
+own steps (bkdbench before this option).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +37,7 @@ class DiVEParams(MethodParams):
     alpha: Annotated[float, Field(ge=0, le=1, description="weight of the distillation term; 1 - alpha weights the CE")] = 0.5
     temperature: Temperature = 2.0
     power: Annotated[float, Field(gt=0, description="exponent flattening the teacher's distribution")] = 0.5
+    milestones: Literal["authors", "recipe"] = "authors"  # module docstring: BagofTricks' 120/160 of 200
 
 
 @register("dive")
@@ -40,6 +48,14 @@ class DiVE(Method):
     Params = DiVEParams
     needs_teacher = True
     teacher_method = "balanced-softmax"
+
+    AUTHORS_MILESTONES = (120 / 200, 160 / 200)
+
+    @classmethod
+    def recipe_for(cls, recipe: str, params: dict) -> str:
+        from bkdbench.specs.recipes import with_milestones  # lazily: specs are read by the core, not imported at load
+
+        return with_milestones(recipe, cls.AUTHORS_MILESTONES) if params.get("milestones") == "authors" else recipe
 
     def __init__(self, class_counts, params, *, epochs=200):
         super().__init__(class_counts, params, epochs=epochs)

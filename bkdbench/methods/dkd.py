@@ -9,16 +9,29 @@ With p = softmax(z / T) of student (s) and teacher (t), y the label:
 
 both KLs summed over their classes and averaged over the batch. As mdistiller does, p^ drops the target
 by subtracting 1000 from its logit before the softmax (its share is then exp(-1000): zero in float32),
-and the binary distributions are sums of the full softmax. Warm-up w(epoch) = min((epoch + 1) / W, 1)
-with bkdbench's 0-based epochs (mdistiller's 1-based epoch / warmup), W from ``warmup`` read like
-``cb_start``: < 1 a fraction of the budget (0.1 = 20 of 200 epochs, mdistiller's CIFAR setting), >= 1 an
-epoch count. Defaults alpha=1, nckd_weight=8, temperature=4 (mdistiller's CIFAR-100 ResNet setting).
-The parameter is ``nckd_weight``, not mdistiller's ``beta``: in bkdbench ``beta`` is the class-balanced β.
+and the binary distributions are sums of the full softmax.
+
+Warm-up: w = min(progress / W, 1), W from ``warmup`` read like ``cb_start`` (< 1 a fraction of the
+budget: 0.1 = 20 of 200 epochs, mdistiller's CIFAR 20-of-240 in spirit; >= 1 an epoch count), at
+least one epoch. ``warmup_ramp="step"`` (default): progress = epochs done after this step, counted per
+batch (epoch + (k + 1) / S, S = ceil(N / batch) batches per epoch), so a 10-epoch budget still ramps over
+its first epoch; at 200 epochs the weight at the end of each epoch is mdistiller's epoch / 20. The
+batch counter restarts every epoch, so a resumed run needs no extra state. ``warmup_ramp="epoch"``:
+progress = epoch + 1 per whole epoch (mdistiller's 1-based epoch / warmup; bkdbench before this
+option, where 0.1 of 10 epochs meant no warm-up at all). Without a batch size (a loss called outside
+training) the epoch rule applies.
+
+``nckd_weight`` (β, mdistiller's ``DKD.BETA``) defaults by the student model as mdistiller's
+``configs/cifar100/dkd/`` set it: 2 for the thin CIFAR ResNets (``res56_res20.yaml``,
+``res110_res32.yaml``: resnet20, resnet32), 8 otherwise (res32x4→res8x4, WRN and VGG pairs); ``-p
+nckd_weight=8`` gives the earlier default back. alpha=1, temperature=4. The parameter is
+``nckd_weight``, not mdistiller's ``beta``: in bkdbench ``beta`` is the class-balanced β.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +41,9 @@ from bkdbench.methods.params import Alpha, MethodParams, Temperature, _whole_epo
 from bkdbench.methods.registry import Method, MethodError, float_logits, register, resolve_cb_epoch
 
 NON_TARGET_SHIFT = 1000.0  # mdistiller's mask: the target's logit lowered by this before the softmax
+# mdistiller's DKD.BETA by student (configs/cifar100/dkd/res56_res20.yaml, res110_res32.yaml); 8 elsewhere.
+NCKD_WEIGHT_BY_MODEL = {"resnet20": 2.0, "resnet32": 2.0}
+NCKD_WEIGHT_OTHERWISE = 8.0
 
 
 class DKDParams(MethodParams):
@@ -36,6 +52,7 @@ class DKDParams(MethodParams):
     temperature: Temperature = 4.0
     warmup: Annotated[float, Field(gt=0, description="warm-up of the distillation weight: fraction < 1 or epochs >= 1"),
                       AfterValidator(_whole_epoch_if_absolute)] = 0.1
+    warmup_ramp: Literal["step", "epoch"] = "step"  # module docstring: per batch, or per whole epoch (earlier rule)
 
 
 def _binary(p: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -55,9 +72,28 @@ class DecoupledKD(Method):
     def __init__(self, class_counts, params, *, epochs=200):
         super().__init__(class_counts, params, epochs=epochs)
         self.warmup_epochs = max(1, resolve_cb_epoch(params.warmup, epochs))
+        self._epoch, self._batch = -1, 0  # batches seen in the current epoch (the per-step ramp)
 
-    def weight(self, epoch: int) -> float:
-        return min((epoch + 1) / self.warmup_epochs, 1.0)
+    @classmethod
+    def resolve_for_model(cls, params: dict, model: str, given: dict) -> dict:
+        if "nckd_weight" in given:
+            return params
+        return {**params, "nckd_weight": NCKD_WEIGHT_BY_MODEL.get(model, NCKD_WEIGHT_OTHERWISE)}
+
+    def weight(self, epoch: int, batch: int | None = None) -> float:
+        """w after batch ``batch`` (0-based) of ``epoch``; the epoch rule without a batch or batch size."""
+        steps = math.ceil(int(self.class_counts.sum()) / self.batch_size) if self.batch_size else None
+        if batch is None or steps is None or self.params.warmup_ramp == "epoch":
+            return min((epoch + 1) / self.warmup_epochs, 1.0)
+        return min((epoch + min(batch + 1, steps) / steps) / self.warmup_epochs, 1.0)
+
+    def _next_batch(self, epoch: int) -> int:
+        """This call's batch index within ``epoch`` (one loss call per training step)."""
+        if epoch != self._epoch:
+            self._epoch, self._batch = epoch, 0
+        else:
+            self._batch += 1
+        return self._batch
 
     def distillation(self, logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor):
         """(TCKD, NCKD), each T²-scaled and batch-averaged."""
@@ -77,4 +113,5 @@ class DecoupledKD(Method):
                               "(the frozen CE teacher's logits on the same batch)")
         z = float_logits(logits)
         tckd, nckd = self.distillation(z, teacher_logits.detach().to(z.dtype), targets)
-        return F.cross_entropy(z, targets) + self.weight(epoch) * (self.params.alpha * tckd + self.params.nckd_weight * nckd)
+        w = self.weight(epoch, self._next_batch(epoch))
+        return F.cross_entropy(z, targets) + w * (self.params.alpha * tckd + self.params.nckd_weight * nckd)

@@ -145,6 +145,18 @@ class Method:
         return params
 
     @classmethod
+    def resolve_for_model(cls, params: dict, model: str, given: dict) -> dict:
+        """Parameters whose authors' default depends on the model (DKD's β by student); ``given``: what
+        the user set, which always wins."""
+        return params
+
+    @classmethod
+    def recipe_for(cls, recipe: str, params: dict) -> str:
+        """The recipe this method trains under when a run names ``recipe`` (DiVE: the same recipe with its
+        authors' milestones); a teacher made for the run gets the same."""
+        return recipe
+
+    @classmethod
     def teacher_specs(cls, base: Any, params: dict) -> Optional[list]:
         """The RunSpecs of several teachers, derived from ``base`` (the default CE teacher); None = ``base`` alone."""
         return None

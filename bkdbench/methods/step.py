@@ -13,10 +13,10 @@ def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method,
     """One SGD step on a prepared batch (normalised, laid out); returns the loss, detached, without a
     host sync. ``teacher`` is one frozen model or a list of them."""
     features = method.uses_features
+    with torch.no_grad():  # the teacher outside autocast: its logits reach the loss in full fp32, as the authors ran
+        t_logits, t_feats = teacher_outputs(teacher, x, features)
     with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
         logits, feats = model(x, features=True) if features else (model(x), None)
-        with torch.no_grad():
-            t_logits, t_feats = teacher_outputs(teacher, x, features)
     extra = {"features": feats.float(), "teacher_features": t_feats} if features else {}
     loss = method.loss(logits.float(), y, epoch=epoch, teacher_logits=t_logits, **extra)
     optimizer.zero_grad(set_to_none=True)

@@ -4,7 +4,7 @@ recipe is the same schedule compressed."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 
 SCHEDULES = ("step", "cosine")
@@ -97,6 +97,16 @@ RECIPES = {
         # batch 256, wd 5e-4, cosine to 0, backbone lr 0.01 (classifier 0.1; one lr here for both).
         # docs/large-benchmarks.md says how this differs from both.
         Recipe("places-lt", epochs=30, batch_size=256, lr=0.01, weight_decay=5e-4, warmup_frac=0.0, schedule="cosine"),
+        # The decoupling code's classifier stage (cRT / LWS), per benchmark: config/<benchmark>/cls_crt.yaml and
+        # cls_lws.yaml, cosine to 0 (coslr: true, endlr: 0.0), class-aware sampler. ImageNet-LT: batch 512,
+        # lr 0.2, wd 5e-4, cRT 10 / LWS 5 epochs; iNat18: batch 512, lr 0.2, wd 1e-4, cRT 30; Places-LT:
+        # batch 256, classifier lr 0.1, wd 5e-4, cRT 10 / LWS 5. ``epochs`` is cRT's; methods/decoupled.py
+        # names LWS's.
+        Recipe("imagenet-lt-stage2", epochs=10, batch_size=512, lr=0.2, weight_decay=5e-4, warmup_frac=0.0,
+               schedule="cosine"),
+        Recipe("inat18-stage2", epochs=30, batch_size=512, lr=0.2, weight_decay=1e-4, warmup_frac=0.0, schedule="cosine"),
+        Recipe("places-lt-stage2", epochs=10, batch_size=256, lr=0.1, weight_decay=5e-4, warmup_frac=0.0,
+               schedule="cosine"),
     )
 }
 
@@ -110,10 +120,31 @@ def history_lr(lrs: list[float]) -> float:
     return lrs[0] if min(lrs) == max(lrs) else math.fsum(lrs) / len(lrs)
 
 
+MILESTONES = "/milestones="  # a derived recipe: "<recipe>/milestones=0.6,0.8" (fractions of the budget)
+
+
+def with_milestones(name: str, fractions: tuple[float, float]) -> str:
+    """The name of recipe ``name`` with its two decay steps moved to ``fractions`` of the budget (a
+    method's authors' schedule, e.g. DiVE's 120/160 of 200); a cosine recipe has no steps: unchanged."""
+    base = get_recipe(name)
+    if base.schedule != "step" or tuple(base.milestones_frac) == tuple(fractions):
+        return name
+    return f"{name.split(MILESTONES)[0]}{MILESTONES}{fractions[0]:g},{fractions[1]:g}"
+
+
 def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
+    base, _, moved = name.partition(MILESTONES)
+    if base not in RECIPES:
         raise RecipeError(f"unknown recipe {name!r}; choose one of: {', '.join(sorted(RECIPES))}")
-    return RECIPES[name]
+    if not moved:
+        return RECIPES[base]
+    try:
+        first, second = (float(v) for v in moved.split(","))
+    except ValueError:
+        raise RecipeError(f"recipe {name!r}: milestones are two fractions, e.g. {base}{MILESTONES}0.6,0.8") from None
+    if not 0 < first <= second < 1:
+        raise RecipeError(f"recipe {name!r}: milestones must satisfy 0 < first <= second < 1")
+    return replace(RECIPES[base], name=name, milestones_frac=(first, second))
 
 
 def recipe_names() -> list[str]:

@@ -84,6 +84,9 @@ class RunSpec(BaseModel):
     image_size: Optional[int] = Field(None, gt=0)  # an image folder resized to N×N (None: as it is)
     split: Literal["every-class", "reference"] = "every-class"  # how validation is drawn (module docstring)
     pretrained: Optional[str] = Field(None, pattern=r"^[0-9a-f]{16}$")  # content key of the starting weights (models/pretrained.py)
+    # Which epoch's weights the run keeps and reports: None = the last (default, left out of the canonical
+    # JSON so earlier run ids stay), "best-val" = the best validation epoch (Kang et al.'s state_dict_best).
+    select: Optional[Literal["best-val"]] = None
     protocol: Literal[2] = 2  # PROTOCOL (module docstring): part of the run id, never set by hand
 
     @field_validator("params")
@@ -134,7 +137,7 @@ class RunSpec(BaseModel):
         return list(out.values())
 
 
-_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained")  # fields added later: absent keeps older run ids unchanged
+_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained", "select")  # fields added later: absent keeps older run ids unchanged
 PROTOCOL = 2  # see the module docstring: bump it (and RunSpec.protocol) when an unchanged spec would train differently
 
 
@@ -184,6 +187,7 @@ def make_spec(
     data_dir: Optional[Union[str, Path]] = None,
     image_size: Optional[int] = None,
     split: str = "every-class",
+    select: Optional[str] = None,
 ) -> RunSpec:
     """Resolve every default (dataset → model/recipe, recipe → epochs, method → parameters) and
     validate names and ranges. A distilling method gets its teacher: a run of the same model,
@@ -193,12 +197,17 @@ def make_spec(
     ``imagefolder`` needs ``data_dir`` (its folder is decoded, or read from the cache, to learn its
     classes and content key); ``image_size`` resizes it. ``imbalance_factor="natural"`` (or
     ``profile="natural"``) keeps the training set as it is and records its own imbalance factor.
-    ``split``: "every-class" or "reference" (module docstring); teachers get the same."""
+    ``split``: "every-class" or "reference" (module docstring); teachers get the same.
+    ``select``: None / "last" (the last epoch) or "best-val" (the best validation epoch's weights, as
+    Kang et al. keep for stage 1 and stage 2); every run it needs first gets the same."""
     from bkdbench.data import NATURAL, DataError, dataset_info, natural_imbalance
     from bkdbench.data.splits import check_split
 
     try:
         check_split(split)
+        if select not in (None, "last", "best-val"):
+            raise SpecError(f"select takes last or best-val (got {select!r})")
+        select = None if select == "last" else select
         info = dataset_info(dataset, data_dir, image_size)
         imbalance_factor, profile = _imbalance(imbalance_factor, profile)
         from bkdbench.data.splits import check_profile
@@ -221,7 +230,7 @@ def make_spec(
     common = dict(
         dataset=dataset, imbalance_factor=float(imbalance_factor), profile=profile, data_seed=data_seed,
         model=model, recipe=rec.name, epochs=epochs or rec.epochs, seed=seed, data_key=info.data_key,
-        image_size=image_size, split=split,
+        image_size=image_size, split=split, select=select,
     )
     from bkdbench.methods import MethodError, method_class
 
@@ -233,7 +242,7 @@ def make_spec(
             # a teacher with a teacher of its own (SSD-LT's stages): made like any run of that method
             base = make_spec(dataset, imbalance_factor, cls.teacher_method, seed=seed, data_seed=data_seed, profile=profile,
                              model=model, recipe=rec.name, epochs=common["epochs"], data_dir=data_dir, image_size=image_size,
-                             split=split)
+                             split=split, select=select)
             teachers = cls.teacher_specs(base, resolved)
             teacher = None if teachers else base
         elif needs_teacher and teacher is None:
@@ -253,7 +262,14 @@ def make_spec(
     if not cls.trains:
         common["epochs"] = 1  # no training (τ-norm): only the stage-1 classifier is changed
     elif "stage2_fraction" in resolved:  # decoupled classifiers: stage 1 gets the budget, stage 2 a part
-        common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))
+        kang = None
+        if "stage2_fraction" not in (params or {}) and common["epochs"] == rec.epochs:  # the recipe's own budget
+            # Kang's stage 2 on the large benchmarks (methods/decoupled.py)
+            kang = getattr(cls, "stage2_recipe", lambda _: None)(rec.name)
+        if kang:
+            common["recipe"], common["epochs"] = kang
+        else:
+            common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))
     return RunSpec(method=method, params=resolved, teacher=teacher, teachers=tuple(teachers) if teachers else None,
                    **common)
 
@@ -321,10 +337,12 @@ def _resolve_names(info, method, model, recipe, epochs, params):
         model = model or info.default_model
         if model not in model_names():
             raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(model_names())}")
-        rec = get_recipe(recipe or info.default_recipe)
         merged = {**info.method_defaults.get(method, {}), **(params or {})}
         resolved = validate_params(method, **merged)
-        needs_teacher = method_class(method).needs_teacher  # no build: a folder's class count is not known yet
+        cls = method_class(method)
+        resolved = cls.resolve_for_model(resolved, model, merged)  # e.g. DKD's β by student model
+        rec = get_recipe(cls.recipe_for(recipe or info.default_recipe, resolved))  # e.g. DiVE's milestones
+        needs_teacher = cls.needs_teacher  # no build: a folder's class count is not known yet
     except (DataError, MethodError, ModelError, RecipeError) as exc:
         raise SpecError(str(exc)) from None
     return model, rec, resolved, needs_teacher
@@ -371,7 +389,10 @@ def spec_columns(spec: RunSpec) -> dict:
     from bkdbench.specs.recipes import get_recipe
 
     info = get_dataset(spec.dataset)
+    recipe = {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs}
     return {
+        "resize": resize_of(info, spec), "recipe_name": spec.recipe,
+        "recipe_hash": hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16],
         "many_threshold": info.many_threshold, "few_threshold": info.few_threshold,
         "run_id": spec.run_id, "dataset": spec.dataset, "data_key": spec.data_key, "imbalance_factor": spec.imbalance_factor,
         "profile": spec.profile, "data_seed": spec.data_seed, "model": spec.model, "method": spec.method,
@@ -379,6 +400,17 @@ def spec_columns(spec: RunSpec) -> dict:
         "epochs": spec.epochs, "seed": spec.seed, "split": spec.split, "pretrained": spec.pretrained,
         "teacher_run_id": ",".join(t.run_id for t in spec.all_teachers) or None,
     }
+
+
+def resize_of(info, spec: RunSpec) -> str:
+    """How a run's images reach the model's input size, in words (a reproduction detail papers omit)."""
+    if info.augmentation == "imagenet":
+        return (f"store: short side bilinear antialiased (PIL) + centre crop; train: random-resized crop to "
+                f"{info.image_size}, bilinear without antialias (batched); eval: resize + centre crop {info.image_size}")
+    if spec.data_key is not None:
+        return f"decode: bilinear antialiased to {spec.image_size}×{spec.image_size}" if spec.image_size else \
+            "none: images as stored"
+    return f"none: native {info.image_size}×{info.image_size}" if info.image_size else "none"
 
 
 def _params_column(spec: RunSpec) -> dict:

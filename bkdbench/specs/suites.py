@@ -50,6 +50,18 @@ class Suite(BaseModel):
     # Data-parallel workers per trial (`bkdbench run --workers-per-trial`, which overrides it);
     # an execution setting, not part of any run id.
     workers_per_trial: int = Field(1, ge=1)
+    # The published table the suite targets (bkdbench/leaderboard/published/<name>.yaml): `bkdbench run`
+    # ends with our cells beside it (Δ where the protocol matches). Not part of any run id.
+    published: Optional[str] = None
+
+    @field_validator("published")
+    @classmethod
+    def _shipped_table(cls, v: Optional[str]) -> Optional[str]:
+        tables = Path(__file__).parent.parent / "leaderboard" / "published"  # a path: specs never import results
+        if v is not None and not (tables / f"{v}.yaml").is_file():
+            names = sorted(p.stem for p in tables.glob("*.yaml"))
+            raise ValueError(f"unknown published table {v!r}; choose one of: {', '.join(names)}")
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -84,15 +96,17 @@ class Suite(BaseModel):
         epochs: Optional[int] = None,
         data_dir: Optional[Path] = None,
         split: Optional[str] = None,
+        select: Optional[str] = None,
     ) -> list[RunSpec]:
         """RunSpecs of the suite (filters narrow it; ``epochs`` overrides the budget for smoke runs;
-        ``data_dir`` is where the data lives, needed by ``imagefolder``; ``split`` overrides the suite's)."""
+        ``data_dir`` is where the data lives, needed by ``imagefolder``; ``split`` overrides the suite's;
+        ``select``: "best-val" keeps each run's best validation epoch, as ``make_spec``)."""
         from bkdbench.data.imagefolder import scan_once
 
         with scan_once():  # one listing of an image folder for all the suite's specs
-            return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir, split or self.split)
+            return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir, split or self.split, select)
 
-    def _expand(self, datasets, imbalance, methods, seeds, epochs, data_dir, split) -> list[RunSpec]:
+    def _expand(self, datasets, imbalance, methods, seeds, epochs, data_dir, split, select=None) -> list[RunSpec]:
         chosen_seeds = self.seed_list()[:seeds] if seeds is not None else self.seed_list()
         specs = []
         for dataset in self.datasets:
@@ -109,7 +123,7 @@ class Suite(BaseModel):
                             dataset, factor, entry.method, seed=seed, data_seed=self.data_seed,
                             profile=self.profile, model=self.model, recipe=self.recipe,
                             epochs=epochs or self.epochs, params=entry.params, data_dir=data_dir,
-                            split=split,
+                            split=split, select=select,
                         ))
         return specs
 

@@ -33,6 +33,7 @@ from bkdbench.models.packing import pack_models, resolve_strategy
 from bkdbench.specs.recipes import get_recipe, history_lr
 from bkdbench.specs import RunSpec
 from bkdbench.training.train import (RunResult, TrainingDiverged, device_name, _layout, build_model, channels_last_for,
+                                     precision_of,
                     device_splits, frozen_teacher, load_run_data, training_device)
 
 # report(per-student metrics, make_checkpoint): called once per epoch, like train()'s report.
@@ -56,7 +57,7 @@ def packed_step(pack: nn.Module, optimizer: torch.optim.Optimizer, methods: Sequ
     out); the teacher runs once. Returns the K losses, detached, without a host sync."""
     t_logits = None
     if teacher is not None:
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        with torch.no_grad():  # fp32, outside autocast (methods/step.py says why)
             t_logits = teacher(x)
         t_logits = t_logits.float()
     optimizer.zero_grad(set_to_none=True)
@@ -78,6 +79,8 @@ def pack_refusal(spec: RunSpec) -> Optional[str]:
     if cls.uses_features or cls.stage1 or own_step or own_head or spec.teachers or spec.train_classes:
         return (f"{spec.method} cannot be packed (it needs features, several teachers, a stage-1 model, "
                 "a training step or network modules of its own or a class subset): train its runs separately")
+    if spec.select:  # the pack keeps no per-student best-validation weights
+        return f"a run with --select {spec.select} cannot be packed: train its runs separately"
     return None
 
 
@@ -251,6 +254,7 @@ def train_packed(
             class_counts=list(data.class_counts), train_seconds=train_seconds,
             images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
             device=device_name(device), started_at=started, finished_at=finished,
+            precision=precision_of(autocast, methods[0]),
         ))
     return results
 

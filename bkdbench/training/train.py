@@ -50,6 +50,8 @@ class RunResult:
     finished_at: datetime
     extra: Optional[dict] = None  # what a method chose while training (e.g. τ-norm's τ, chosen on validation)
     workers: int = 1  # data-parallel workers that trained the run (training/distributed.py)
+    precision: str = "fp32"  # the autocast the run trained under, and the teacher's (always fp32)
+    select: str = "last"  # which epoch's weights the row reports ("best-val": the best validation epoch)
 
     def to_row(self, **tags) -> dict:
         """A leaderboard row (plain Python values) for this run; ``tags`` sets suite/sweep_id/..."""
@@ -62,6 +64,8 @@ class RunResult:
             "started_at": self.started_at, "finished_at": self.finished_at,
             "extra": json.dumps(self.extra, sort_keys=True) if self.extra else None, **provenance(), **tags,
             **({"workers": self.workers} if self.workers > 1 else {}),  # one worker: the row as before
+            "effective_batch": get_recipe(self.spec.recipe).batch_size,  # the global batch; each worker takes 1/workers
+            "precision": self.precision, "select": self.select,
         }
 
 
@@ -76,6 +80,12 @@ def training_device(device: Optional[str | torch.device], bf16: bool) -> tuple[t
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return device, (torch.bfloat16 if (device.type == "cuda" or bf16) else None)
+
+
+def precision_of(autocast: Optional[torch.dtype], method) -> str:
+    """The row's ``precision``: the student's autocast; a distilling method's teacher runs in fp32."""
+    student = "bf16 autocast" if autocast == torch.bfloat16 else ("fp32" if autocast is None else f"{autocast} autocast")
+    return student + (", teacher fp32" if method.needs_teacher and not method.stage1 and autocast is not None else "")
 
 
 def channels_last_for(device: torch.device) -> bool:
@@ -206,8 +216,10 @@ def train(
     # session: 0 in the process that started the run, +1 each time it resumes from a checkpoint (every
     # history entry carries it, so a row shows where an interrupted run continued)
     start_epoch, history, best, session = 0, [], {"top1": -math.inf, "epoch": -1}, 0
+    best_val: dict = {"top1": -math.inf, "epoch": -1, "model": None}  # select="best-val": its weights
     if checkpoint is not None:
         session = int(checkpoint.get("session", 0)) + 1
+        best_val = dict(checkpoint.get("best_val", best_val))
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         loader.generator.set_state(checkpoint["loader_rng"])
@@ -255,6 +267,9 @@ def train(
         if last or (epoch + 1) % recipe.eval_every == 0:
             last_eval = {"val": evaluate("val")}
             metrics["val_top1"] = last_eval["val"]["top1"]
+            if spec.select == "best-val" and metrics["val_top1"] > best_val["top1"]:  # first best kept on ties
+                best_val = {"top1": metrics["val_top1"], "epoch": epoch,
+                            "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             if evaluate_test:
                 last_eval["test"] = evaluate("test")
                 metrics["test_top1"] = last_eval["test"]["top1"]
@@ -262,11 +277,17 @@ def train(
                     best = {"top1": metrics["test_top1"], "epoch": epoch}
         history.append(metrics)
         if report is not None:
-            state = {"epoch": epoch + 1, "history": history, "best": best, "session": session}
+            state = {"epoch": epoch + 1, "history": history, "best": best, "session": session,
+                     **({"best_val": best_val} if spec.select == "best-val" else {})}
             report(metrics, lambda: _checkpoint(model, optimizer, loader, state, method))
 
+    if spec.select == "best-val" and best_val["model"] is not None and best_val["epoch"] != len(history) - 1:
+        model.load_state_dict(best_val["model"])  # Kang's state_dict_best: reported, and passed on as a teacher
+        last_eval = {}
     extra = method.finalize(model, lambda: evaluate("val")["top1"])
-    if extra:  # e.g. τ-norm chose its τ on validation and changed the classifier: evaluate again
+    if spec.select == "best-val":
+        extra = {**extra, "best_val_epoch": best_val["epoch"]}
+    if extra and set(extra) != {"best_val_epoch"}:  # e.g. τ-norm chose its τ on validation: evaluate again
         last_eval = {}
     if not last_eval:  # nothing trained (resumed from the last epoch, or a no-training method)
         last_eval = {"val": evaluate("val"), **({"test": evaluate("test")} if evaluate_test else {})}
@@ -282,6 +303,7 @@ def train(
         class_counts=list(data.class_counts), train_seconds=train_seconds,
         images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
         device=device_name(device), started_at=started, finished_at=datetime.now(timezone.utc), extra=extra,
+        precision=precision_of(autocast, method), select=spec.select or "last",
     )
     if dist_.active:
         result.workers, result.device = dist_.world_size, ddp.device_names(result.device, dist_)
