@@ -41,6 +41,9 @@ def test_the_wheel_carries_every_search_space_and_suite(installed_wheel):
     assert sorted(n.split("/")[-1] for n in names if n.startswith("bkdbench/suites/")) == suites
     assert not any(n.startswith(("tests/", "search_spaces/")) for n in names)
     assert "bkdbench/leaderboard/templates/report.html.j2" in names
+    published = sorted(p.name for p in (ROOT / "bkdbench" / "leaderboard" / "published").glob("*.yaml"))
+    assert published and sorted(n.split("/")[-1] for n in names
+                                if n.startswith("bkdbench/leaderboard/published/")) == published
 
 
 def test_a_sweep_runs_from_the_installed_wheel(installed_wheel, tmp_path):
