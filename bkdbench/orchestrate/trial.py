@@ -41,6 +41,8 @@ def use_resources(config: dict) -> str:
 
     import torch
 
+    from ..data.imagenet_augment import SHARE_ENV
+
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
     gpu = float(resources.get("gpu", 0))
@@ -53,6 +55,7 @@ def use_resources(config: dict) -> str:
                            "or train on the CPU with --gpus-per-trial 0")
     if gpu < 1:
         torch.cuda.set_per_process_memory_fraction(gpu)  # fractional GPUs are bookkeeping otherwise
+    os.environ[SHARE_ENV] = str(min(gpu, 1.0))  # what fits_on may place on the device (data/imagenet_augment.py)
     return "cuda"
 
 
