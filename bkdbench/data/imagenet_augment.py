@@ -48,7 +48,7 @@ def train_view(images: torch.Tensor, generator: torch.Generator, image_size: int
     x = resized_crop(images.float().div_(255.0), boxes, (image_size, image_size)).clamp_(0, 1)
     if hflip:
         mirror = torch.rand(n, generator=generator, device=dev) < 0.5
-        x[mirror] = x[mirror].flip(3)  # only the mirrored half is copied
+        x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)  # no boolean mask: its size would need a host sync
     if any(jitter):
         x = color_jitter(x, *jitter, generator, inplace=True)
     return x.mul_(255.0).round_().to(torch.uint8)
