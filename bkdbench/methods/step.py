@@ -25,6 +25,20 @@ def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method,
     return loss.detach()
 
 
+def cast_frozen(teacher, dtype: Optional[torch.dtype]):
+    """A frozen teacher (or a list of them) with its convolution and linear weights stored in the
+    autocast ``dtype`` once. Autocast would cast them on every forward (it caches casts only of weights
+    that require gradients): the same rounding, one copy of every weight per step less. Other layers
+    (BatchNorm, cosine heads) keep float32, as under autocast. ``dtype`` None: unchanged."""
+    if dtype is None or teacher is None:
+        return teacher
+    for t in (teacher if isinstance(teacher, (list, tuple)) else [teacher]):
+        for module in t.modules():
+            if type(module) in (torch.nn.Conv2d, torch.nn.Linear):
+                module.to(dtype)
+    return teacher
+
+
 def teacher_outputs(teacher, x: torch.Tensor, features: bool):
     """(logits, features or None) of a frozen teacher in float32; lists of both for several teachers."""
     if teacher is None:

@@ -29,6 +29,7 @@ from torch import nn
 from bkdbench.data import DeviceLoader, normalize
 from bkdbench.training.evaluate import classification_metrics, predict
 from bkdbench.methods import build as build_method
+from bkdbench.methods.step import cast_frozen
 from bkdbench.models.packing import pack_models, resolve_strategy
 from bkdbench.specs.recipes import get_recipe, history_lr
 from bkdbench.specs import RunSpec
@@ -156,7 +157,7 @@ def train_packed(
     if any(m.needs_teacher for m in methods):  # the members' one teacher (pack_signature)
         if teacher_state is None:
             raise ValueError(f"{spec0.method} needs a teacher: pass teacher_state (see bkdbench.training.teachers)")
-        teacher = frozen_teacher(spec0.teacher, teacher_state, num_classes, info.channels, device)
+        teacher = cast_frozen(frozen_teacher(spec0.teacher, teacher_state, num_classes, info.channels, device), autocast)
 
     train_x, train_y, splits = device_splits(data, device, evaluate_test)
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, info.mean, info.std, pad=info.pad, hflip=info.hflip,

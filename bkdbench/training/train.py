@@ -23,6 +23,7 @@ from bkdbench.data.imagenet_augment import place
 from bkdbench.training import distributed as ddp
 from bkdbench.training.evaluate import classification_metrics, predict
 from bkdbench.methods import build as build_method, method_class
+from bkdbench.methods.step import cast_frozen
 from bkdbench.models import create_model
 from bkdbench.models.pretrained import load_into as load_pretrained
 from bkdbench.provenance import provenance
@@ -186,7 +187,7 @@ def train(
         if method.stage1:  # decoupled classifiers, SSD-LT stage II: the "teacher" is where this run starts
             trainable = method.prepare(model, teacher_state)
         else:
-            teacher = frozen_teachers(spec, teacher_state, num_classes, info.channels, device)
+            teacher = cast_frozen(frozen_teachers(spec, teacher_state, num_classes, info.channels, device), autocast)
 
     train_x, train_y, splits = device_splits(data, device, evaluate_test)
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, info.mean, info.std, pad=info.pad, hflip=info.hflip,
