@@ -244,7 +244,11 @@ class Breadcrumb(Method):
             self.generator = torch.Generator(device=features.device).manual_seed(self.seed)
             if self._pending is not None:
                 self.memory.load_state_dict(self._pending["memory"])
-                self.generator.set_state(self._pending["generator"])
+                state = self._pending["generator"]
+                if state.numel() == self.generator.get_state().numel():
+                    self.generator.set_state(state)
+                # else: saved on another kind of device (a CPU and a CUDA generator's states do not fit
+                # each other): the draws restart from the run's seed; the memory itself resumes exactly
                 self._pending = None
         return self.memory
 
