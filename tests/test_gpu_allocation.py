@@ -88,21 +88,37 @@ def test_node_gpus_from_ray_nodes():
     assert isinstance(allocate([], None, node_gpus(nodes)), Allocation)
 
 
-@pytest.mark.slow
-def test_gpus_where_there_are_none_are_refused_at_once_with_nothing_written(tmp_path):
-    from helpers.cli import run_cli
+@pytest.mark.parametrize("args", [
+    ["run", "--suite", "digits-lt", "--seeds", "1", "--epochs", "1", "--gpus-per-trial", "1"],
+    ["sweep", "bkd", "--trials", "2", "--epochs", "1", "--gpus-per-trial", "0.5"],
+    ["ablate", "bkd", "--grid", "alpha=0,1", "--seeds", "1", "--epochs", "1", "--gpus-per-trial", "0.5",
+     "--workers-per-trial", "2"],
+    ["run", "--gpus-per-trial", "lots"],
+], ids=["run", "sweep", "ablate-workers", "not-a-number"])
+def test_gpus_where_there_are_none_are_refused_at_once_with_nothing_written(args, tmp_path, monkeypatch, capsys):
+    """On this machine (no CUDA device) a local Ray would have no GPU: refused before Ray starts (the
+    conftest guard fails a quick test that starts it), one line, exit 2, nothing written."""
+    import torch
+
+    from bkdbench.cli import main
     from helpers.files import assert_nothing_written, snapshot
 
-    work = tmp_path / "work"
-    work.mkdir()
-    before = snapshot(work)
-    out = run_cli(["run", "--suite", "digits-lt", "--seeds", "1", "--epochs", "1", "--gpus-per-trial", "1",
-                   "--results", work / "results"], folder=work, cache=tmp_path / "cache", timeout=240)
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert out.returncode == 2, out.stderr + out.stdout
-    assert len(lines) == 1 and "--gpus-per-trial 1 asks for GPUs, but the Ray cluster has no GPU" in lines[0], out.stderr
-    assert not (work / "results").exists()
-    assert_nothing_written(before, work)
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA GPU")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BKDBENCH_RESULTS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache"))
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_.value.code == 2 and len(lines) == 1, err
+    want = ("--gpus-per-trial must be 'auto' or a number" if "lots" in args
+            else "each worker needs a whole GPU" if "--workers-per-trial" in args else "asks for GPUs, but the Ray cluster has no GPU")
+    assert want in lines[0], lines[0]
+    assert_nothing_written(before, tmp_path)
 
 
 @pytest.mark.slow

@@ -99,6 +99,7 @@ def ablate(
     if plan.todo:
         try:
             devices = DevicePlan(plan.specs, asked_gpus, workers_per_trial, wait_for_resources)
+            devices.check_local(address)
             with ray_session(address, log_file=mirror(experiments_dir(root) / aid) / "ray.log", storage=root,
                              check=devices), PendingLines(devices, note):
                 console.print(devices.line(plan.todo))

@@ -30,6 +30,15 @@ class DevicePlan:
 
         self.allocation = allocate(self.specs, self.asked, node_gpus, workers=self.workers, wait=self.wait)
 
+    def check_local(self, address: Optional[str]) -> None:
+        """Before Ray starts: a local Ray instance declares this machine's CUDA devices, so a request it
+        can never meet is refused without starting it (DeviceRefused); a joined cluster is checked
+        once Ray is up (``ray_session``)."""
+        if address is None:
+            from bkdbench.orchestrate.devices import local_gpus
+
+            self(local_gpus())
+
     @property
     def gpus_per_trial(self) -> float:
         return self.allocation.gpus_per_trial if self.allocation else (self.asked or 0.0)

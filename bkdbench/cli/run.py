@@ -120,6 +120,7 @@ def run(
         workers = workers_per_trial or s.workers_per_trial
         devices = DevicePlan(plan.specs, asked_gpus, workers, wait_for_resources)
         try:
+            devices.check_local(address)
             with ray_session(address, log_file=log, storage=root, check=devices), PendingLines(devices, note):
                 console.print(devices.line(plan.todo))  # where the runs train: "12 runs, 4 per GPU on 3 GPUs"
                 phases.end("Ray start")

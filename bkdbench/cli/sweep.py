@@ -115,6 +115,11 @@ def sweep(
                       epochs=base.epochs, data_seed=base.data_seed, split=base.split, data_key=base.data_key,
                       pretrained=base.pretrained)
     folder = sweep_dir(root, cfg.sweep_id)
+    devices = DevicePlan([base], asked_gpus, workers_per_trial, wait_for_resources)
+    try:
+        devices.check_local(address)  # before the study's journal is written
+    except DeviceRefused as exc:
+        fail(str(exc))
     study = open_study(cfg.sweep_id, folder, optuna_storage)
     if study.get_trials(deepcopy=False) and not resume:
         fail(f"sweep {cfg.sweep_id} already exists ({len(study.trials)} trials in {folder}); "
@@ -123,7 +128,6 @@ def sweep(
                   f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1"
                   + (f"; packs of {pack} configurations per Ray trial" if pack > 1 else ""))
     started = time.perf_counter()
-    devices = DevicePlan([base], asked_gpus, workers_per_trial, wait_for_resources)
     kwargs = dict(cpus_per_trial=cpus_per_trial, data_dir=data_dir, workers=workers_per_trial)
     try:
         with ray_session(address, log_file=mirror(folder) / "ray.log", storage=root, check=devices), \

@@ -116,3 +116,11 @@ def _gpus(n: float) -> str:
 def node_gpus(nodes: list[dict]) -> list[float]:
     """The GPUs of each live node, from ``ray.nodes()``."""
     return [float(n.get("Resources", {}).get("GPU", 0.0)) for n in nodes if n.get("Alive")]
+
+
+def local_gpus() -> list[float]:
+    """The GPUs a local Ray instance would declare on this machine (its CUDA devices), for a check made
+    before Ray starts."""
+    import torch
+
+    return [float(torch.cuda.device_count())]

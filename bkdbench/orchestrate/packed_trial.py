@@ -78,6 +78,8 @@ def _train_claimed(specs, todo, root, *, status: dict, errors: dict, tags_of, ch
                    data_dir, device: Optional[str] = None) -> Optional[str]:
     """Train the pack's members this trial holds leases on, recording each one's row, status and
     error; returns what went wrong when the storage failed."""
+    import torch
+
     from ..leaderboard.store import write_row
     from ..methods import teacher_methods
     from ..models.packing import resolve_strategy
@@ -85,8 +87,6 @@ def _train_claimed(specs, todo, root, *, status: dict, errors: dict, tags_of, ch
     from ..training.packed import PackedTrainingDiverged, train_packed
     from ..training.teachers import TeacherError, save_teacher
     from ..training.train import default_device
-    import torch
-
     from .execute import failed_row, result_row, teacher_state_for
     from .tracking import RunTracker, Tracking, tensorboard_dir
 
