@@ -149,3 +149,31 @@ def test_a_declared_gpu_that_torch_cannot_see_fails_the_trial_at_once(tmp_path, 
         assert "Ray gave this trial 0.25 GPU" in result["error"] and "sees no CUDA device" in result["error"]
         assert "\n" not in result["error"]
     assert not finished_run_ids(leaderboard_dir(tmp_path))
+
+
+def test_waiting_says_what_is_pending_every_period(monkeypatch):
+    """--wait-for-resources: while a trial's GPUs are not free, a line each period says so (Ray's
+    resource queries stood in for: no Ray starts here)."""
+    import time
+
+    import ray
+
+    from bkdbench.cli.devices import DevicePlan, PendingLines
+
+    free = {"GPU": 0.0}
+    monkeypatch.setattr(ray, "available_resources", lambda: dict(free))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"GPU": 2.0})
+    plan = DevicePlan([IMAGENET], None, wait=True)
+    plan([2.0])
+    lines: list[str] = []
+    with PendingLines(plan, lines.append, every=0.05):
+        time.sleep(0.4)
+        free["GPU"] = 1.0  # the trial's GPU came free: nothing pending any more
+        seen = len(lines)
+        time.sleep(0.3)
+    assert seen >= 2 and len(lines) <= seen + 1
+    assert lines[0] == "waiting for resources: a trial needs 1 GPU; the cluster has 0 of 2 GPUs free"
+    quiet: list[str] = []
+    with PendingLines(DevicePlan([IMAGENET], None), quiet.append, every=0.05):  # not waiting: no thread
+        time.sleep(0.2)
+    assert quiet == []
