@@ -98,10 +98,7 @@ def _train_claimed(specs, todo, root, *, status: dict, errors: dict, tags_of, ch
         teacher_state = teacher_state_for(todo[0], root) if todo else None
         while todo:
             ids = [s.run_id for s in todo]
-            resume = state if state and state.get("run_ids") == ids else None
-            # A checkpoint resumes with the strategy it was taken with (a `loop` pack moved to a GPU,
-            # where `auto` means `grouped`, keeps training as `loop` instead of starting over).
-            used = resume.get("strategy", strategy) if resume else strategy
+            resume, used = resume_point(state, ids, strategy)
             state = None
             try:
                 trained = train_packed(todo, teacher_state=teacher_state, report=_pack_report(report),
@@ -133,6 +130,14 @@ def _train_claimed(specs, todo, root, *, status: dict, errors: dict, tags_of, ch
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def resume_point(state: Optional[dict], run_ids: list[str], strategy: str) -> tuple[Optional[dict], str]:
+    """(the checkpoint to resume, the strategy to train with). A checkpoint of these very runs resumes
+    with the strategy it was taken with: a ``loop`` pack restarted on a GPU, where ``auto`` means
+    ``grouped``, keeps training as ``loop`` rather than dropping its checkpoint and starting over."""
+    resume = state if state and state.get("run_ids") == run_ids else None
+    return resume, (resume.get("strategy", strategy) if resume else strategy)
 
 
 def _pack_report(report):
