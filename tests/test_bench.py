@@ -58,6 +58,7 @@ def test_bench_quick_writes_a_json_with_every_figure(tmp_path):
 def test_gpu_check_runs_on_cpu_with_only_core_imports(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
+                           "--no-train", "--no-tests",  # those two: tests/test_gpu_check.py
                            "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import console, fail, note
+from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.options import (CheckpointEveryOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
@@ -30,7 +31,8 @@ def ablate(
     model: Optional[str] = typer.Option(None, "--model"),
     recipe: Optional[str] = typer.Option(None, "--recipe"),
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="CPUs per trial; per worker with --workers-per-trial N > 1."),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per trial; per worker with --workers-per-trial N > 1."),
+    gpus_per_trial: str = GpusOpt,
+    wait_for_resources: bool = WaitOpt,
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted ablation."),
     max_failures: int = typer.Option(2, "--max-failures", min=0),
@@ -51,6 +53,7 @@ def ablate(
     from bkdbench.leaderboard.store import LeaderboardError, check_writable
     from bkdbench.orchestrate.ablate import AblationError, ablation_id, ablation_specs, parse_grid, variants
     from bkdbench.paths import experiments_dir, leaderboard_dir, plots_dir, results_dir, teachers_dir
+    from bkdbench.orchestrate.devices import DeviceRefused, parse_gpus
     from bkdbench.storage import mirror
     from bkdbench.specs import SpecError
 
@@ -59,6 +62,7 @@ def ablate(
     tracker = parse_tracking(tracking)
     use_splits(splits)
     try:
+        asked_gpus = parse_gpus(gpus_per_trial)
         settings = variants(method, parse_grid(grid or []), preset)
         specs = ablation_specs(method, settings, dataset, parse_imbalances(imbalance) or [], seeds, epochs, model, recipe,
                                data_dir=data_dir, split=parse_split(split) or "every-class")
@@ -94,15 +98,19 @@ def ablate(
     started, failed, crashed = time.perf_counter(), {}, []
     if plan.todo:
         try:
-            with ray_session(address, log_file=mirror(experiments_dir(root) / aid) / "ray.log", storage=root), \
-                    LiveView(plan.todo) as view:
-                outcome = run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
-                                   gpus_per_trial=gpus_per_trial, resume=resume, max_failures=max_failures,
-                                   checkpoint_every=checkpoint_every, data_dir=data_dir, on_event=view.event,
-                                   pack=pack, workers=workers_per_trial)
+            devices = DevicePlan(plan.specs, asked_gpus, workers_per_trial, wait_for_resources)
+            devices.check_local(address)
+            with ray_session(address, log_file=mirror(experiments_dir(root) / aid) / "ray.log", storage=root,
+                             check=devices), PendingLines(devices, note):
+                console.print(devices.line(plan.todo))
+                with LiveView(plan.todo) as view:
+                    outcome = run_plan(plan, root, name=aid, tags={"ablation_id": aid}, cpus_per_trial=cpus_per_trial,
+                                       gpus_per_trial=devices.gpus_per_trial, resume=resume, max_failures=max_failures,
+                                       checkpoint_every=checkpoint_every, data_dir=data_dir, on_event=view.event,
+                                       pack=pack, workers=workers_per_trial)
         except (Interrupted, KeyboardInterrupt):
             fail("interrupted; continue with the same command plus --resume", code=130)
-        except ClusterRefused as exc:
+        except (ClusterRefused, DeviceRefused) as exc:
             fail(str(exc))
         except OSError as exc:
             fail(f"storage error during the ablation ({exc}); free space or fix {root}, then --resume", code=1)

@@ -24,7 +24,7 @@ def note(message: str) -> None:
 
 def check_device(device: "str | None") -> None:
     """Raise ValueError for a device string torch does not know, or CUDA where there is none."""
-    if device is None:
+    if device is None or device == "auto":
         return
     import torch
 

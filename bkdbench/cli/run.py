@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import console, fail, note
+from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.options import (CheckpointEveryOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
@@ -45,7 +46,8 @@ def run(
     seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Only the first N seeds."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the epoch budget (smoke runs)."),
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="CPUs per trial (fractions allowed); per worker with --workers-per-trial N > 1."),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per trial, e.g. 0.25; per worker with --workers-per-trial N > 1."),
+    gpus_per_trial: str = GpusOpt,
+    wait_for_resources: bool = WaitOpt,
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this suite."),
     force: bool = typer.Option(False, "--force", help="Retrain runs that are already in the leaderboard."),
@@ -67,12 +69,17 @@ def run(
     from bkdbench.data import DataError, get_dataset
     from bkdbench.leaderboard.store import LeaderboardError, check_writable
     from bkdbench.paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
+    from bkdbench.orchestrate.devices import DeviceRefused, parse_gpus
     from bkdbench.specs import SpecError
     from bkdbench.storage import mirror
     from bkdbench.specs.suites import SuiteError, load_suite
 
     if epochs is not None and epochs <= 0:
         fail(f"epochs must be > 0 (got {epochs})")
+    try:
+        asked_gpus = parse_gpus(gpus_per_trial)
+    except ValueError as exc:
+        fail(str(exc))
     tracker = parse_tracking(tracking)
     use_splits(splits)
     from bkdbench.cli.decoding import show_decoding_progress
@@ -112,15 +119,20 @@ def run(
     phases.end("planning")
     if plan.todo:
         log = mirror(experiments_dir(root) / s.name) / "ray.log"  # a log stays on this machine
+        workers = workers_per_trial or s.workers_per_trial
+        devices = DevicePlan(plan.specs, asked_gpus, workers, wait_for_resources)
         try:
-            with ray_session(address, log_file=log, storage=root), LiveView(plan.todo) as view:
+            devices.check_local(address)
+            with ray_session(address, log_file=log, storage=root, check=devices), PendingLines(devices, note):
+                console.print(devices.line(plan.todo))  # where the runs train: "12 runs, 4 per GPU on 3 GPUs"
                 phases.end("Ray start")
                 record_suite_runs(root, s.name, members)
-                outcome = run_plan(plan, root, name=s.name, tags={"suite": s.name}, cpus_per_trial=cpus_per_trial,
-                                   gpus_per_trial=gpus_per_trial, resume=resume, force=force,
-                                   max_failures=max_failures, checkpoint_every=checkpoint_every,
-                                   data_dir=data_dir, on_event=view.event, pack=pack, pack_students_only=students_only,
-                                   workers=workers_per_trial or s.workers_per_trial)
+                with LiveView(plan.todo) as view:
+                    outcome = run_plan(plan, root, name=s.name, tags={"suite": s.name}, cpus_per_trial=cpus_per_trial,
+                                       gpus_per_trial=devices.gpus_per_trial, resume=resume, force=force,
+                                       max_failures=max_failures, checkpoint_every=checkpoint_every,
+                                       data_dir=data_dir, on_event=view.event, pack=pack, pack_students_only=students_only,
+                                       workers=workers)
                 phases.took(plan.seconds)
             phases.end("Ray stop")
         except Interrupted as exc:
@@ -128,7 +140,7 @@ def run(
                  f"`bkdbench run --suite {suite} --resume` (same filters)", code=130)
         except KeyboardInterrupt:
             fail(f"interrupted. Finished runs are saved; continue with `bkdbench run --suite {suite} --resume`", code=130)
-        except ClusterRefused as exc:
+        except (ClusterRefused, DeviceRefused) as exc:
             fail(str(exc))
         except OSError as exc:  # disk full or storage gone mid-run: rows already written stay readable
             fail(f"storage error during the run ({exc}); finished runs are in the leaderboard; "

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from bkdbench.cli.console import console, fail
+from bkdbench.cli.console import console, fail, note
+from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
 from bkdbench.cli.options import (PretrainedOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
@@ -38,7 +39,8 @@ def sweep(
                              "forward), each its own Optuna trial. Packs run without early stopping: ASHA would stop "
                              "or keep all K on one number."),
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="CPUs per trial; per worker with --workers-per-trial N > 1."),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per trial; per worker with --workers-per-trial N > 1."),
+    gpus_per_trial: str = GpusOpt,
+    wait_for_resources: bool = WaitOpt,
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", min=1, help="Data-parallel workers per search trial and final run (Ray Train's TorchTrainer, DDP; NCCL on GPUs, gloo on CPU). ASHA and Optuna see rank 0's reports as a one-worker trial's. Not with --pack. See docs/cluster.md."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster (or set RAY_ADDRESS)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
@@ -50,10 +52,12 @@ def sweep(
                                            "ones) and the final test runs to mlflow[:URI] or wandb[:PROJECT]."),
 ):
     """Search a method's parameters with Optuna on Ray Tune (validation only), then test the best."""
+    from bkdbench.orchestrate.devices import DeviceRefused, parse_gpus
     from bkdbench.paths import results_dir
 
     try:
         root = results_dir(results)
+        asked_gpus = parse_gpus(gpus_per_trial)
     except ValueError as exc:
         fail(str(exc))
     if method == "report":
@@ -111,6 +115,11 @@ def sweep(
                       epochs=base.epochs, data_seed=base.data_seed, split=base.split, data_key=base.data_key,
                       pretrained=base.pretrained)
     folder = sweep_dir(root, cfg.sweep_id)
+    devices = DevicePlan([base], asked_gpus, workers_per_trial, wait_for_resources)
+    try:
+        devices.check_local(address)  # before the study's journal is written
+    except DeviceRefused as exc:
+        fail(str(exc))
     study = open_study(cfg.sweep_id, folder, optuna_storage)
     if study.get_trials(deepcopy=False) and not resume:
         fail(f"sweep {cfg.sweep_id} already exists ({len(study.trials)} trials in {folder}); "
@@ -119,10 +128,12 @@ def sweep(
                   f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1"
                   + (f"; packs of {pack} configurations per Ray trial" if pack > 1 else ""))
     started = time.perf_counter()
-    kwargs = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, data_dir=data_dir,
-                  workers=workers_per_trial)
+    kwargs = dict(cpus_per_trial=cpus_per_trial, data_dir=data_dir, workers=workers_per_trial)
     try:
-        with ray_session(address, log_file=mirror(folder) / "ray.log", storage=root):
+        with ray_session(address, log_file=mirror(folder) / "ray.log", storage=root, check=devices), \
+                PendingLines(devices, note):
+            console.print(devices.line(trials).replace(" run", " search trial", 1))
+            kwargs["gpus_per_trial"] = devices.gpus_per_trial
             if base.all_teachers:
                 plan = plan_runs(base.prerequisites, root)
                 if plan.todo:
@@ -145,7 +156,7 @@ def sweep(
         fail(f"interrupted: {exc}. Continue with the same command plus --resume", code=130)
     except KeyboardInterrupt:
         fail("interrupted. Continue with the same command plus --resume", code=130)
-    except ClusterRefused as exc:
+    except (ClusterRefused, DeviceRefused) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"storage error during the sweep ({exc}); free space or fix {root}, then --resume", code=1)

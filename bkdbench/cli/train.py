@@ -35,7 +35,7 @@ def train(
     tau: Optional[float] = typer.Option(None, "--tau", help="Logit-adjustment τ."),
     cb_start: Optional[float] = typer.Option(None, "--cb-start", help="When class weights switch on (<1: fraction of the budget, else epoch)."),
     param: list[str] = typer.Option([], "--param", "-p", help="Any method parameter as NAME=VALUE (repeatable), e.g. teachers=3, groups=0,1|2,3,4, queue=200."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one, else the CPU, said once), cpu, cuda, cuda:1 ..."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast on CPU (always on with CUDA)."),
     compile: bool = typer.Option(False, "--compile", help="Train through torch.compile (pays off on long runs)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)."),
@@ -85,6 +85,7 @@ def train(
         # Missing or corrupt files fail here, before any training (an image folder is decoded and cached now).
         dataset_info(dataset, data_dir, image_size).load(data_dir)
         _check_device(device)
+        device = None if device == "auto" else device
         note_reference_split([spec], data_dir)
     except (SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
@@ -103,6 +104,11 @@ def train(
         note(f"{spec.label()} is already in the leaderboard ({spec.run_id}); --force retrains it")
         _print_metrics(spec, rows[rows.run_id == spec.run_id].iloc[0].to_dict())
         return
+    if device is None:  # auto: say once where it trains
+        from bkdbench.training.train import default_device, device_name
+
+        where = default_device()
+        note(f"training on {device_name(where)}" + ("" if where.type == "cuda" else " (no CUDA GPU here)"))
     try:
         from bkdbench.methods import method_class
 

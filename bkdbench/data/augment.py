@@ -13,11 +13,36 @@ as torchvision does for grayscale input.
 from __future__ import annotations
 
 import math
+import random
+import weakref
 
 import torch
 import torch.nn.functional as F
 
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's and torchvision's grayscale
+
+# Choices made once per batch (the order of colour jitter's adjustments) steer Python, so they must be
+# host values: drawing them on a GPU generator and reading them back would make the host wait for the
+# device every batch. Each generator gets a host companion, seeded from it (its state is checkpointed
+# by the loader: ``host_rng_state``).
+_HOST_RNG: "weakref.WeakKeyDictionary[torch.Generator, random.Random]" = weakref.WeakKeyDictionary()
+
+
+def host_rng(generator: torch.Generator) -> random.Random:
+    """The host-side random stream that goes with ``generator`` (created from its seed on first use)."""
+    rng = _HOST_RNG.get(generator)
+    if rng is None:
+        rng = _HOST_RNG[generator] = random.Random(generator.initial_seed())
+    return rng
+
+
+def host_rng_state(generator: torch.Generator) -> tuple:
+    return host_rng(generator).getstate()
+
+
+def set_host_rng_state(generator: torch.Generator, state) -> None:
+    version, internal, gauss = state
+    host_rng(generator).setstate((version, tuple(internal), gauss))
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -69,9 +94,9 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) ->
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """Luma of a float RGB batch, N×1×H×W."""
-    w = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    """Luma of a float RGB batch, N×1×H×W (the weights as Python numbers: no host data to copy over)."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return r * GRAY[0] + g * GRAY[1] + b * GRAY[2]
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -123,7 +148,7 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation
         "saturation": _uniform(n, max(0.0, 1 - saturation), 1 + saturation, generator, dev),
         "hue": _uniform(n, -hue, hue, generator, dev),
     }
-    order = torch.randperm(4, generator=generator, device=dev).tolist()
+    order = host_rng(generator).sample(range(4), 4)  # a host value: no wait for the device
     out = x if inplace and apply is None else x.clone()  # the blends write into ``out``
     for k in order:
         name = ("brightness", "contrast", "saturation", "hue")[k]
@@ -143,10 +168,13 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation
     return out
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Each image blurred with its own σ (separable Gaussian, radius ⌈3σ_max⌉, edges replicated)."""
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float | None = None) -> torch.Tensor:
+    """Each image blurred with its own σ (separable Gaussian, edges replicated), the kernel's radius
+    ⌈3·sigma_max⌉ for all. In a training step ``sigma_max`` is the largest σ that can be drawn, a host
+    value (None reads the largest σ drawn back from the device: a host sync); a smaller σ's kernel is
+    normalised over the same window, whose extra taps beyond its own 3σ are below e^-4.5 of its centre."""
     n, c, h, w = x.shape
-    radius = max(1, math.ceil(3 * float(sigma.max())))
+    radius = max(1, math.ceil(3 * (float(sigma.max()) if sigma_max is None else sigma_max)))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-(offsets[None, :] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # one kernel per image and channel
@@ -180,7 +208,7 @@ def moco_v2_view(images: torch.Tensor, generator: torch.Generator, *, scale: tup
     if min(height, width) >= BLUR_MIN_SIZE and blur_p > 0:
         sigma = _uniform(n, *blur_sigma, generator, dev)
         blur = torch.rand(n, generator=generator, device=dev) < blur_p
-        x = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(x, sigma), x)
+        x = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(x, sigma, blur_sigma[1]), x)
     if flip:
         mirror = torch.rand(n, generator=generator, device=dev) < 0.5
         x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)

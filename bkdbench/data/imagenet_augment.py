@@ -10,7 +10,8 @@ to ``store_size_for(image_size)`` when it is another size (antialiased bilinear,
 centre ``image_size`` crop with torchvision's rounding -- at the default pairing (store 256, crop 224)
 that is the stored pixels themselves, i.e. PIL's ``Resize(256)`` + ``CenterCrop(224)`` exactly.
 
-Host gathering (``place``, ``gather``). A split whose bytes exceed half the device's free memory stays
+Host gathering (``place``, ``gather``). A split whose bytes exceed half the device's free memory (of the
+trial's share of it, for a fractional GPU: ``device_budget``) stays
 in host memory (the memory-mapped store itself; ``$BKDBENCH_HOST_GATHER=1`` forces it); each batch is
 gathered from it with one ``index_select`` into pinned memory and copied with ``non_blocking=True``. The
 copy is queued behind the previous step's kernels and the loop never waits on the device, so the next
@@ -32,6 +33,9 @@ SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 JITTER = (0.4, 0.4, 0.4, 0.0)  # brightness, contrast, saturation, hue (the decoupling code's)
 HOST_ENV = "BKDBENCH_HOST_GATHER"
+# The fraction of its GPU this process may use: a fractional Ray trial's share (orchestrate/trial.py
+# sets it with the memory cap); the other trials on the GPU hold the rest.
+SHARE_ENV = "BKDBENCH_GPU_SHARE"
 
 
 def train_view(images: torch.Tensor, generator: torch.Generator, image_size: int, *, hflip: bool = True,
@@ -44,7 +48,7 @@ def train_view(images: torch.Tensor, generator: torch.Generator, image_size: int
     x = resized_crop(images.float().div_(255.0), boxes, (image_size, image_size)).clamp_(0, 1)
     if hflip:
         mirror = torch.rand(n, generator=generator, device=dev) < 0.5
-        x[mirror] = x[mirror].flip(3)  # only the mirrored half is copied
+        x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)  # no boolean mask: its size would need a host sync
     if any(jitter):
         x = color_jitter(x, *jitter, generator, inplace=True)
     return x.mul_(255.0).round_().to(torch.uint8)
@@ -75,8 +79,17 @@ def fits_on(nbytes: int, device: torch.device) -> bool:
         return True  # CPU: the array (a memory map for a large store) is used where it is
     if os.environ.get(HOST_ENV, "") not in ("", "0"):
         return False
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes <= free // 2  # the other half for the model, activations and the other splits
+    return nbytes <= device_budget(device) // 2  # the other half for the model, activations and the other splits
+
+
+def device_budget(device: torch.device) -> int:
+    """Bytes this process may still place on ``device``: the free memory, and with a GPU share below 1
+    (``SHARE_ENV``) no more than that share of the whole device less what this process holds already."""
+    free, total = torch.cuda.mem_get_info(device)
+    share = float(os.environ.get(SHARE_ENV, "") or 1.0)
+    if share < 1:
+        free = min(free, int(total * share) - torch.cuda.memory_reserved(device))
+    return max(0, free)
 
 
 def place(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -82,11 +82,16 @@ class FeatureMemory:
         self.capacity = self.queue + counts
         self.start = torch.cumsum(self.capacity, 0) - self.capacity
         rows = int(self.capacity.sum())
-        self.feats = torch.zeros(rows, dim, device=device)
-        self.tags = torch.full((rows,), -1, dtype=torch.int64, device=device)
+        # One row more than the rings: where push writes the features a ring cannot hold (never read),
+        # so a batch is stored without a boolean mask, whose size the host would wait for.
+        self.scratch = rows
+        self._feats = torch.zeros(rows + 1, dim, device=device)
+        self._tags = torch.full((rows + 1,), -1, dtype=torch.int64, device=device)
+        self.feats, self.tags = self._feats[:rows], self._tags[:rows]
         self.written = torch.zeros(self.num_classes, dtype=torch.int64, device=device)
         self.sums = torch.zeros(epochs, self.num_classes, dim, device=device)
         self.counts = torch.zeros(epochs, self.num_classes, dtype=torch.int64, device=device)
+        self.pushed = False
 
     @staticmethod
     def nbytes(class_counts: torch.Tensor, queue: int, epochs: int, dim: int) -> int:
@@ -114,16 +119,18 @@ class FeatureMemory:
             raise MethodError(f"breadcrumb: epoch {epoch} is outside the {self.epochs}-epoch budget the memory "
                               "was sized for; build the method with the run's epochs")
         feats, labels = feats.detach().to(self.feats.dtype), labels.long()
-        in_batch = torch.bincount(labels, minlength=self.num_classes)
+        # Per-class counts as a one-hot sum: bincount's output size would be read back from the device.
+        in_batch = F.one_hot(labels, self.num_classes).sum(0)
         # Rank of each item within its class, in batch order: a stable sort keeps the order of arrival.
         order = torch.argsort(labels, stable=True)
         ys = labels[order]
         rank = torch.arange(len(ys), device=ys.device) - (torch.cumsum(in_batch, 0) - in_batch)[ys]
         keep = rank >= in_batch[ys] - self.capacity[ys]  # more than a ring holds: only its newest are kept
-        ys, rank, rows = ys[keep], rank[keep], order[keep]
         slots = self.start[ys] + (self.written[ys] + rank) % self.capacity[ys]
-        self.feats[slots] = feats[rows]
-        self.tags[slots] = epoch
+        slots = torch.where(keep, slots, torch.full_like(slots, self.scratch))  # the others: the scratch row
+        self._feats[slots] = feats[order]
+        self._tags[slots] = epoch
+        self.pushed = True
         self.written += in_batch
         # A one-hot product rather than index_add_: deterministic on CUDA too, so resumes repeat exactly.
         self.sums[epoch] += F.one_hot(labels, self.num_classes).to(feats.dtype).T @ feats
@@ -151,12 +158,16 @@ class FeatureMemory:
 
     def sample(self, n: int, epoch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """n class-balanced draws during ``epoch``: (aligned features [n, D], their classes [n])."""
-        count, newest, target = self.readable(epoch)
-        nonempty = torch.nonzero(count).flatten()
-        if len(nonempty) == 0:
+        if not self.pushed:  # a host flag: after any push some class has readable features
             raise MethodError("breadcrumb: the feature memory is empty; push a batch before sampling")
+        count, newest, target = self.readable(epoch)
         dev = self.device
-        classes = nonempty[torch.randint(0, len(nonempty), (n,), device=dev, generator=generator)]
+        # A class drawn uniformly among those with features: the j-th of them (j uniform below their
+        # number) found with a search on their running count, not with nonzero (a host sync).
+        nonempty = (count > 0).long()
+        seen = torch.cumsum(nonempty, 0)
+        j = (torch.rand(n, device=dev, generator=generator) * seen[-1]).long().clamp(max=seen[-1] - 1)
+        classes = torch.searchsorted(seen, j + 1)
         k = count[classes]
         back = (torch.rand(n, device=dev, generator=generator) * k).long().clamp(max=k - 1)  # 0 = newest
         slots = self.start[classes] + (newest[classes] - back) % self.capacity[classes]
@@ -175,6 +186,7 @@ class FeatureMemory:
                 raise MethodError(f"breadcrumb: checkpointed memory '{key}' has shape {tuple(state[key].shape)}, "
                                   f"this run's is {tuple(value.shape)}; resume with the same data, queue and epochs")
             value.copy_(state[key])
+        self.pushed = self.pushed or bool(state["written"].sum() > 0)  # once, on restore
 
 
 class BalancedHeadView(nn.Module):
@@ -232,7 +244,11 @@ class Breadcrumb(Method):
             self.generator = torch.Generator(device=features.device).manual_seed(self.seed)
             if self._pending is not None:
                 self.memory.load_state_dict(self._pending["memory"])
-                self.generator.set_state(self._pending["generator"])
+                state = self._pending["generator"]
+                if state.numel() == self.generator.get_state().numel():
+                    self.generator.set_state(state)
+                # else: saved on another kind of device (a CPU and a CUDA generator's states do not fit
+                # each other): the draws restart from the run's seed; the memory itself resumes exactly
                 self._pending = None
         return self.memory
 

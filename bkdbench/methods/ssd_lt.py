@@ -92,15 +92,19 @@ class KeyBranch(nn.Module):
     @torch.no_grad()
     def momentum_update(self, model: nn.Module, m: float) -> None:
         query = {k: v for k, v in model.named_parameters() if not k.startswith(ATTACHED)}
-        for name, key in self.encoder_k.named_parameters():
-            key.mul_(m).add_(query[name].detach(), alpha=1 - m)
-        for q, k in zip(self.proj_q.parameters(), self.proj_k.parameters()):
-            k.mul_(m).add_(q.detach(), alpha=1 - m)
+        keys = [key for _, key in self.encoder_k.named_parameters()] + list(self.proj_k.parameters())
+        queries = ([query[name].detach() for name, _ in self.encoder_k.named_parameters()]
+                   + [q.detach() for q in self.proj_q.parameters()])
+        # the same k·m + q·(1 − m) per tensor, in a few multi-tensor kernels instead of two per tensor
+        torch._foreach_mul_(keys, m)
+        torch._foreach_add_(keys, queries, alpha=1 - m)
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor, groups: int, generator: torch.Generator) -> torch.Tensor:
         """Normalised keys of ``x``, BatchNorm statistics per shuffled sub-batch, in ``x``'s order."""
-        order = torch.randperm(len(x), generator=generator).to(x.device)
+        order = torch.randperm(len(x), generator=generator)  # the run's CPU shuffle stream
+        if x.device.type == "cuda":  # pinned and asynchronous: a pageable copy would wait for the device
+            order = order.pin_memory().to(x.device, non_blocking=True)
         parts = [self.proj_k(self.encoder_k(chunk, features=True)[1]) for chunk in x[order].chunk(groups)]
         keys = torch.empty_like(torch.cat(parts))
         keys[order] = torch.cat(parts)
@@ -109,11 +113,10 @@ class KeyBranch(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
         n, size = len(keys), self.queue.shape[1]
-        ptr = int(self.queue_ptr)
-        slots = (ptr + torch.arange(n, device=keys.device)) % size
+        slots = (self.queue_ptr + torch.arange(n, device=keys.device)) % size  # the pointer stays on the device
         self.queue[:, slots] = keys.T.to(self.queue.dtype)
         self.queue_labels[slots] = labels
-        self.queue_ptr.fill_((ptr + n) % size)
+        self.queue_ptr.copy_((self.queue_ptr + n) % size)
 
 
 def label_masked_contrastive(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, queue: torch.Tensor,

@@ -19,7 +19,7 @@ from ray import tune
 from ..specs import RunSpec
 from ..storage import Location
 from .packs import RUN_ERRORS, RUNS
-from .trial import FINISHED, checkpointing_report, restored_state, train_trial, use_resources
+from .trial import FINISHED, NoCudaDevice, checkpointing_report, report_no_device, restored_state, train_trial, use_resources
 
 
 def train_unit(config: dict, *, units: dict, specs: dict, results: str, tags: dict, tagged: list | None = None,
@@ -34,13 +34,18 @@ def train_unit(config: dict, *, units: dict, specs: dict, results: str, tags: di
     if missing:  # a restored trial of runs this invocation does not ask for
         tune.report({FINISHED: True, "status": "skipped", "error": f"runs {missing} are not part of this invocation"})
         return
-    use_resources(config)
+    try:
+        device = use_resources(config)
+    except NoCudaDevice as exc:
+        return report_no_device(exc)
     train_pack([RunSpec.model_validate_json(specs[m]) for m in members], Location(results), tags=tags, tagged=tagged,
-               checkpoint_every=checkpoint_every, force=force, data_dir=Path(data_dir) if data_dir else None)
+               checkpoint_every=checkpoint_every, force=force, data_dir=Path(data_dir) if data_dir else None,
+               device=device)
 
 
 def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional[list] = None,
-               checkpoint_every: Optional[int] = None, force: bool = False, data_dir: Optional[Path] = None) -> None:
+               checkpoint_every: Optional[int] = None, force: bool = False, data_dir: Optional[Path] = None,
+               device: Optional[str] = None) -> None:
     from ..leaderboard.store import is_finished
     from ..paths import leaderboard_dir
     from .lease import claim
@@ -53,7 +58,8 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
     claimed = claim(root, [s.run_id for s in todo], force=force)  # one trainer per run (lease.py)
     try:
         storage = _train_claimed(specs, [s for s in todo if s.run_id in claimed.held], root, status=status,
-                                 errors=errors, tags_of=tags_of, checkpoint_every=checkpoint_every, data_dir=data_dir)
+                                 errors=errors, tags_of=tags_of, checkpoint_every=checkpoint_every, data_dir=data_dir,
+                                 device=device)
     finally:
         claimed.release()  # after the rows: a driver that waited reads them as the runs' outcomes
     if storage is not None:  # storage full, read-only or gone: retrying cannot help; the driver stops all
@@ -69,9 +75,11 @@ def train_pack(specs: list[RunSpec], root: Path, *, tags: dict, tagged: Optional
 
 
 def _train_claimed(specs, todo, root, *, status: dict, errors: dict, tags_of, checkpoint_every,
-                   data_dir) -> Optional[str]:
+                   data_dir, device: Optional[str] = None) -> Optional[str]:
     """Train the pack's members this trial holds leases on, recording each one's row, status and
     error; returns what went wrong when the storage failed."""
+    import torch
+
     from ..leaderboard.store import write_row
     from ..methods import teacher_methods
     from ..models.packing import resolve_strategy
@@ -84,17 +92,17 @@ def _train_claimed(specs, todo, root, *, status: dict, errors: dict, tags_of, ch
 
     board = leaderboard_dir(root)
     state = restored_state()
-    strategy = resolve_strategy("auto", default_device())
+    strategy = resolve_strategy("auto", torch.device(device) if device else default_device())
     report = checkpointing_report(specs[0].epochs, checkpoint_every)
     try:
         teacher_state = teacher_state_for(todo[0], root) if todo else None
         while todo:
             ids = [s.run_id for s in todo]
-            resume = state if state and state.get("run_ids") == ids and state.get("strategy") == strategy else None
+            resume, used = resume_point(state, ids, strategy)
             state = None
             try:
                 trained = train_packed(todo, teacher_state=teacher_state, report=_pack_report(report),
-                                       data_dir=data_dir, checkpoint=resume, strategy=strategy)
+                                       data_dir=data_dir, checkpoint=resume, strategy=used, device=device)
             except PackedTrainingDiverged as exc:  # record those, train the others again without them
                 for i in exc.students:
                     errors[todo[i].run_id] = exc.reasons.get(i, str(exc))
@@ -122,6 +130,14 @@ def _train_claimed(specs, todo, root, *, status: dict, errors: dict, tags_of, ch
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def resume_point(state: Optional[dict], run_ids: list[str], strategy: str) -> tuple[Optional[dict], str]:
+    """(the checkpoint to resume, the strategy to train with). A checkpoint of these very runs resumes
+    with the strategy it was taken with: a ``loop`` pack restarted on a GPU, where ``auto`` means
+    ``grouped``, keeps training as ``loop`` rather than dropping its checkpoint and starting over."""
+    resume = state if state and state.get("run_ids") == run_ids else None
+    return resume, (resume.get("strategy", strategy) if resume else strategy)
 
 
 def _pack_report(report):

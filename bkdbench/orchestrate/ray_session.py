@@ -8,7 +8,7 @@ import logging
 import logging.handlers
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import ray
 
@@ -18,10 +18,13 @@ from . import prepare_ray_env
 
 @contextlib.contextmanager
 def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
-                num_cpus: Optional[int] = None, storage: "Location | str | None" = None) -> Iterator[dict]:
+                num_cpus: Optional[int] = None, storage: "Location | str | None" = None,
+                check: Optional[Callable[[list[float]], None]] = None, num_gpus: Optional[int] = None) -> Iterator[dict]:
     """A Ray connection for the duration of a command. ``address`` (or ``RAY_ADDRESS``) joins an
     existing cluster; otherwise a local one is started. On a multi-node cluster ``storage`` (a path or
-    a URI) must be reachable from every node (StorageError otherwise). Yields the cluster's resources."""
+    a URI) must be reachable from every node (StorageError otherwise). ``check`` gets each live node's
+    GPUs before anything is written (devices.allocate: it raises to refuse). ``num_gpus``: GPUs a local
+    cluster declares (tests). Yields the cluster's resources."""
     # A local ray.init turns token authentication on and generates ~/.ray/auth_token itself; for a
     # joined cluster the CLI has already called prepare_ray_env (before Ray was imported).
     address = prepare_ray_env(address)
@@ -32,6 +35,8 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
                   configure_logging=True, ignore_reinit_error=True)
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
+    if address is None and num_gpus is not None:
+        kwargs["num_gpus"] = num_gpus
     # Ray Train waits 60 s for a worker group to start by default: on a loaded machine or a cluster
     # that is adding nodes that is too short (the trial then fails); a request that can never be met
     # still fails, after this long
@@ -54,6 +59,10 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
                              "running, and is this machine's token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
                              "RAY_AUTH_TOKEN) the head's?") from None
     try:
+        if check is not None:
+            from .devices import node_gpus
+
+            check(node_gpus(ray.nodes()))
         if storage is not None:
             check_shared_storage(storage)
         if log_file is not None:  # only now: storage that is refused gets no log folder either

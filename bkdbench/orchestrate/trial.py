@@ -29,15 +29,39 @@ CHECKPOINT_SECONDS = 30.0  # default: a checkpoint at most every 30 s of trainin
 KEEP_CHECKPOINTS = 2
 
 
-def use_resources(config: dict) -> None:
-    """Torch threads from the trial's CPUs; a GPU memory cap for a fractional GPU."""
+class NoCudaDevice(RuntimeError):
+    """Ray gave the trial a GPU, but torch in the trial's process sees no CUDA device."""
+
+
+def use_resources(config: dict) -> str:
+    """Torch threads from the trial's CPUs; a GPU memory cap for a fractional GPU. Returns the device
+    the trial trains on: ``cuda`` when Ray gave it a GPU, else ``cpu`` (never an unbooked GPU). A
+    trial given a GPU that torch cannot see raises NoCudaDevice: it never trains on the CPU instead."""
+    import os
+
     import torch
+
+    from ..data.imagenet_augment import SHARE_ENV
 
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
     gpu = float(resources.get("gpu", 0))
-    if torch.cuda.is_available() and 0 < gpu < 1:
+    if gpu <= 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise NoCudaDevice(f"Ray gave this trial {gpu:g} GPU (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}) but torch {torch.__version__} sees no CUDA "
+                           f"device (built for CUDA {torch.version.cuda}); install a CUDA build of torch on that node, "
+                           "or train on the CPU with --gpus-per-trial 0")
+    if gpu < 1:
         torch.cuda.set_per_process_memory_fraction(gpu)  # fractional GPUs are bookkeeping otherwise
+    os.environ[SHARE_ENV] = str(min(gpu, 1.0))  # what fits_on may place on the device (data/imagenet_augment.py)
+    return "cuda"
+
+
+def report_no_device(exc: NoCudaDevice) -> None:
+    """A trial's one-line failure when its GPU is not usable: not retried, no row written."""
+    tune.report({FINISHED: True, "status": "failed", "error": str(exc)})
 
 
 def report_claimed_elsewhere(claimed, run_id: str) -> None:
@@ -108,7 +132,10 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
     spec = RunSpec.model_validate_json(specs[run_id])
     if tagged is not None and run_id not in tagged:
         tags = {}
-    use_resources(config)
+    try:
+        device = use_resources(config)
+    except NoCudaDevice as exc:
+        return report_no_device(exc)
     root = Location(results)  # a local path or an object-store URI
     if not force and is_finished(leaderboard_dir(root), run_id):
         tune.report({FINISHED: True, "status": "skipped"})  # finished meanwhile (e.g. by a restored run)
@@ -120,7 +147,7 @@ def train_trial(config: dict, *, specs: dict, results: str, tags: dict, tagged: 
     state = restored_state()
     report = checkpointing_report(spec.epochs, checkpoint_every)
     try:
-        result = run_and_record(spec, root, report=report, tags=tags, checkpoint=state,
+        result = run_and_record(spec, root, report=report, tags=tags, checkpoint=state, device=device,
                                 data_dir=Path(data_dir) if data_dir else None, tracking=Tracking.from_env())
         final = {"status": "finished", "top1": result.metrics.get("top1"), "val_top1": result.metrics.get("val_top1")}
     except TrainingDiverged as exc:  # already recorded as failed by run_and_record

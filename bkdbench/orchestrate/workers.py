@@ -104,6 +104,11 @@ def worker_setup(cpu: float, gpu: float):
     torch.cuda.set_device(device)  # NCCL collectives on objects (the devices' names) use the current device
     if gpu < 1:
         torch.cuda.set_per_process_memory_fraction(gpu, device)
+    import os
+
+    from ..data.imagenet_augment import SHARE_ENV
+
+    os.environ[SHARE_ENV] = str(min(gpu, 1.0))  # what fits_on may place on the device
     return distributed, device
 
 

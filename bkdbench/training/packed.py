@@ -33,8 +33,8 @@ from bkdbench.models.packing import pack_models, resolve_strategy
 from bkdbench.specs.recipes import get_recipe, history_lr
 from bkdbench.specs import RunSpec
 from bkdbench.training.train import (RunResult, TrainingDiverged, device_name, _layout, build_model, channels_last_for,
-                                     precision_of,
-                    device_splits, frozen_teacher, load_run_data, training_device)
+                                     precision_of, device_splits, frozen_teacher, load_run_data,
+                                     loader_rng_state, restore_loader_rng, training_device)
 
 # report(per-student metrics, make_checkpoint): called once per epoch, like train()'s report.
 PackedReport = Callable[[list[dict], Callable[[], dict]], None]
@@ -182,7 +182,7 @@ def train_packed(
             raise ValueError("this checkpoint belongs to another pack (other students or another strategy)")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        loader.generator.set_state(checkpoint["loader_rng"])
+        restore_loader_rng(loader, checkpoint, spec0.order_seed)
         start_epoch, session = checkpoint["epoch"], int(checkpoint.get("session", 0)) + 1
         histories = [list(h) for h in checkpoint["histories"]]
         bests = [dict(b) for b in checkpoint["bests"]]
@@ -264,7 +264,7 @@ def _checkpoint(model: nn.Module, optimizer, loader, state: dict) -> dict:
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "optimizer": copy.deepcopy(optimizer.state_dict()),  # a snapshot, not the live momentum buffers
-        "loader_rng": loader.generator.get_state(),
+        **loader_rng_state(loader),
         "epoch": state["epoch"], "run_ids": list(state["run_ids"]), "strategy": state["strategy"],
         "histories": [list(h) for h in state["histories"]], "bests": [dict(b) for b in state["bests"]],
     }

@@ -222,7 +222,7 @@ def train(
         best_val = dict(checkpoint.get("best_val", best_val))
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        loader.generator.set_state(checkpoint["loader_rng"])
+        restore_loader_rng(loader, checkpoint, spec.order_seed)
         method.load_state_dict(checkpoint.get("method", {}))
         start_epoch, history, best = checkpoint["epoch"], list(checkpoint["history"]), dict(checkpoint["best"])
     if dist_.active:  # after a restore: DDP starts every worker from rank 0's weights
@@ -321,9 +321,40 @@ def _checkpoint(model, optimizer, loader, state: dict, method=None) -> dict:
         **({"method": copy.deepcopy(kept)} if kept else {}),  # e.g. Breadcrumb's feature queues
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "optimizer": copy.deepcopy(optimizer.state_dict()),  # a snapshot, not the live momentum buffers
-        "loader_rng": loader.generator.get_state(),
+        **loader_rng_state(loader),
         **{k: (list(v) if k == "history" else v) for k, v in state.items()},
     }
+
+
+CPU_RNG_BYTES = 5056  # a CPU generator's state; a CUDA generator's is its seed and offset (16 bytes)
+
+
+def loader_rng_state(loader) -> dict:
+    """The loader's random streams for a checkpoint: its device generator's state with the kind of
+    device it belongs to (a CPU and a CUDA generator's states do not fit each other), and the host
+    stream of its per-batch choices (data/augment.py ``host_rng``), which is the same on any device."""
+    from bkdbench.data.augment import host_rng_state
+
+    return {"loader_rng": loader.generator.get_state(), "loader_rng_device": loader.generator.device.type,
+            "loader_host_rng": host_rng_state(loader.generator)}
+
+
+def restore_loader_rng(loader, checkpoint: dict, order_seed: int) -> None:
+    """Resume the loader's streams from ``checkpoint``. A state saved on another kind of device (a run
+    checkpointed on the CPU, resumed on CUDA, or back) cannot drive this generator: it restarts from a
+    seed of the run's order seed and the checkpoint's epoch instead (the batches differ from an
+    uninterrupted run's, as they would on another device anyway); model, optimizer, method state and
+    the host stream resume exactly."""
+    from bkdbench.data.augment import set_host_rng_state
+
+    state = checkpoint["loader_rng"]
+    saved_on = checkpoint.get("loader_rng_device") or ("cpu" if state.numel() == CPU_RNG_BYTES else "cuda")
+    if saved_on == loader.generator.device.type:
+        loader.generator.set_state(state)
+    else:
+        loader.generator.manual_seed(order_seed * 1_000_003 + int(checkpoint.get("epoch", 0)))
+    if "loader_host_rng" in checkpoint:
+        set_host_rng_state(loader.generator, checkpoint["loader_host_rng"])
 
 
 def device_name(device: torch.device) -> str:

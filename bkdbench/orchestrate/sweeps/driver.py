@@ -87,13 +87,13 @@ def sweep_dir(results: "Location | str", sweep_id: str) -> Location:
 def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[str] = None,
                  sweep_id: Optional[str] = None) -> None:
     """One search trial: the base spec with the sampled parameters, validation only."""
-    import torch
-
     from ...training.train import TrainingDiverged, train  # noqa: F401  (TrainingDiverged propagates: FAIL)
     from ..execute import teacher_state_for
     from ..tracking import RunTracker, Tracking, tensorboard_dir
+    from ..trial import use_resources
 
-    torch.set_num_threads(max(1, int(config.get("_cpus", 1))))
+    # threads, the GPU share's memory cap, and the device (NoCudaDevice fails the trial at once)
+    device = use_resources({"resources": {"cpu": config.get("_cpus", 1), "gpu": config.get("_gpus", 0)}})
     spec = search_spec(base, config)
     report = search_report(spec, tune.report)
 
@@ -102,7 +102,7 @@ def search_trial(config: dict, *, base: str, results: str, data_dir: Optional[st
     tags = {"sweep_id": sweep_id, "sweep_role": "search"} if sweep_id else {"sweep_role": "search"}
     tracker = RunTracker(spec, tags, Tracking.from_env(), tensorboard_dir(results, tags))
     try:
-        result = train(spec, report=tracker.wrap(report), evaluate_test=False,
+        result = train(spec, report=tracker.wrap(report), evaluate_test=False, device=device,
                        teacher_state=teacher_state_for(spec, results), data_dir=Path(data_dir) if data_dir else None)
     except TrainingDiverged as exc:
         tracker.finish(None, status="failed")
