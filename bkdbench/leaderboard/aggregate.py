@@ -58,7 +58,7 @@ DATA_DERIVED = frozenset({"groups"})
 # Not method parameters, but a different value is a different configuration (a smoke run, the other
 # validation split: its training set differs in the classes it takes validation images from; other
 # starting weights).
-SETUP = ("model", "epochs", "split", "pretrained")
+SETUP = ("model", "epochs", "split", "pretrained", "weights", "teacher")  # other weights / teacher: another cell
 
 
 def keyed_datasets(df: pd.DataFrame) -> pd.DataFrame:

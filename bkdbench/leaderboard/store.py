@@ -102,6 +102,12 @@ SCHEMA = pa.schema([
     pa.field("workers", pa.int64()),
     # Content key of the weights the run started from (--pretrained); null: from scratch.
     pa.field("pretrained", pa.string()),
+    # Foundation models (docs/foundation.md): the weights' tag, "none" or "file:<content key>"; whether
+    # the run's (or its teacher's) starting weights have seen ImageNet-1k labels; a foundation teacher
+    # as MODEL:METHOD. Null for every other run.
+    pa.field("weights", pa.string()),
+    pa.field("seen_in1k", pa.bool_()),
+    pa.field("teacher", pa.string()),
 ])
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 LEGACY_SPLIT = "reference"  # the split of every row written before the ``split`` column existed

@@ -41,6 +41,7 @@ class FoundationMethod(Method):
     head = "linear"  # replaced by restructure (LIFT's cosine classifier)
     foundation: ClassVar[bool] = True
     recipe: ClassVar[Optional[str]] = "lift"
+    keeps_weights: ClassVar[bool] = True  # its runs may teach (--teacher MODEL:METHOD): weights cached by run id
     needs_names: ClassVar[bool] = False  # refuse a dataset without class names (zero-shot, lift)
     classnames: Optional[list] = None
 

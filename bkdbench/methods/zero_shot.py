@@ -23,6 +23,7 @@ class ZeroShot(FoundationMethod):
 
     Params = ZeroShotParams
     trains = False
+    keeps_weights = False  # trains no classifier: never a teacher
     needs_names = True
 
     @classmethod
