@@ -127,8 +127,7 @@ def check_available(model: str, weights: Optional[str]) -> None:
     _import(entry.library)
     if _cached(entry) or _hub_reachable():
         return
-    home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-    raise WeightsError(f"{model} weights {weights!r} are not in the local cache ({entry.hub} under HF_HOME={home}) and "
+    raise WeightsError(f"{model} weights {weights!r} are not in the local cache ({entry.hub} in {_hub_cache()}) and "
                        "no hub is reachable: copy the cache here, or pass --weights FILE or --weights none")
 
 
@@ -136,7 +135,14 @@ def _cached(entry: Foundation) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin")
-    return any(isinstance(try_to_load_from_cache(entry.hub, n), str) for n in names)
+    cache = _hub_cache()
+    return any(isinstance(try_to_load_from_cache(entry.hub, n, cache_dir=cache), str) for n in names)
+
+
+def _hub_cache() -> str:
+    """The Hugging Face hub cache as the environment says now (the library reads it once, at import)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"))
 
 
 def _hub_reachable() -> bool:
