@@ -1,0 +1,45 @@
+"""The two foundation suites validate and plan (no GPU, no data, no weights needed)."""
+from __future__ import annotations
+
+import pytest
+
+from bkdbench.specs.suites import SuiteError, load_suite
+from helpers.files import write_suite
+
+
+def test_cifar100_foundation_suite_plans(tmp_path):
+    pytest.importorskip("open_clip")
+    from bkdbench.orchestrate.runner import plan_runs
+
+    suite = load_suite("cifar100-lt-foundation")
+    assert suite.runs_on == "gpu" and suite.size() == 8
+    specs = suite.expand()
+    by = {(s.method, s.teacher.method if s.teacher else None): s for s in specs}
+    lift = by[("lift", None)]
+    assert (lift.model, lift.weights, lift.recipe, lift.epochs) == ("clip-vit-b16", "openai", "lift", 10)
+    assert by[("zero-shot", None)].epochs == 1
+    for student in ("bkd", "kd", "dive"):
+        s = by[(student, "lift")]
+        assert s.model == "resnet32" and s.recipe == "reference" and s.teacher.run_id == lift.run_id
+    ce_student = by[("bkd", "ce")]
+    assert ce_student.teacher.model == "resnet32" and ce_student.run_id != by[("bkd", "lift")].run_id
+    plan = plan_runs(specs, tmp_path / "results", force=False)
+    assert len(plan.specs) == 8 and plan.todo == 9 and len(plan.stages) == 2  # + the CE teacher; teachers first
+    assert not (tmp_path / "results").exists()
+
+
+def test_imagenet_foundation_suite_validates():
+    suite = load_suite("imagenet-lt-foundation")
+    assert suite.runs_on == "gpu" and suite.size() == 8
+    assert {e.model for e in suite.method_entries() if e.teacher is None} == {"clip-vit-b16", None}
+
+
+@pytest.mark.parametrize("teacher,words", [
+    ({"model": "clip-tiny", "method": "zero-shot"}, "trains no classifier"),
+    ({"model": "nope", "method": "lift"}, "nope"),
+])
+def test_bad_teacher_in_a_suite(tmp_path, teacher, words):
+    path = write_suite(tmp_path / "s.yaml", datasets=["digits"], imbalance=[10], seeds=1,
+                       methods=[{"method": "bkd", "teacher": teacher}])
+    with pytest.raises(SuiteError, match=words):
+        load_suite(str(path))
