@@ -54,3 +54,25 @@ def test_weight_tags_and_provenance():
     assert seen_in1k("clip-vit-b16", "openai") is False
     assert seen_in1k("clip-vit-b16", "file:0123456789abcdef") is True
     assert set(FOUNDATIONS) >= {"clip-vit-b16", "vit-b16-in21k", "vit-b16-in21k-ft-in1k", "clip-tiny"}
+
+
+def test_class_name_files(tmp_path):
+    from bkdbench.data import DataError
+    from bkdbench.data.classnames import class_names, read_names
+
+    (tmp_path / "places.txt").write_text("airfield airfield\nairplane_cabin airplane_cabin\n")
+    (tmp_path / "imagenet.txt").write_text("n01440764 tench\nn01443537 goldfish\n")
+    (tmp_path / "plain.txt").write_text("aquarium fish\n\nbear\n")
+    (tmp_path / "inat").mkdir()
+    (tmp_path / "inat" / "categories.json").write_text('[{"id": 1, "name": "Aa b"}, {"id": 0, "name": "Cc d"}]')
+    assert read_names(tmp_path / "places.txt") == ["airfield", "airplane_cabin"]
+    assert read_names(tmp_path / "imagenet.txt") == ["tench", "goldfish"]
+    assert read_names(tmp_path / "plain.txt") == ["aquarium fish", "bear"]
+    assert read_names(tmp_path / "inat" / "categories.json") == ["Cc d", "Aa b"]
+    assert class_names("inat18", [], 2, tmp_path / "inat") == ["Cc d", "Aa b"]
+    assert class_names("cifar10", ["airplane", "automobile"], 2) == ["airplane", "automobile"]
+    assert class_names("imagenet-lt", ["n01440764", "n01443537"], 2, tmp_path) is None  # no classnames.txt there
+    (tmp_path / "classnames.txt").write_text("n01440764 tench\nn01443537 goldfish\n")
+    assert class_names("imagenet-lt", ["n01440764", "n01443537"], 2, tmp_path) == ["tench", "goldfish"]
+    with pytest.raises(DataError, match="2 names for 3 classes"):
+        class_names("places-lt", [], 3, tmp_path)

@@ -4,7 +4,8 @@
   ten published names; digits: "0".."9"; an image folder: its class folders' names.
 * ImageNet-LT, Places-LT, iNat18: their folders are synset ids, paths or numbers, so names come from a
   file their users already have, found in the data folder: ``classnames.txt`` (one name per line, in
-  label order; a leading label number on a line is dropped, as in LIFT's Places_LT/classnames.txt) or,
+  label order; a leading label, synset id or repeated folder is dropped, as LIFT's read_classnames
+  does with its ``folder name`` lines: Places_LT/classnames.txt, ImageNet-LT's) or,
   for iNat18, ``categories.json`` (a list of {"id", "name"}).
 * ``--classnames FILE`` (either format) for any dataset; its content key is part of the run's
   parameters (``classnames: file:<key>``), its path reaches trials through ``$BKDBENCH_CLASSNAMES``.
@@ -43,14 +44,18 @@ def read_names(path: "str | os.PathLike") -> list[str]:
         parts = line.strip().split()
         if not parts:
             continue
-        if len(parts) > 1 and parts[0].isdigit():
+        if len(parts) > 1 and _is_id(parts[0], parts[1:]):  # LIFT's "folder name" lines
             parts = parts[1:]
-        elif len(parts) > 1 and parts[-1].isdigit():  # "name label"
-            parts = parts[:-1]
         names.append(" ".join(parts))
     if not names:
         raise DataError(f"--classnames {path} holds no names")
     return names
+
+
+def _is_id(first: str, rest: list) -> bool:
+    """A line's first word is a label or folder, not part of the name: a number, an ImageNet synset
+    (n + 8 digits), or the folder a Places-LT name repeats ("airfield airfield")."""
+    return first.isdigit() or (len(first) == 9 and first[0] == "n" and first[1:].isdigit()) or first == " ".join(rest)
 
 
 def names_file(dataset: str, data_dir: Optional[Path]) -> Optional[Path]:
