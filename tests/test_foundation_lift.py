@@ -160,3 +160,19 @@ def test_lift_needs_names_and_linear_probe_does_not():
     with pytest.raises(MethodError, match="class names"):
         build("zero-shot", [3, 2], epochs=1).use_classnames(None)
     build("linear-probe", [3, 2], epochs=1).use_classnames(None)
+
+
+def test_class_mean_head_without_text_against_numpy():
+    """LIFT's init_head class_mean (its IN21k configs): w_c = normalize(mean of class c's features)."""
+    torch.manual_seed(0)
+    model = create_model("vit-tiny", 3, 3, weights="none").eval()
+    method = build("lift", [4, 3, 2], epochs=1)
+    method.use_classnames(["a", "b", "c"])  # names, but a timm ViT has no text tower
+    method.attach(model)
+    images = torch.randn(9, 3, 32, 32)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2])
+    method.init_from_data(model, images, labels, lambda x: x)
+    with torch.no_grad():
+        feats = model.forward_features(images).double().numpy()
+    means = np.stack([feats[labels.numpy() == c].mean(0) for c in range(3)])
+    np.testing.assert_allclose(model.fc.weight.detach().double().numpy(), np_normalize(means), rtol=1e-4, atol=1e-5)

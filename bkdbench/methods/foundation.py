@@ -4,8 +4,8 @@
 
 predictions use z unchanged (trainer.py ``test``). The head is LIFT's cosine classifier (scale 25),
 initialised from the class names' CLIP text features where the backbone has a text tower and the
-dataset has names (trainer.py ``init_head_text_feat``, models/lift_modules.py), else from LIFT's own
-random initialisation. Which parts train is each method's ``tuned`` rule; every other parameter is
+dataset has names (trainer.py ``init_head_text_feat``, models/lift_modules.py), else from the class
+means of the frozen features (``init_head: class_mean``, LIFT's choice for its IN21k ViTs). Which parts train is each method's ``tuned`` rule; every other parameter is
 frozen (``requires_grad=False``: SGD skips parameters without gradients, weight decay included).
 
 These methods run only on a foundation model (``foundation = True``; make_spec refuses others), and
@@ -82,6 +82,26 @@ class FoundationMethod(Method):
             module.requires_grad_(True)
             new += [p for p in module.parameters() if id(p) not in before]
         return new  # the new head's and adapters' parameters: not in the model's list train.py took
+
+    @torch.no_grad()
+    def init_from_data(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, prepare) -> None:
+        """Without text features (a timm ViT, or no class names): LIFT's ``init_head: class_mean`` (its
+        IN21k configs; trainer.py ``init_head_class_mean``): w_c = normalize(mean of class c's
+        features), the features of the untrained model (adapters start at zero) on every training
+        image with the evaluation preprocessing. Called once before training (training/train.py)."""
+        from bkdbench.models.lift_modules import LiftCosine
+
+        if not isinstance(model.fc, LiftCosine) or (self.classnames is not None and model.has_text):
+            return
+        was = model.training
+        model.eval()
+        sums = torch.zeros_like(model.fc.weight, dtype=torch.float32)
+        for start in range(0, len(labels), 256):
+            feats = model.forward_features(prepare(images[start:start + 256])).float()
+            sums.index_add_(0, labels[start:start + 256].to(sums.device), feats)
+        counts = torch.bincount(labels.to(sums.device), minlength=sums.shape[0]).clamp_min(1)
+        model.fc.weight.copy_(F.normalize(sums / counts[:, None], dim=-1))
+        model.train(was)
 
     def loss(self, logits, targets, *, epoch=0, teacher_logits=None) -> torch.Tensor:
         z = float_logits(logits)

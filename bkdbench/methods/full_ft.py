@@ -3,8 +3,8 @@
 
 Every transformer block trains, with LIFT's text-initialised cosine head and the logit-adjusted loss
 (methods/foundation.py); as in LIFT, the patch embedding, class and position embeddings and the
-pre-/post-transformer LayerNorms stay frozen (they are not in its tuner). A dataset without class
-names starts the head from LIFT's random initialisation.
+pre-/post-transformer LayerNorms stay frozen (they are not in its tuner). Without class names or a text
+tower the head starts from the class means of the frozen features (LIFT's IN21k rule).
 """
 from __future__ import annotations
 

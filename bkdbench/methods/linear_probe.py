@@ -1,7 +1,7 @@
 """Linear probe: the backbone frozen, only the classifier trains (LIFT's recipe with no tuner at all:
 its optimizer then holds only the head). The head is LIFT's cosine classifier (scale 25), started from
 the class names' text features where there are names and a text tower (LIFT's ``init_head:
-text_feat``), else from its random initialisation; the logit-adjusted loss (methods/foundation.py).
+text_feat``), else from the class means of the frozen features (its IN21k rule); the logit-adjusted loss (methods/foundation.py).
 """
 from __future__ import annotations
 

@@ -206,6 +206,8 @@ def train(
             net.set_input_stats(mean, std)
     nhwc = channels_last_for(device)
     prepare = lambda x: _layout(normalize(loader.eval_batch(x), mean, std), nhwc)  # noqa: E731
+    if checkpoint is None and hasattr(method, "init_from_data"):  # LIFT's class-mean head (methods/foundation.py)
+        method.init_from_data(model, train_x, train_y, prepare)
 
     # A method that trains nothing (τ-norm) still gets an optimizer, so checkpoints keep one shape.
     optimizer = torch.optim.SGD(trainable or [torch.zeros((), device=device, requires_grad=True)], lr=recipe.lr, momentum=recipe.momentum,
