@@ -43,3 +43,23 @@ def test_bad_teacher_in_a_suite(tmp_path, teacher, words):
                        methods=[{"method": "bkd", "teacher": teacher}])
     with pytest.raises(SuiteError, match=words):
         load_suite(str(path))
+
+
+def test_rows_with_in1k_weights_are_marked_and_teachers_named():
+    import pandas as pd
+
+    from bkdbench.leaderboard.aggregate import SEEN_IN1K, with_labels
+
+    rows = pd.DataFrame([
+        dict(method="lift", params="{}", dataset="imagenet-lt", imbalance_factor=256.0, model="vit-b16-in21k-ft-in1k",
+             weights="augreg_in21k_ft_in1k", seen_in1k=True, teacher=None),
+        dict(method="lift", params="{}", dataset="imagenet-lt", imbalance_factor=256.0, model="clip-vit-b16",
+             weights="openai", seen_in1k=False, teacher=None),
+        dict(method="bkd", params="{}", dataset="imagenet-lt", imbalance_factor=256.0, model="resnext50_32x4d",
+             weights=None, seen_in1k=None, teacher=None),
+        dict(method="bkd", params="{}", dataset="imagenet-lt", imbalance_factor=256.0, model="resnext50_32x4d",
+             weights=None, seen_in1k=False, teacher="clip-vit-b16:lift"),
+    ])
+    labels = list(with_labels(rows)["label"])
+    assert labels[0].endswith(SEEN_IN1K) and not labels[1].endswith(SEEN_IN1K)
+    assert labels[0] != labels[1] and "teacher=clip-vit-b16:lift" in labels[3] and labels[2] == "bkd"
