@@ -8,9 +8,10 @@ import torch
 from bkdbench.methods import Method, MethodError, build, names, register, validate_params
 
 COUNTS = [500, 200, 80, 20, 5]
-ALL = ["balanced-softmax", "bkd", "breadcrumb", "cbd", "cbd-linear", "ce", "ce-cosine20", "crt", "dive", "dkd", "drw", "focal", "kd", "ldam", "ldam-drw",
+ALL = ["balanced-softmax", "bkd", "breadcrumb", "cbd", "cbd-linear", "ce", "ce-cosine20", "crt", "dive", "dkd", "drw", "focal",
+       "full-ft", "kd", "ldam", "ldam-drw", "lift", "linear-probe",
        "logit-adjust", "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "ssd-lt", "ssd-lt-stage1", "ssd-lt-stage2",
-       "subset-kd", "tau-norm"]
+       "subset-kd", "tau-norm", "zero-shot"]
 
 
 def test_names_lists_exactly_the_registered_methods():

@@ -121,7 +121,7 @@ def test_step_is_the_default_schedule_and_unknown_schedules_fail():
     from bkdbench.specs.recipes import Recipe
 
     assert Recipe("x", epochs=10, batch_size=32, lr=0.1).schedule == "step"
-    cosine = {"imagenet-lt", "inat18", "places-lt"}  # the large benchmarks: the decoupling code's cosine
+    cosine = {"imagenet-lt", "inat18", "places-lt", "lift"}  # the large benchmarks: the decoupling code's cosine; LIFT's
     assert all(get_recipe(n).schedule == ("cosine" if n in cosine else "step") for n in recipe_names())
     with pytest.raises(RecipeError, match="unknown schedule 'linear'"):
         Recipe("x", epochs=10, batch_size=32, lr=0.1, schedule="linear")
