@@ -66,6 +66,7 @@ def test_weights_file_round_trip_gives_identical_predictions(name, tmp_path, mon
         create_model(name, 4, 3, weights=resolve_weights(name, str(bad)))
 
 
+@pytest.mark.slow
 def test_the_four_methods_train_on_digits():
     from bkdbench.training.train import train
 
@@ -140,3 +141,18 @@ def test_bkd_student_of_a_lift_teacher(tmp_path):
     assert student.teacher == "clip-tiny:lift" and student.teacher_run_id == teacher.run_id
     assert teacher.weights == "none" and not teacher.seen_in1k and student.model == "cnn-small"
     assert json.loads(teacher.recipe)["name"] == "lift"
+
+
+@pytest.mark.slow
+def test_packed_students_of_a_foundation_teacher_match_separate_runs():
+    """``run`` packs KD/BKD students of one teacher: the foundation teacher sees the same input there."""
+    from bkdbench.training.packed import train_packed
+    from bkdbench.training.train import train
+
+    teacher = make_spec("digits", 10, "lift", model="clip-tiny", weights="none", epochs=1)
+    state = train(teacher, device="cpu").state_dict
+    students = [make_spec("digits", 10, m, teacher=teacher, epochs=1) for m in ("kd", "bkd")]
+    packed = train_packed(students, teacher_state=state, device="cpu", strategy="loop")
+    alone = train(students[1], teacher_state=state, device="cpu")
+    assert packed[1].metrics["top1"] == pytest.approx(alone.metrics["top1"], abs=0.5)
+    assert packed[1].history[0]["train_loss"] == pytest.approx(alone.history[0]["train_loss"], rel=1e-4)

@@ -148,11 +148,21 @@ def _hub_cache() -> str:
 def _hub_reachable() -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
+    import threading
+
+    reached = []
+
+    def connect():  # in a thread: a name lookup ignores the socket timeout and may hang
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=3).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(5)
+    return bool(reached)
 
 
 def _import(library: str):
