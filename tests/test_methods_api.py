@@ -85,7 +85,7 @@ def test_method_attributes():
         assert m.teacher_method == {"dive": "balanced-softmax", "ssd-lt": "ssd-lt-stage2", "ssd-lt-stage2": "ssd-lt-stage1",
                                     "cbd": "ce-cosine20"}.get(name, "ce")
         assert m.uses_features == (name in ("cbd", "cbd-linear", "breadcrumb"))
-        assert m.views == (2 if name == "ssd-lt-stage1" else 1) and m.trains == (name != "tau-norm")
+        assert m.views == (2 if name == "ssd-lt-stage1" else 1) and m.trains == (name not in ("tau-norm", "zero-shot"))
         assert torch.equal(m.class_counts, torch.tensor(COUNTS))
     assert build("drw", COUNTS, epochs=50).cb_epoch == 40
     assert build("ldam-drw", COUNTS, epochs=50, cb_start=10).cb_epoch == 10
