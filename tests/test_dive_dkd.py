@@ -136,7 +136,8 @@ def test_dive_learns_from_a_balanced_softmax_teacher_and_dkd_from_ce():
     assert dive.teacher.method == "balanced-softmax" and dkd.teacher.method == "ce"
     assert dive.teacher == make_spec("digits", 10, "balanced-softmax")  # the suite's own run doubles as it
     assert dkd.teacher == bkd.teacher
-    assert teacher_methods() == {"ce", "ce-cosine20", "balanced-softmax", "ssd-lt-stage1", "ssd-lt-stage2"}
+    assert teacher_methods() == {"ce", "ce-cosine20", "balanced-softmax", "ssd-lt-stage1", "ssd-lt-stage2",
+                                 "linear-probe", "full-ft", "lift"}  # foundation runs that may be a --teacher
 
 
 @pytest.mark.usefixtures("one_thread")
