@@ -99,6 +99,7 @@ BAD = [
     (["--method", "ce", "--teacher", "clip-tiny:lift", "--weights", "none"], ["distillation students"]),
     (["--model", "clip-tiny", "--weights", "none", "--method", "zero-shot", "--classnames", "NAMES3"], ["3 names for 10 classes"]),
     (["--model", "clip-vit-b16", "--method", "lift"], ["not in the local cache"]),
+    (["--model", "clip-tiny", "--weights", "none", "--method", "lift", "--pretrained", "NAMES3"], ["--weights FILE"]),
 ]
 
 

@@ -80,6 +80,8 @@ def train(
         spec = _make_train_spec(dataset, imbalance, method, dict(
             seed=seed, data_seed=data_seed, profile=profile, data_dir=data_dir, image_size=image_size,
             split=parse_split(split) or "every-class"), model, recipe, epochs, params, weights, classnames, teacher)
+        if pretrained is not None and any(r.weights for r in (*spec.prerequisites, spec)):
+            raise ValueError("--pretrained is for the other models; a foundation model starts from --weights FILE")
         spec = use_pretrained(pretrained, [spec], data_dir)[0]
         from bkdbench.cli.foundation import check_foundation_runs
 

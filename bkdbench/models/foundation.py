@@ -306,8 +306,8 @@ def _factory(name: str):
         entry = FOUNDATIONS[name]
         if in_channels not in (1, 3):
             raise ModelError(f"{name} takes grey or RGB images (got {in_channels} channels)")
-        weights = weights or ("none" if entry.tag is None else entry.tag)
-        return FoundationModel(entry, weights, num_classes, head)
+        # no weights named: random ones (nothing is fetched implicitly); a run always names its own
+        return FoundationModel(entry, weights or "none", num_classes, head)
 
     return make
 
