@@ -63,3 +63,32 @@ def test_rows_with_in1k_weights_are_marked_and_teachers_named():
     labels = list(with_labels(rows)["label"])
     assert labels[0].endswith(SEEN_IN1K) and not labels[1].endswith(SEEN_IN1K)
     assert labels[0] != labels[1] and "teacher=clip-vit-b16:lift" in labels[3] and labels[2] == "bkd"
+
+
+def test_ablation_students_of_a_foundation_teacher():
+    from bkdbench.orchestrate.ablate import ablation_id, ablation_specs
+
+    settings = [{"alpha": 0.5}, {"alpha": 0.9}]
+    own = ablation_specs("bkd", settings, ["digits"], [10], 1, epochs=1)
+    lifted = ablation_specs("bkd", settings, ["digits"], [10], 1, epochs=1, teacher=("clip-tiny", "lift"), weights="none")
+    assert all(s.teacher.model == "clip-tiny" and s.teacher.method == "lift" and s.teacher.weights == "none" for s in lifted)
+    assert all(s.teacher.method == "ce" for s in own)
+    assert len({s.teacher.run_id for s in lifted}) == 1 and ablation_id("bkd", own) != ablation_id("bkd", lifted)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["ablate", "focal", "--grid", "gamma=1", "--teacher", "clip-tiny:lift", "--weights", "none"], "distillation students"),
+    (["ablate", "bkd", "--grid", "alpha=0.5", "--teacher", "clip-tiny"], "MODEL:METHOD"),
+])
+def test_bad_ablation_teacher(args, words, tmp_path, monkeypatch, capsys):
+    from bkdbench.cli import main
+    from helpers.files import assert_nothing_written, snapshot
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BKDBENCH_RESULTS", raising=False)
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--epochs", "1", "--seeds", "1", "--imbalance", "10"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and words in err and len([x for x in err.splitlines() if x.strip()]) == 1, err
+    assert_nothing_written(before, tmp_path)
