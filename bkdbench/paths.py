@@ -20,6 +20,8 @@ LOCAL_PLOTS = "plots"  # where plots of a URI results root go: PNGs are for a pe
 # whose content key the runs carry). Like ``--data-dir``, the paths must be visible on every node.
 SPLITS_ENV = "BKDBENCH_SPLITS"
 PRETRAINED_ENV = "BKDBENCH_PRETRAINED"
+WEIGHTS_ENV = "BKDBENCH_WEIGHTS"  # --weights FILE of a foundation model (models/foundation.py)
+CLASSNAMES_ENV = "BKDBENCH_CLASSNAMES"  # --classnames FILE (data/classnames.py)
 HASH_CONTENTS_ENV = "BKDBENCH_HASH_CONTENTS"  # 1: split-list stores keyed by file bytes (data/large/store.py)
 
 

@@ -140,7 +140,8 @@ def test_dive_learns_from_a_balanced_softmax_teacher_and_dkd_from_ce():
     kept = make_spec("digits", 10, "dive", params={"milestones": "recipe"})
     assert kept.teacher == make_spec("digits", 10, "balanced-softmax")
     assert dkd.teacher == bkd.teacher
-    assert teacher_methods() == {"ce", "ce-cosine20", "balanced-softmax", "ssd-lt-stage1", "ssd-lt-stage2"}
+    assert teacher_methods() == {"ce", "ce-cosine20", "balanced-softmax", "ssd-lt-stage1", "ssd-lt-stage2",
+                                 "linear-probe", "full-ft", "lift"}  # foundation runs that may be a --teacher
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -8,9 +8,10 @@ import torch
 from bkdbench.methods import Method, MethodError, build, names, register, validate_params
 
 COUNTS = [500, 200, 80, 20, 5]
-ALL = ["balanced-sigmoid", "balanced-softmax", "bkd", "breadcrumb", "cb-focal", "cb-sigmoid", "cbd", "cbd-linear", "ce", "ce-cosine20", "crt", "dive", "dkd", "drw", "focal", "kd", "ldam", "ldam-drw",
+ALL = ["balanced-sigmoid", "balanced-softmax", "bkd", "breadcrumb", "cb-focal", "cb-sigmoid", "cbd", "cbd-linear", "ce", "ce-cosine20", "crt",
+       "dive", "dkd", "drw", "focal", "full-ft", "kd", "ldam", "ldam-drw", "lift", "linear-probe",
        "logit-adjust", "logit-adjust-posthoc", "lws", "reweight-cb", "reweight-inv", "sigmoid", "ssd-lt", "ssd-lt-stage1",
-       "ssd-lt-stage2", "subset-kd", "tau-norm"]
+       "ssd-lt-stage2", "subset-kd", "tau-norm", "zero-shot"]
 
 
 def test_names_lists_exactly_the_registered_methods():
@@ -84,7 +85,7 @@ def test_method_attributes():
         assert m.teacher_method == {"dive": "balanced-softmax", "ssd-lt": "ssd-lt-stage2", "ssd-lt-stage2": "ssd-lt-stage1",
                                     "cbd": "ce-cosine20"}.get(name, "ce")
         assert m.uses_features == (name in ("cbd", "cbd-linear", "breadcrumb"))
-        assert m.views == (2 if name == "ssd-lt-stage1" else 1) and m.trains == (name != "tau-norm")
+        assert m.views == (2 if name == "ssd-lt-stage1" else 1) and m.trains == (name not in ("tau-norm", "zero-shot"))
         assert torch.equal(m.class_counts, torch.tensor(COUNTS))
     assert build("drw", COUNTS, epochs=50).cb_epoch == 40
     assert build("ldam-drw", COUNTS, epochs=50, cb_start=10).cb_epoch == 10

@@ -122,7 +122,7 @@ def test_step_is_the_default_schedule_and_unknown_schedules_fail():
 
     assert Recipe("x", epochs=10, batch_size=32, lr=0.1).schedule == "step"
     cosine = {"imagenet-lt", "inat18", "places-lt",  # the large benchmarks: the decoupling code's cosine
-              "imagenet-lt-stage2", "inat18-stage2", "places-lt-stage2"}  # and its classifier stage
+              "imagenet-lt-stage2", "inat18-stage2", "places-lt-stage2", "lift"}  # its classifier stage; LIFT's
     assert all(get_recipe(n).schedule == ("cosine" if n in cosine else "step") for n in recipe_names())
     with pytest.raises(RecipeError, match="unknown schedule 'linear'"):
         Recipe("x", epochs=10, batch_size=32, lr=0.1, schedule="linear")

@@ -10,6 +10,7 @@ import typer
 
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
+from bkdbench.cli.foundation import TeacherOpt, WeightsOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.options import (CheckpointEveryOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
@@ -46,6 +47,8 @@ def ablate(
     split: Optional[str] = SplitOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
+    teacher: Optional[str] = TeacherOpt,
+    weights: Optional[str] = WeightsOpt,
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). See docs/cluster.md."),
 ):
     """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
@@ -64,9 +67,16 @@ def ablate(
     try:
         asked_gpus = parse_gpus(gpus_per_trial)
         settings = variants(method, parse_grid(grid or []), preset)
+        from bkdbench.cli.foundation import check_foundation_runs, parse_teacher, use_weights
+
+        use_weights(weights)
         specs = ablation_specs(method, settings, dataset, parse_imbalances(imbalance) or [], seeds, epochs, model, recipe,
-                               data_dir=data_dir, split=parse_split(split) or "every-class")
+                               data_dir=data_dir, split=parse_split(split) or "every-class",
+                               teacher=parse_teacher(teacher) if teacher else None, weights=weights)
+        if teacher and not any(s.teacher for s in specs):
+            raise ValueError(f"--teacher is for distillation students (kd, bkd, dive, dkd, ...), not {method}")
         specs = use_pretrained(pretrained, specs, data_dir)
+        check_foundation_runs(specs, data_dir)
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)

@@ -92,6 +92,9 @@ def run(
         if not specs:
             fail(_no_runs(s, dataset, parse_imbalances(imbalance), method))
         specs = use_pretrained(pretrained, specs, data_dir)
+        from bkdbench.cli.foundation import check_foundation_runs
+
+        check_foundation_runs(specs, data_dir)  # hub weights cached or reachable, class names where needed
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)

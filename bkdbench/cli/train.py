@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import check_device as _check_device, console, fail, note
+from bkdbench.cli.foundation import ClassNamesOpt, TeacherOpt, WeightsOpt
 from bkdbench.cli.options import (DataDirOpt, PretrainedOpt, ResultsOpt, SplitOpt, SplitsOpt, TrackingOpt, method_params,
                                   note_reference_split, parse_split, parse_tracking, start_tracking, use_pretrained,
                                   use_splits)
@@ -49,6 +50,9 @@ def train(
                                "(default) or best-val (the best validation epoch, as Kang et al.; teachers too)."),
     results: Optional[str] = ResultsOpt,  # a str: Path would mangle a URI
     tracking: Optional[str] = TrackingOpt,
+    weights: Optional[str] = WeightsOpt,
+    classnames: Optional[Path] = ClassNamesOpt,
+    teacher: Optional[str] = TeacherOpt,
 ):
     """Train one run (no Ray): its teacher first if it needs one, then the run; record both."""
     from bkdbench.data import DataError, dataset_info
@@ -75,10 +79,16 @@ def train(
     if profile == "natural":  # the data's own imbalance, whatever --imbalance says (its default is 10)
         imbalance = "natural"
     try:
-        spec = make_spec(dataset, imbalance, method, seed=seed, data_seed=data_seed, profile=profile, model=model,
-                         recipe=recipe, epochs=epochs, params=params, data_dir=data_dir, image_size=image_size,
-                         split=parse_split(split) or "every-class", select=select)
+        spec = _make_train_spec(dataset, imbalance, method, dict(
+            seed=seed, data_seed=data_seed, profile=profile, data_dir=data_dir, image_size=image_size,
+            split=parse_split(split) or "every-class", select=select), model, recipe, epochs, params, weights, classnames,
+            teacher)
+        if pretrained is not None and any(r.weights for r in (*spec.prerequisites, spec)):
+            raise ValueError("--pretrained is for the other models; a foundation model starts from --weights FILE")
         spec = use_pretrained(pretrained, [spec], data_dir)[0]
+        from bkdbench.cli.foundation import check_foundation_runs
+
+        check_foundation_runs([spec], data_dir)
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root)):
             check_writable(folder)
@@ -126,6 +136,36 @@ def train(
     except TrainingDiverged as exc:
         fail(f"{exc}; recorded as failed", code=1)
     _print_metrics(spec, result.to_row())
+
+
+def _make_train_spec(dataset, imbalance, method, common: dict, model, recipe, epochs, params, weights, classnames, teacher):
+    """The run's spec; with ``--teacher MODEL:METHOD`` its teacher is that run (on its own recipe), and
+    ``--weights`` / ``--classnames`` go to whichever of the two is a foundation run."""
+    from bkdbench.cli.foundation import FoundationInputError, classnames_param, parse_teacher, use_weights
+    from bkdbench.methods import method_class
+    from bkdbench.models.foundation import is_foundation
+    from bkdbench.specs import make_spec
+
+    names = classnames_param(classnames)
+    use_weights(weights)
+    foundation_method = lambda m: getattr(method_class(m), "foundation", False)  # noqa: E731
+    given = None
+    if teacher is not None:
+        t_model, t_method = parse_teacher(teacher)
+        cls = method_class(method)
+        if not cls.needs_teacher or cls.stage1:
+            raise FoundationInputError(f"--teacher is for distillation students (kd, bkd, dive, dkd, ...), not {method}")
+        # --epochs shortens the teacher too (a smoke run), as it does a default CE teacher; its recipe is its own
+        given = make_spec(dataset, imbalance, t_method, model=t_model, epochs=epochs,
+                          params=names if foundation_method(t_method) else {},
+                          weights=weights if is_foundation(t_model) else None, **common)
+    student_model = model or None
+    if names and not foundation_method(method) and given is None:
+        raise FoundationInputError(f"--classnames is for the foundation methods (zero-shot, linear-probe, full-ft, lift), not {method}")
+    own_weights = weights if (student_model and is_foundation(student_model)) or given is None else None
+    return make_spec(dataset, imbalance, method, model=model, recipe=recipe, epochs=epochs,
+                     params={**params, **(names if foundation_method(method) else {})}, teacher=given,
+                     weights=own_weights, **common)
 
 
 def _run_with_progress(spec, root, data_dir, device, bf16, compile=False, tracking=None):

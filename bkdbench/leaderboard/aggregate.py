@@ -58,7 +58,7 @@ DATA_DERIVED = frozenset({"groups"})
 # Not method parameters, but a different value is a different configuration (a smoke run, the other
 # validation split: its training set differs in the classes it takes validation images from; other
 # starting weights).
-SETUP = ("model", "epochs", "split", "pretrained", "select")
+SETUP = ("model", "epochs", "split", "pretrained", "select", "weights", "teacher")  # other weights / teacher: another cell
 
 
 def keyed_datasets(df: pd.DataFrame) -> pd.DataFrame:
@@ -125,6 +125,7 @@ def _varying_params(dicts: list[dict]) -> set[str]:
 
 # The columns a label is made of (rows are wide: history and per-class lists; reading only these
 # keeps labelling 300 rows in milliseconds).
+SEEN_IN1K = " [seen IN-1k]"  # the mark of a row whose starting weights have seen ImageNet-1k labels
 _LABEL_COLUMNS = ("method", "params", "sweep_id", "ablation_id", *SETUP, *CELL)
 
 
@@ -147,6 +148,9 @@ def with_labels(df: pd.DataFrame) -> pd.DataFrame:
             labels[index] = method_label(records[index], varying, configs[index])
     for index in out.index[tuned.to_numpy(dtype=bool)]:
         labels[index] = method_label(records[index])
+    if "seen_in1k" in out:  # docs/foundation.md: its backbone (or teacher's) has seen ImageNet-1k labels
+        seen = out["seen_in1k"].map(lambda v: v is True or v is np.True_)
+        labels[seen] = labels[seen] + SEEN_IN1K
     out["label"] = labels
     return out
 

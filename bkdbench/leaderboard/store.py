@@ -108,6 +108,12 @@ SCHEMA = pa.schema([
     pa.field("recipe_name", pa.string()),
     pa.field("recipe_hash", pa.string()),  # SHA-256 (16 hex) of the recipe column's canonical JSON
     pa.field("select", pa.string()),  # which epoch's weights the row reports: "last" or "best-val"
+    # Foundation models (docs/foundation.md): the weights' tag, "none" or "file:<content key>"; whether
+    # the run's (or its teacher's) starting weights have seen ImageNet-1k labels; a foundation teacher
+    # as MODEL:METHOD. Null for every other run.
+    pa.field("weights", pa.string()),
+    pa.field("seen_in1k", pa.bool_()),
+    pa.field("teacher", pa.string()),
 ])
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 LEGACY_SPLIT = "reference"  # the split of every row written before the ``split`` column existed

@@ -9,7 +9,8 @@ Each family registers itself in its own module; importing them here fills the re
 """
 
 from bkdbench.methods import (  # noqa: F401  (registration)
-    breadcrumb, cbd, cbd_linear, ce, ce_cosine, decoupled, distill, dive, dkd, focal, ldam, prior, reweight, sigmoid, ssd_lt, subset_kd,
+    breadcrumb, cbd, cbd_linear, ce, ce_cosine, decoupled, distill, dive, dkd, focal, full_ft, ldam, lift, linear_probe, prior,
+    reweight, sigmoid, ssd_lt, subset_kd, zero_shot,
 )
 from bkdbench.methods.registry import (
     Method,

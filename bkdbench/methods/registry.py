@@ -253,7 +253,9 @@ def register(name: str):
 
 def teacher_methods() -> set[str]:
     """The methods whose runs serve as some registered method's default teacher (their weights are kept)."""
-    return {cls.teacher_method for cls in _REGISTRY.values() if cls.needs_teacher}
+    # plus the foundation methods that train a classifier (``keeps_weights``): any of them may be a ``--teacher``
+    return ({cls.teacher_method for cls in _REGISTRY.values() if cls.needs_teacher}
+            | {name for name, cls in _REGISTRY.items() if getattr(cls, "keeps_weights", False)})
 
 
 def names() -> list[str]:

@@ -80,10 +80,10 @@ TRAIN_START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 def trial_env_names() -> tuple[str, ...]:
     """The environment variables a command's trials need wherever they run."""
-    from ..paths import HASH_CONTENTS_ENV, PRETRAINED_ENV, SPLITS_ENV
+    from ..paths import CLASSNAMES_ENV, HASH_CONTENTS_ENV, PRETRAINED_ENV, SPLITS_ENV, WEIGHTS_ENV
     from .tracking import ENV
 
-    return (ENV, SPLITS_ENV, PRETRAINED_ENV, HASH_CONTENTS_ENV, TRAIN_START_TIMEOUT)
+    return (ENV, SPLITS_ENV, PRETRAINED_ENV, HASH_CONTENTS_ENV, TRAIN_START_TIMEOUT, WEIGHTS_ENV, CLASSNAMES_ENV)
 
 
 def _quiet_ray_logging(log_file: Optional[Path]) -> Optional[logging.handlers.MemoryHandler]:

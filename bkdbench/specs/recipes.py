@@ -107,6 +107,10 @@ RECIPES = {
         Recipe("inat18-stage2", epochs=30, batch_size=512, lr=0.2, weight_decay=1e-4, warmup_frac=0.0, schedule="cosine"),
         Recipe("places-lt-stage2", epochs=10, batch_size=256, lr=0.1, weight_decay=5e-4, warmup_frac=0.0,
                schedule="cosine"),
+        # LIFT (Shi et al., ICML 2024; shijxcs/LIFT configs/model/clip_vit_b16_peft.yaml and utils/config.py):
+        # 10 epochs, batch 128, SGD lr 0.01, momentum 0.9, wd 5e-4, CosineAnnealingLR(T_max=epochs) stepped
+        # per epoch, no warm-up. The foundation methods' default (methods/foundation.py); iNat18: --epochs 20.
+        Recipe("lift", epochs=10, batch_size=128, lr=0.01, weight_decay=5e-4, warmup_frac=0.0, schedule="cosine"),
     )
 }
 

@@ -87,6 +87,9 @@ class RunSpec(BaseModel):
     # Which epoch's weights the run keeps and reports: None = the last (default, left out of the canonical
     # JSON so earlier run ids stay), "best-val" = the best validation epoch (Kang et al.'s state_dict_best).
     select: Optional[Literal["best-val"]] = None
+    # A foundation model's starting weights (models/foundation.py): the named tag, "none" or
+    # "file:<content key>"; None for every other model (left out of the canonical JSON).
+    weights: Optional[str] = Field(None, pattern=r"^(none|file:[0-9a-f]{16}|[A-Za-z0-9_.-]+)$")
     protocol: Literal[2] = 2  # PROTOCOL (module docstring): part of the run id, never set by hand
 
     @field_validator("params")
@@ -137,7 +140,7 @@ class RunSpec(BaseModel):
         return list(out.values())
 
 
-_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained", "select")  # fields added later: absent keeps older run ids unchanged
+_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained", "select", "weights")  # fields added later: absent keeps older run ids unchanged
 PROTOCOL = 2  # see the module docstring: bump it (and RunSpec.protocol) when an unchanged spec would train differently
 
 
@@ -188,6 +191,7 @@ def make_spec(
     image_size: Optional[int] = None,
     split: str = "every-class",
     select: Optional[str] = None,
+    weights: Optional[str] = None,
 ) -> RunSpec:
     """Resolve every default (dataset → model/recipe, recipe → epochs, method → parameters) and
     validate names and ranges. A distilling method gets its teacher: a run of the same model,
@@ -199,7 +203,8 @@ def make_spec(
     ``profile="natural"``) keeps the training set as it is and records its own imbalance factor.
     ``split``: "every-class" or "reference" (module docstring); teachers get the same.
     ``select``: None / "last" (the last epoch) or "best-val" (the best validation epoch's weights, as
-    Kang et al. keep for stage 1 and stage 2); every run it needs first gets the same."""
+    Kang et al. keep for stage 1 and stage 2); every run it needs first gets the same.
+    ``weights``: a foundation model's ``--weights`` (pretrained, none, FILE; models/foundation.py)."""
     from bkdbench.data import NATURAL, DataError, dataset_info, natural_imbalance
     from bkdbench.data.splits import check_split
 
@@ -224,13 +229,14 @@ def make_spec(
     model, rec, resolved, needs_teacher = _resolve_names(info, method, model, recipe, epochs, params)
     _check_ranges(imbalance_factor, epochs, profile)
     _check_counts(info, imbalance_factor, profile)
+    weights = _weights(model, method, weights)
     for name, value in (("seed", seed), ("data seed", data_seed)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SpecError(f"the {name} must be an integer >= 0 (got {value!r})")
     common = dict(
         dataset=dataset, imbalance_factor=float(imbalance_factor), profile=profile, data_seed=data_seed,
         model=model, recipe=rec.name, epochs=epochs or rec.epochs, seed=seed, data_key=info.data_key,
-        image_size=image_size, split=split, select=select,
+        image_size=image_size, split=split, select=select, weights=weights,
     )
     from bkdbench.methods import MethodError, method_class
 
@@ -272,6 +278,20 @@ def make_spec(
             common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))
     return RunSpec(method=method, params=resolved, teacher=teacher, teachers=tuple(teachers) if teachers else None,
                    **common)
+
+
+def _weights(model: str, method: str, weights: Optional[str]) -> Optional[str]:
+    """The run's ``weights`` value (None for a model that is not a foundation model)."""
+    from bkdbench.methods import method_class
+    from bkdbench.models.foundation import WeightsError, resolve_weights
+
+    try:
+        resolved = resolve_weights(model, weights)
+    except WeightsError as exc:
+        raise SpecError(str(exc)) from None
+    if resolved is None and getattr(method_class(method), "foundation", False):
+        raise SpecError(f"{method} needs a foundation model (clip-vit-b16, vit-b16-in21k, ...; --model), not {model}")
+    return resolved
 
 
 def _shots(info, imbalance_factor: float, profile: str, data_dir, split: str) -> dict[str, list[int]]:
@@ -341,7 +361,7 @@ def _resolve_names(info, method, model, recipe, epochs, params):
         resolved = validate_params(method, **merged)
         cls = method_class(method)
         resolved = cls.resolve_for_model(resolved, model, merged)  # e.g. DKD's β by student model
-        rec = get_recipe(cls.recipe_for(recipe or info.default_recipe, resolved))  # e.g. DiVE's milestones
+        rec = get_recipe(cls.recipe_for(recipe or getattr(cls, "recipe", None) or info.default_recipe, resolved))  # a method's own recipe (LIFT's) unless one is named  # e.g. DiVE's milestones
         needs_teacher = cls.needs_teacher  # no build: a folder's class count is not known yet
     except (DataError, MethodError, ModelError, RecipeError) as exc:
         raise SpecError(str(exc)) from None
@@ -399,6 +419,7 @@ def spec_columns(spec: RunSpec) -> dict:
         "params": _params_column(spec), "recipe": {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs},
         "epochs": spec.epochs, "seed": spec.seed, "split": spec.split, "pretrained": spec.pretrained,
         "teacher_run_id": ",".join(t.run_id for t in spec.all_teachers) or None,
+        **_foundation_columns(spec),
     }
 
 
@@ -411,6 +432,18 @@ def resize_of(info, spec: RunSpec) -> str:
         return f"decode: bilinear antialiased to {spec.image_size}×{spec.image_size}" if spec.image_size else \
             "none: images as stored"
     return f"none: native {info.image_size}×{info.image_size}" if info.image_size else "none"
+
+
+def _foundation_columns(spec: RunSpec) -> dict:
+    """weights / seen_in1k / teacher: only for runs that have them, so other rows stay as they were."""
+    from bkdbench.models.foundation import seen_in1k
+
+    out = {}
+    if spec.weights is not None:
+        out.update(weights=spec.weights, seen_in1k=seen_in1k(spec.model, spec.weights))
+    if spec.teacher is not None and spec.teacher.weights is not None:  # a foundation teacher: MODEL:METHOD
+        out.update(teacher=f"{spec.teacher.model}:{spec.teacher.method}", seen_in1k=seen_in1k(spec.teacher.model, spec.teacher.weights))
+    return out
 
 
 def _params_column(spec: RunSpec) -> dict:

@@ -25,10 +25,22 @@ class SuiteError(ValueError):
     pass
 
 
+class TeacherEntry(BaseModel):
+    """A distillation student's teacher as a run of its own (``--teacher MODEL:METHOD``)."""
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    method: str
+    weights: Optional[str] = None  # a foundation model's tag (default: pretrained) or none
+
+
 class MethodEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # Foundation rows (docs/foundation.md): this entry's own model and weights, and a student's teacher.
+    model: Optional[str] = None
+    weights: Optional[str] = None
+    teacher: Optional[TeacherEntry] = None
 
 
 class Suite(BaseModel):
@@ -119,11 +131,17 @@ class Suite(BaseModel):
                     if methods and entry.method not in methods:
                         continue
                     for seed in chosen_seeds:
+                        common = dict(seed=seed, data_seed=self.data_seed, profile=self.profile, data_dir=data_dir,
+                                      split=split, select=select)
+                        teacher = None
+                        if entry.teacher is not None:  # its own recipe; a smoke budget shortens it too
+                            t = entry.teacher
+                            teacher = make_spec(dataset, factor, t.method, model=t.model, weights=t.weights,
+                                                epochs=epochs or self.epochs, **common)
                         specs.append(make_spec(
-                            dataset, factor, entry.method, seed=seed, data_seed=self.data_seed,
-                            profile=self.profile, model=self.model, recipe=self.recipe,
-                            epochs=epochs or self.epochs, params=entry.params, data_dir=data_dir,
-                            split=split, select=select,
+                            dataset, factor, entry.method, model=entry.model or self.model, recipe=self.recipe,
+                            epochs=epochs or self.epochs, params=entry.params, teacher=teacher,
+                            weights=entry.weights, **common,
                         ))
         return specs
 
@@ -132,11 +150,25 @@ class Suite(BaseModel):
         for dataset in self.datasets:
             for factor in self.imbalance:
                 for entry in self.method_entries():
-                    check_spec(dataset, factor, entry.method, profile=self.profile, model=self.model,
+                    check_spec(dataset, factor, entry.method, profile=self.profile, model=entry.model or self.model,
                                recipe=self.recipe, epochs=self.epochs, params=entry.params)
+                    if entry.teacher is not None:
+                        _check_teacher(entry, dataset, factor, self.profile, self.epochs)
 
     def size(self) -> int:
         return len(self.datasets) * len(self.imbalance) * len(self.methods) * len(self.seed_list())
+
+
+def _check_teacher(entry: MethodEntry, dataset, factor, profile, epochs) -> None:
+    from bkdbench.methods import method_class, teacher_methods
+
+    t = entry.teacher
+    check_spec(dataset, factor, t.method, profile=profile, model=t.model, epochs=epochs)
+    cls = method_class(entry.method)
+    if not cls.needs_teacher or cls.stage1:
+        raise SpecError(f"{entry.method} is no distillation student: it takes no teacher")
+    if not method_class(t.method).trains or t.method not in teacher_methods():
+        raise SpecError(f"teacher {t.model}:{t.method} trains no classifier whose weights are kept")
 
 
 def suite_names() -> list[str]:

@@ -165,6 +165,8 @@ def train_packed(
                           sampler=method0.sampler, seed=spec0.order_seed,
                           augmentation=info.augmentation, image_size=info.image_size, device=device)
     mean, std = loader.mean, loader.std
+    if hasattr(teacher, "set_input_stats"):  # a foundation teacher resizes and renormalises on the device
+        teacher.set_input_stats(mean, std)
     nhwc = channels_last_for(device)
     prepare = lambda x: _layout(normalize(loader.eval_batch(x), mean, std), nhwc)  # noqa: E731
     model = pack_models(students, prepare(train_x[:2]), strategy)

@@ -101,7 +101,7 @@ def build_model(spec: RunSpec, num_classes: int, channels: int, head: str, devic
     (every key but a classifier of another shape; models/pretrained.py). ``init=False``: a model whose
     state is loaded next (a teacher), which skips reading the file."""
     torch.manual_seed(spec.init_seed)  # same spec, same initial weights (a student's differ from its teacher's)
-    model = create_model(spec.model, num_classes, channels, head=head)
+    model = create_model(spec.model, num_classes, channels, head=head, **({"weights": spec.weights} if spec.weights else {}))
     if spec.pretrained and init:
         load_pretrained(model, spec.pretrained)
     model = model.to(device)
@@ -186,6 +186,11 @@ def train(
     method = build_method(spec.method, data.class_counts, epochs=spec.epochs, batch_size=recipe.batch_size, **spec.params)
 
     model = build_model(spec, num_classes, info.channels, method.head, device)
+    if hasattr(method, "use_classnames"):  # foundation methods: prompts from class names (data/classnames.py)
+        from bkdbench.data.classnames import class_names
+
+        method.use_classnames(class_names(spec.dataset, data.classes, num_classes, data_dir,
+                                          str(spec.params.get("classnames", "dataset"))))
     if dist_.active and dist_.sync_batchnorm:
         model = ddp.convert_batchnorm(model, device)  # statistics over the global batch
     trainable = list(model.parameters()) + method.attach(model)  # e.g. CBD's projection, a second head
@@ -206,8 +211,13 @@ def train(
                           rank=dist_.rank, world_size=dist_.world_size,
                           color_jitter=method.color_jitter)  # CBD's jittered teachers (ce-cosine20)
     mean, std = loader.mean, loader.std
+    for net in (model, *(teacher if isinstance(teacher, list) else [teacher])):
+        if hasattr(net, "set_input_stats"):  # a foundation model resizes and renormalises on the device
+            net.set_input_stats(mean, std)
     nhwc = channels_last_for(device)
     prepare = lambda x: _layout(normalize(loader.eval_batch(x), mean, std), nhwc)  # noqa: E731
+    if checkpoint is None and hasattr(method, "init_from_data"):  # LIFT's class-mean head (methods/foundation.py)
+        method.init_from_data(model, train_x, train_y, prepare)
 
     # A method that trains nothing (τ-norm) still gets an optimizer, so checkpoints keep one shape.
     optimizer = torch.optim.SGD(trainable or [torch.zeros((), device=device, requires_grad=True)], lr=recipe.lr, momentum=recipe.momentum,
