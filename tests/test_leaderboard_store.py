@@ -38,11 +38,12 @@ def make_row(run_id, **overrides):
 
 def test_schema_has_exactly_the_documented_columns():
     assert store.SCHEMA_VERSION == 1
-    assert len(store.COLUMNS) == 46  # the 38 of DESIGN.md plus the shot thresholds, `extra`, `data_key`, `history`, `split`, `workers`, `pretrained`
+    assert len(store.COLUMNS) == 47  # the 38 of DESIGN.md plus the shot thresholds, `extra`, `data_key`, `history`, `split`, `workers`, `pretrained`, `plugins`
     assert store.SCHEMA.field("split").type == pa.string() and store.SCHEMA.field("split").nullable
-    assert store.COLUMNS[-3] == "split"  # added late and nullable: older files read back (as "reference")
-    assert store.COLUMNS[-2] == "workers" and store.SCHEMA.field("workers").nullable  # null: one process
-    assert store.COLUMNS[-1] == "pretrained" and store.SCHEMA.field("pretrained").nullable  # null: from scratch
+    assert store.COLUMNS[-4] == "split"  # added late and nullable: older files read back (as "reference")
+    assert store.COLUMNS[-3] == "workers" and store.SCHEMA.field("workers").nullable  # null: one process
+    assert store.COLUMNS[-2] == "pretrained" and store.SCHEMA.field("pretrained").nullable  # null: from scratch
+    assert store.COLUMNS[-1] == "plugins" and store.SCHEMA.field("plugins").nullable  # null: built-in parts only
     assert store.SCHEMA.field("many_threshold").type == pa.int64()
     assert store.SCHEMA.field("per_class_acc").type == pa.list_(pa.float64())
     assert store.SCHEMA.field("class_counts").type == pa.list_(pa.int64())

@@ -102,6 +102,8 @@ SCHEMA = pa.schema([
     pa.field("workers", pa.int64()),
     # Content key of the weights the run started from (--pretrained); null: from scratch.
     pa.field("pretrained", pa.string()),
+    # The outside code the run used (bkdbench.plugins): "module@digest", comma-separated; null: built in only.
+    pa.field("plugins", pa.string()),
 ])
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 LEGACY_SPLIT = "reference"  # the split of every row written before the ``split`` column existed

@@ -84,6 +84,9 @@ class RunSpec(BaseModel):
     image_size: Optional[int] = Field(None, gt=0)  # an image folder resized to N×N (None: as it is)
     split: Literal["every-class", "reference"] = "every-class"  # how validation is drawn (module docstring)
     pretrained: Optional[str] = Field(None, pattern=r"^[0-9a-f]{16}$")  # content key of the starting weights (models/pretrained.py)
+    # "module@digest" of each plugin whose method, model, dataset or recipe this run uses (bkdbench.plugins);
+    # None: built-in parts only, left out of the canonical JSON so those run ids stay what they were
+    plugins: Optional[tuple[str, ...]] = None
     protocol: Literal[2] = 2  # PROTOCOL (module docstring): part of the run id, never set by hand
 
     @field_validator("params")
@@ -134,7 +137,7 @@ class RunSpec(BaseModel):
         return list(out.values())
 
 
-_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained")  # fields added later: absent keeps older run ids unchanged
+_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained", "plugins")  # fields added later: absent keeps older run ids unchanged
 PROTOCOL = 2  # see the module docstring: bump it (and RunSpec.protocol) when an unchanged spec would train differently
 
 
@@ -237,7 +240,8 @@ def make_spec(
             teachers = cls.teacher_specs(base, resolved)
             teacher = None if teachers else base
         elif needs_teacher and teacher is None:
-            base = RunSpec(method=cls.teacher_method, params=_teacher_params(cls.teacher_method), **common)
+            base = RunSpec(method=cls.teacher_method, params=_teacher_params(cls.teacher_method),
+                           plugins=plugin_refs(cls.teacher_method, model, dataset, rec.name), **common)
             teachers = cls.teacher_specs(base, resolved)  # None: the one default teacher
             teacher = None if teachers else base
         elif needs_teacher and cls.teacher_specs(teacher, resolved):
@@ -255,7 +259,21 @@ def make_spec(
     elif "stage2_fraction" in resolved:  # decoupled classifiers: stage 1 gets the budget, stage 2 a part
         common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))
     return RunSpec(method=method, params=resolved, teacher=teacher, teachers=tuple(teachers) if teachers else None,
-                   **common)
+                   plugins=plugin_refs(method, model, dataset, rec.name), **common)
+
+
+def plugin_refs(method: str, model: str, dataset: str, recipe: str) -> Optional[tuple[str, ...]]:
+    """``module@digest`` of the loaded plugins that define any of these parts (None: all built in)."""
+    from bkdbench.plugins import loaded, refs
+
+    if not loaded():
+        return None
+    from bkdbench.data.registry import dataset_module
+    from bkdbench.methods import method_class
+    from bkdbench.models.registry import model_module
+    from bkdbench.specs.recipes import recipe_module
+
+    return refs(method_class(method).__module__, model_module(model), dataset_module(dataset), recipe_module(recipe))
 
 
 def _shots(info, imbalance_factor: float, profile: str, data_dir, split: str) -> dict[str, list[int]]:
@@ -315,11 +333,12 @@ def _resolve_names(info, method, model, recipe, epochs, params):
     from bkdbench.data import DataError
     from bkdbench.methods import MethodError, method_class, validate_params
     from bkdbench.models import ModelError, model_names
+    from bkdbench.models.registry import has_model
     from bkdbench.specs.recipes import RecipeError, get_recipe
 
     try:
         model = model or info.default_model
-        if model not in model_names():
+        if not has_model(model):
             raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(model_names())}")
         rec = get_recipe(recipe or info.default_recipe)
         merged = {**info.method_defaults.get(method, {}), **(params or {})}
@@ -378,6 +397,7 @@ def spec_columns(spec: RunSpec) -> dict:
         "params": _params_column(spec), "recipe": {**get_recipe(spec.recipe).to_dict(), "epochs": spec.epochs},
         "epochs": spec.epochs, "seed": spec.seed, "split": spec.split, "pretrained": spec.pretrained,
         "teacher_run_id": ",".join(t.run_id for t in spec.all_teachers) or None,
+        "plugins": ",".join(spec.plugins) if spec.plugins else None,
     }
 
 

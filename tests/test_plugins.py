@@ -1,0 +1,159 @@
+"""Plugins (bkdbench.plugins): real plugin files written here, imported for real, in this process where a
+name can be unique to one test, and through the console script where a run or a fresh process is the
+point. The two-node Ray test is in test_plugins_ray.py."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import cli_env, run_cli
+
+METHOD = '''
+"""A label-smoothed CE written outside bkdbench."""
+import torch.nn.functional as F
+from pydantic import Field
+
+from bkdbench.methods import Method, register
+from bkdbench.methods.params import MethodParams
+
+
+class Params(MethodParams):
+    smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+@register("{name}")
+class Smooth(Method):
+    Params = Params
+    needs_teacher = {needs_teacher}
+
+    def loss(self, logits, targets, *, epoch=0, teacher_logits=None):
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.params.smoothing)
+'''
+
+
+def write_method(folder: Path, module: str, name: str, *, needs_teacher: bool = False) -> Path:
+    path = folder / f"{module}.py"
+    path.write_text(METHOD.format(name=name, needs_teacher=needs_teacher))
+    return path
+
+
+def sha16(*blobs: bytes) -> str:
+    return hashlib.sha256(b"".join(blobs)).hexdigest()[:16]
+
+
+# Run ids of built-in specs computed with main's code before plugins existed (make_spec on
+# /work/main): specs that use no plugin part keep exactly these.
+BUILTIN_IDS = {("digits", 10, "bkd", 3, 1): "3ac5330c82fb2cfa", ("digits", 50, "ce", None, 0): "1a88d2c296da0814",
+               ("digits", 10, "ldam-drw", None, 0): "7d754a5936b4bdda"}
+
+
+def test_specs_without_plugin_parts_keep_their_run_ids(tmp_path):
+    from bkdbench.plugins import load
+    from bkdbench.specs import make_spec
+
+    load(str(write_method(tmp_path, "plug_ids", "plug-ids")))  # a plugin loaded changes nothing for built-ins
+    for (dataset, factor, method, epochs, seed), run_id in BUILTIN_IDS.items():
+        spec = make_spec(dataset, factor, method, epochs=epochs, seed=seed)
+        assert spec.plugins is None and "plugins" not in spec.canonical_json()
+        assert spec.run_id == run_id
+
+
+def test_a_plugin_method_run_carries_module_and_source_digest(tmp_path):
+    from bkdbench.plugins import load
+    from bkdbench.specs import make_spec
+
+    path = write_method(tmp_path, "plug_digest", "plug-digest", needs_teacher=True)
+    plugin = load(str(path))
+    assert (plugin.module, plugin.path) == ("plug_digest", path.resolve())
+    assert plugin.digest == sha16(path.read_bytes())
+    spec = make_spec("digits", 10, "plug-digest", epochs=3)
+    assert spec.plugins == (f"plug_digest@{sha16(path.read_bytes())}",)
+    # its CE teacher is the usual CE teacher (same run id as a plain CE run), so it is reused
+    assert spec.teacher.plugins is None
+    assert spec.teacher.run_id == make_spec("digits", 10, "ce", epochs=3).run_id
+    assert load(str(path)) is plugin  # loaded once
+
+
+def test_editing_the_plugin_gives_new_run_ids(tmp_path):
+    code = ("import sys; from bkdbench.plugins import load; from bkdbench.specs import make_spec; "
+            "load(sys.argv[1]); print(make_spec('digits', 10, 'plug-edit', epochs=3).run_id)")
+    path = write_method(tmp_path, "plug_edit", "plug-edit")
+
+    def run_id() -> str:
+        out = subprocess.run([sys.executable, "-c", code, str(path)], env=cli_env(), capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    first = run_id()
+    assert run_id() == first  # same code, same id
+    path.write_text(path.read_text().replace("Field(0.1,", "Field(0.2,"))
+    assert run_id() != first
+
+
+def test_a_package_folder_digest_covers_every_py_file(tmp_path):
+    from bkdbench.plugins import load
+
+    pkg = tmp_path / "plug_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from . import losses  # noqa: F401\n")
+    (pkg / "losses.py").write_text(METHOD.format(name="plug-pkg", needs_teacher=False))
+    (pkg / "notes.txt").write_text("not code")
+    plugin = load(str(pkg))
+    expected = sha16(b"__init__.py\0", (pkg / "__init__.py").read_bytes(), b"\0",
+                     b"losses.py\0", (pkg / "losses.py").read_bytes(), b"\0")
+    assert plugin.digest == expected and plugin.module == "plug_pkg"
+    from bkdbench.methods import method_class
+
+    assert method_class("plug-pkg").__module__ == "plug_pkg.losses"
+    from bkdbench.specs import make_spec
+
+    assert make_spec("digits", 10, "plug-pkg", epochs=2).plugins == (f"plug_pkg@{expected}",)
+
+
+def test_a_plugin_model_dataset_and_recipe_are_part_of_the_id(tmp_path):
+    from bkdbench.plugins import load
+    from bkdbench.specs import make_spec
+
+    path = tmp_path / "plug_parts.py"
+    path.write_text(textwrap.dedent('''
+        from dataclasses import replace
+        from torch import nn
+        from bkdbench.data import get_dataset, register_dataset
+        from bkdbench.models import register_model
+        from bkdbench.specs.recipes import Recipe, register_recipe
+
+        @register_model("plug-mlp")
+        def mlp(num_classes, in_channels=3, head="linear"):
+            return None
+
+        register_dataset(replace(get_dataset("digits"), name="plug-digits"))
+        register_recipe(Recipe("plug-recipe", epochs=4, batch_size=32, lr=0.05))
+    '''))
+    ref = f"plug_parts@{load(str(path)).digest}"
+    assert make_spec("digits", 10, "ce", model="plug-mlp").plugins == (ref,)
+    assert make_spec("plug-digits", 10, "ce").plugins == (ref,)
+    assert make_spec("digits", 10, "ce", recipe="plug-recipe").plugins == (ref,)
+    student = make_spec("digits", 10, "bkd", model="plug-mlp")
+    assert student.teacher.plugins == (ref,)  # the teacher uses the plugin's model too
+
+
+def test_leaderboard_row_and_retrain_command_name_the_plugin(tmp_path):
+    path = write_method(tmp_path, "plug_train", "plug-train")
+    results = tmp_path / "results"
+    out = run_cli(["train", "--plugin", path, "--method", "plug-train", "--epochs", "1", "--results", results],
+                  folder=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr + out.stdout
+    from bkdbench.leaderboard.store import read_rows
+    from bkdbench.leaderboard.tables import retrain_command
+
+    rows, _ = read_rows(results / "leaderboard")
+    assert list(rows.method) == ["plug-train"] and rows.status[0] == "finished"
+    assert rows.plugins[0] == f"plug_train@{sha16(path.read_bytes())}"
+    assert "--plugin plug_train " in retrain_command(rows.iloc[0])
+    assert not (tmp_path / "__pycache__").exists()  # the loader writes nothing next to the user's file
