@@ -11,8 +11,9 @@ import typer
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
-from bkdbench.cli.options import (CheckpointEveryOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
-                                  parse_imbalances, parse_split, parse_tracking, start_tracking, use_pretrained, use_splits)
+from bkdbench.cli.options import (CheckpointEveryOpt, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt,
+                                  note_reference_split, parse_imbalances, parse_split, parse_tracking, start_tracking, use_plugins, use_pretrained,
+                                  use_splits)
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +45,7 @@ def ablate(
     split: Optional[str] = SplitOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
+    plugin: list[str] = PluginOpt,
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). See docs/cluster.md."),
 ):
     """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
@@ -56,6 +58,7 @@ def ablate(
 
     if pack < 1:
         fail(f"--pack must be at least 1 (got {pack}); 1 trains every run in its own trial")
+    use_plugins(plugin)
     tracker = parse_tracking(tracking)
     use_splits(splits)
     try:

@@ -10,8 +10,9 @@ import typer
 from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import (CheckpointEveryOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
-                                  parse_imbalances, parse_split, parse_tracking, start_tracking, use_pretrained, use_splits)
+from bkdbench.cli.options import (CheckpointEveryOpt, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
+                                  parse_imbalances, parse_split, parse_tracking, start_tracking, use_plugins, use_pretrained,
+                                  use_splits)
 
 AUTO_PACK = 4  # students per trial by default (docs/performance.md: what packing saves, on CPU and for the demo)
 SuiteOpt = typer.Option("digits-lt", "--suite", "-s", help="Suite name (see `bkdbench suites`) or a YAML file.")
@@ -22,8 +23,9 @@ def register(app: typer.Typer) -> None:
     app.command("suites")(suites)
 
 
-def suites():
+def suites(plugin: list[str] = PluginOpt):
     """List the shipped suites with their size (runs) and where they are meant to run."""
+    use_plugins(plugin)  # a plugin may bring datasets and recipes the suites name
     from rich.table import Table
 
     from bkdbench.specs.suites import load_suite, suite_names
@@ -58,6 +60,9 @@ def run(
     tracking: Optional[str] = TrackingOpt,
     pack: Optional[int] = typer.Option(None, "--pack", min=1, help=f"Runs per Ray trial, trained as one pack: runs of one seed (and teacher) that differ only in method or loss parameters share batches and the teacher's forward; each keeps the row it gets alone. Default: students of one teacher (KD, BKD, DKD), up to {AUTO_PACK} a trial; K: every packable run; 1: none."),
     split: Optional[str] = SplitOpt,
+    with_method: list[str] = typer.Option([], "--with-method", help="Also run this method (yours, from --plugin) on every "
+                                          "dataset, imbalance factor and seed of the suite, teachers as usual (repeatable)."),
+    plugin: list[str] = PluginOpt,
     workers_per_trial: Optional[int] = typer.Option(None, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP; NCCL on GPUs, gloo on CPU): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). Default: the suite's workers_per_trial (1). See docs/cluster.md."),
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
@@ -71,13 +76,14 @@ def run(
 
     if epochs is not None and epochs <= 0:
         fail(f"epochs must be > 0 (got {epochs})")
+    use_plugins(plugin)
     tracker = parse_tracking(tracking)
     use_splits(splits)
     from bkdbench.cli.decoding import show_decoding_progress
 
     show_decoding_progress()  # a large benchmark's first load decodes its store: a bar with images/s
     try:
-        s = load_suite(suite)
+        s = load_suite(suite).with_methods(with_method)
         specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=method, seeds=seeds, epochs=epochs,
                          data_dir=data_dir, split=parse_split(split))
         if not specs:
