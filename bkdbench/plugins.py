@@ -207,6 +207,8 @@ class _validated:
         self.what, self.path = what, path
 
     def __enter__(self):
+        for registry in ("bkdbench.methods", "bkdbench.models", "bkdbench.data", "bkdbench.specs.recipes"):
+            importlib.import_module(registry)  # filled with bkdbench's own names first: what the plugin adds is the rest
         self.saved = {key: dict(table) for key, table in _registries().items()}
         return self
 
@@ -215,8 +217,9 @@ class _validated:
             self._check(exc)
         except BaseException:
             for key, table in _registries().items():  # a refused plugin leaves no name behind
-                table.clear()
-                table.update(self.saved.get(key, {}))
+                if key in self.saved:  # a registry first imported by the plugin holds only bkdbench's names
+                    table.clear()
+                    table.update(self.saved[key])
             raise
         return False
 

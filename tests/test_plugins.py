@@ -157,3 +157,61 @@ def test_leaderboard_row_and_retrain_command_name_the_plugin(tmp_path):
     assert rows.plugins[0] == f"plug_train@{sha16(path.read_bytes())}"
     assert "--plugin plug_train " in retrain_command(rows.iloc[0])
     assert not (tmp_path / "__pycache__").exists()  # the loader writes nothing next to the user's file
+
+
+def install_distribution(site: Path, dist: str, package: str, init: str) -> Path:
+    """A throw-away distribution installed by hand into ``site``: the package and a dist-info with a
+    ``bkdbench.plugins`` entry point, as pip would leave them."""
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(init)
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[bkdbench.plugins]\n{package} = {package}\n")
+    (info / "RECORD").write_text("")
+    return site / package
+
+
+def test_an_installed_entry_point_is_seen_with_no_plugin_option(tmp_path):
+    site = tmp_path / "site"
+    package = install_distribution(site, "plug-lab", "plug_lab", METHOD.format(name="plug-lab", needs_teacher=False))
+    env = cli_env(PYTHONPATH=f"{Path(__file__).parents[1]}:{site}")
+    listed = run_cli(["methods"], env=env, folder=tmp_path)
+    digest = sha16(b"__init__.py\0", (package / "__init__.py").read_bytes(), b"\0")
+    assert listed.returncode == 0 and f"plug_lab@{digest}" in listed.stdout, listed.stdout + listed.stderr
+    results = tmp_path / "results"
+    out = run_cli(["train", "--method", "plug-lab", "--epochs", "1", "--results", results], env=env, folder=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    from bkdbench.leaderboard.store import read_rows
+
+    rows, _ = read_rows(results / "leaderboard")
+    assert list(rows.method) == ["plug-lab"] and list(rows.plugins) == [f"plug_lab@{digest}"]
+
+
+def test_an_entry_point_that_fails_names_its_distribution(tmp_path):
+    site = tmp_path / "site"
+    install_distribution(site, "plug-broken", "plug_broken", "import os\nraise ImportError('needs libfoo')\n")
+    env = cli_env(PYTHONPATH=f"{Path(__file__).parents[1]}:{site}")
+    out = run_cli(["train", "--epochs", "1"], env=env, folder=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    line = out.stderr.strip()
+    assert "distribution plug-broken" in line and "ImportError: needs libfoo" in line and "line 2" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # nothing written
+
+
+def test_the_scaffold_passes_its_own_test_and_trains(tmp_path):
+    out = run_cli(["new", "method", "my-loss", "--dir", tmp_path / "mine"], folder=tmp_path)
+    assert out.returncode == 0, out.stderr
+    mine = tmp_path / "mine"
+    assert sorted(p.name for p in mine.iterdir()) == ["my-loss.yaml", "my_loss.py", "test_my_loss.py"]
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_loss.py"],
+                            cwd=mine, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert tested.returncode == 0 and "1 passed" in tested.stdout, tested.stdout + tested.stderr
+    results = tmp_path / "results"
+    out = run_cli(["train", "--plugin", mine / "my_loss.py", "--method", "my-loss", "--epochs", "1",
+                   "--results", results], folder=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    from bkdbench.specs.search_spaces import load_space
+
+    space, _ = load_space("my-loss", str(mine / "my-loss.yaml"))  # its `plugins:` brings the method
+    assert list(space.params) == ["smoothing"]
