@@ -84,7 +84,8 @@ def run(
     show_decoding_progress()  # a large benchmark's first load decodes its store: a bar with images/s
     try:
         s = load_suite(suite).with_methods(with_method)
-        specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=method, seeds=seeds, epochs=epochs,
+        methods = [*method, *with_method] if method else None  # --method filters the suite's, not the added ones
+        specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=methods, seeds=seeds, epochs=epochs,
                          data_dir=data_dir, split=parse_split(split))
         if not specs:
             fail(_no_runs(s, dataset, parse_imbalances(imbalance), method))
