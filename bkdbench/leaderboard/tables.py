@@ -140,9 +140,9 @@ def retrain_command(row) -> str:
     parts += ["--epochs", str(int(row["epochs"]))]
     if row.get("split") == "reference":  # the default is every-class
         parts += ["--split", "reference"]
-    for ref in (row.get("plugins") or "").split(","):  # outside code: by module name (a path works as well)
-        if ref.strip() and isinstance(row.get("plugins"), str):
-            parts += ["--plugin", ref.partition("@")[0].strip()]
+    plugins = row.get("plugins")
+    for ref in plugins.split(",") if isinstance(plugins, str) else ():  # outside code, by module name
+        parts += ["--plugin", ref.partition("@")[0].strip()]
     for name, value in sorted((_json_or_none(row.get("params")) or {}).items()):
         if name == "classes":  # a class-subset teacher: trained by its student's run, not on its own
             continue
