@@ -215,3 +215,25 @@ def test_the_scaffold_passes_its_own_test_and_trains(tmp_path):
 
     space, _ = load_space("my-loss", str(mine / "my-loss.yaml"))  # its `plugins:` brings the method
     assert list(space.params) == ["smoothing"]
+
+
+def test_the_report_shows_the_plugin_in_the_provenance_and_old_rows_read(tmp_path):
+    """A row with a plugins value and one written before the column existed, in one report (no torch)."""
+    import pyarrow.parquet as pq
+
+    from bkdbench.cli.app import app
+    from bkdbench.leaderboard.store import write_row
+    from bkdbench.paths import leaderboard_dir
+    from helpers.report_rows import row
+    from typer.testing import CliRunner
+
+    board = leaderboard_dir(tmp_path)
+    write_row(board, row("mine-s0", "my-loss", 0, 70.0, plugins="my_loss@0123456789abcdef"))
+    old = write_row(board, row("ce-s0", "ce", 0, 60.0))
+    pq.write_table(pq.read_table(old).drop_columns(["plugins"]), old)  # as the store wrote it before plugins
+    out = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "page")])
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "plugins <code>my_loss@0123456789abcdef</code>" in page
+    assert "--method my-loss --seed 0 --data-seed 0 --model digits-cnn --recipe small --epochs 3 --plugin my_loss" in page
+    assert page.count("--plugin") == 1  # the CE row has none
