@@ -111,11 +111,8 @@ def load_entry_points() -> list[Plugin]:
     out = []
     for ep in entry_points(group=GROUP):
         dist = getattr(ep.dist, "name", None) or "an unknown distribution"
-        top = ep.module.split(".")[0]
         try:
-            out.append(_load_module(top, origin=f"entry point of {dist}"))
-            if ep.module != top:
-                importlib.import_module(ep.module)
+            out.append(_load_module(ep.module, origin=f"entry point of {dist}"))  # keyed by its top-level package
             if ep.attr:  # "pkg.mod:setup": a function to call once imported
                 ep.load()()
         except PluginError as exc:
@@ -181,9 +178,11 @@ def _load_module(name: str, *, origin: str) -> Plugin:
     if top in _LOADED:
         importlib.import_module(name)
         return _LOADED[top]
+    if top == "bkdbench":
+        raise PluginError(f"plugin {name}: bkdbench's own modules are loaded already; a plugin is your code")
     with _validated(f"plugin module {name}", None):
         try:
-            module = importlib.import_module(name)
+            importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name and name.startswith(exc.name):
                 for near in (Path(f"{name}.py"), Path(name) / "__init__.py"):  # a retrain command's bare name
