@@ -12,8 +12,8 @@ from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.options import (CheckpointEveryOpt, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt,
-                                  note_reference_split, parse_imbalances, parse_split, parse_tracking, start_tracking, use_plugins, use_pretrained,
-                                  use_splits)
+                                  note_reference_split, parse_imbalances, parse_split, parse_tracking, start_tracking,
+                                  use_plugins, use_pretrained, use_splits)
 
 
 def register(app: typer.Typer) -> None:

@@ -85,8 +85,8 @@ def run(
     try:
         s = load_suite(suite).with_methods(with_method)
         methods = [*method, *with_method] if method else None  # --method filters the suite's, not the added ones
-        specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=methods, seeds=seeds, epochs=epochs,
-                         data_dir=data_dir, split=parse_split(split))
+        specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=methods, seeds=seeds,
+                         epochs=epochs, data_dir=data_dir, split=parse_split(split))
         if not specs:
             fail(_no_runs(s, dataset, parse_imbalances(imbalance), method))
         specs = use_pretrained(pretrained, specs, data_dir)
