@@ -261,3 +261,12 @@ def test_the_report_shows_the_plugin_in_the_provenance_and_old_rows_read(tmp_pat
     assert "plugins <code>my_loss@0123456789abcdef</code>" in page
     assert "--method my-loss --seed 0 --data-seed 0 --model digits-cnn --recipe small --epochs 3 --plugin my_loss" in page
     assert page.count("--plugin") == 1  # the CE row has none
+
+
+def test_a_sweep_of_an_edited_plugin_is_another_sweep():
+    from bkdbench.orchestrate.sweeps.driver import SweepConfig
+
+    base = dict(method="bkd", dataset="digits", imbalance=10.0, space_file="x.yaml", space_hash="0123456789ab")
+    assert SweepConfig(**base).sweep_id == SweepConfig(**base, plugins=None).sweep_id  # built-in: as before
+    ids = {SweepConfig(**base, plugins=p).sweep_id for p in (None, "mine@0000000000000000", "mine@1111111111111111")}
+    assert len(ids) == 3

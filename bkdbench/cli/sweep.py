@@ -115,7 +115,7 @@ def sweep(
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
                       epochs=base.epochs, data_seed=base.data_seed, split=base.split, data_key=base.data_key,
-                      pretrained=base.pretrained)
+                      pretrained=base.pretrained, plugins=",".join(base.plugins) if base.plugins else None)
     folder = sweep_dir(root, cfg.sweep_id)
     study = open_study(cfg.sweep_id, folder, optuna_storage)
     if study.get_trials(deepcopy=False) and not resume:
