@@ -46,6 +46,7 @@ BAD = [
     (["sweep", "my-methd"], ["unknown method 'my-methd'", "bkd"]),
     (["sweep", "plug-space", "--space", "space.yaml"], ["space.yaml", "key 'plugins'", "no such file"]),
     (["ablate", "bkd", "--grid", "alpha=1,2", "--plugin", "no_loss_bad.py"], ["neither loss() nor train_step()"]),
+    (["bench", "--quick", "--plugin", "nowhere.py"], ["no such file or folder"]),
     (["suites", "--plugin", "nowhere.py"], ["no such file or folder"]),
     (["data", "list", "--plugin", "nowhere.py"], ["no such file or folder"]),
     (["methods", "--plugin", "clash_bad.py"], ["'bkd' is already registered by"]),
