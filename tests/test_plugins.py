@@ -270,3 +270,23 @@ def test_a_sweep_of_an_edited_plugin_is_another_sweep():
     assert SweepConfig(**base).sweep_id == SweepConfig(**base, plugins=None).sweep_id  # built-in: as before
     ids = {SweepConfig(**base, plugins=p).sweep_id for p in (None, "mine@0000000000000000", "mine@1111111111111111")}
     assert len(ids) == 3
+
+
+@pytest.mark.parametrize("same_code", [True, False])
+def test_a_trial_imports_forwarded_plugins_on_a_registry_miss_and_checks_their_digest(tmp_path, monkeypatch,
+                                                                                       same_code):
+    """What a Ray trial does (the driver forwards module@digest; py_modules or the node's installation
+    makes the module importable by name): here the folder on sys.path stands in for py_modules."""
+    from bkdbench.methods import method_class
+    from bkdbench.plugins import FORWARD_ENV, PluginError
+
+    module = f"plug_fwd_{same_code}".lower()
+    path = write_method(tmp_path, module, f"plug-fwd-{same_code}".lower())
+    digest = sha16(path.read_bytes()) if same_code else "0" * 16
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(FORWARD_ENV, f"{module}@{digest}")
+    if same_code:
+        assert method_class(f"plug-fwd-{same_code}".lower()).__module__ == module
+    else:
+        with pytest.raises(PluginError, match=f"has digest {sha16(path.read_bytes())}, the run expects 0000"):
+            method_class("plug-fwd-false")
