@@ -74,7 +74,7 @@ BAD = [
     (["train", "--dataset", "imagenet-lt"], ["imagenet-lt needs its images", "--data-dir"]),
     (["train", "--dataset", "places-lt", "--data-dir", "nowhere"], ["places-lt", "nowhere does not exist"]),
     # sweep
-    (["sweep", "nosuch"], ["no search space for 'nosuch'", "bkd"]),
+    (["sweep", "nosuch"], ["unknown method 'nosuch'", "bkd"]),  # neither registered (plugins included) nor a shipped space
     (["sweep", "bkd", "--dataset", "nosuch"], ["unknown dataset 'nosuch'"]),
     (["sweep", "bkd", "--sampler", "nope"], ["unknown sampler 'nope'", "tpe"]),
     (["sweep", "bkd", "--scheduler", "nope"], ["unknown scheduler 'nope'", "asha"]),

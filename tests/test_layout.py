@@ -141,7 +141,7 @@ def test_no_import_runs_back_up_a_layer():
 
 def test_the_package_top_level_holds_only_shared_modules_and_layer_folders():
     files = {p.stem for p in PACKAGE.glob("*.py")}
-    assert files == {"__init__", "__main__", "storage", "paths", "provenance"}
+    assert files == {"__init__", "__main__", "storage", "paths", "provenance", "plugins"}
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert folders == set(LAYER_OF_FOLDER) | {"suites"}
 

@@ -200,7 +200,7 @@ def cli(monkeypatch, tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["bkd", "--sampler", "foo"], "unknown sampler 'foo'; choose one of: tpe, gp, cmaes, random"),
     (["bkd", "--scheduler", "foo"], "unknown scheduler 'foo'; choose one of: asha, none"),
-    (["nope"], "no search space for 'nope'"),
+    (["nope"], "unknown method 'nope'"),  # neither registered (plugins included) nor a space: the methods there are
     (["ce"], "no search space for 'ce'"),
     (["bkd", "--dataset", "nope"], "unknown dataset 'nope'"),
     (["bkd", "--imbalance", "0.5"], "imbalance factor must be"),

@@ -13,8 +13,9 @@ from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.foundation import TeacherOpt, WeightsOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
-from bkdbench.cli.options import (CheckpointEveryOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
-                                  parse_imbalances, parse_split, parse_tracking, start_tracking, use_pretrained, use_splits)
+from bkdbench.cli.options import (CheckpointEveryOpt, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt,
+                                  note_reference_split, parse_imbalances, parse_split, parse_tracking, start_tracking,
+                                  use_plugins, use_pretrained, use_splits)
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +50,7 @@ def ablate(
     tracking: Optional[str] = TrackingOpt,
     teacher: Optional[str] = TeacherOpt,
     weights: Optional[str] = WeightsOpt,
+    plugin: list[str] = PluginOpt,
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). See docs/cluster.md."),
 ):
     """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
@@ -62,6 +64,7 @@ def ablate(
 
     if pack < 1:
         fail(f"--pack must be at least 1 (got {pack}); 1 trains every run in its own trial")
+    use_plugins(plugin)
     tracker = parse_tracking(tracking)
     use_splits(splits)
     try:

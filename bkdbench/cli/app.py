@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from bkdbench.cli import ablate, bench, data, report, results, run, sweep, train
+from bkdbench.cli import ablate, bench, data, plugins, report, results, run, sweep, train
 
 app = typer.Typer(
     help="Benchmarks and hyperparameter search for long-tailed image classification (BKD and baselines).",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for group in (data, train, run, sweep, ablate, results, report, bench):  # the order of `bkdbench --help`
+for group in (data, train, run, sweep, ablate, results, report, bench, plugins):  # the order of `bkdbench --help`
     group.register(app)
 
 

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import check_device, console, fail, note
+from bkdbench.cli.options import PluginOpt, use_plugins
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +33,7 @@ def bench(
     compile: bool = typer.Option(False, "--compile", help="Also measure bkdbench with torch.compile (compilation time excluded, reported)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: torch's choice)."),
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results folder or s3://, gs:// URI (default $BKDBENCH_RESULTS or ./results); the JSON goes to <results>/bench/."),
+    plugin: list[str] = PluginOpt,
 ):
     """Training images/s, seconds per CIFAR-100-LT IF100 epoch and peak memory: a reference-style
     DataLoader pipeline against bkdbench's, alternated in one process; also BKD with a teacher and K
@@ -39,6 +41,7 @@ def bench(
     from bkdbench.leaderboard.store import LeaderboardError, check_writable
     from bkdbench.paths import results_dir
 
+    use_plugins(plugin)  # e.g. a model registered by a plugin, for the same checks as every command
     if quick and full:
         fail("--quick and --full exclude each other")
     if dataset not in DATASETS:

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from bkdbench.cli.console import console, fail
-from bkdbench.cli.options import DataDirOpt, SplitsOpt, use_splits
+from bkdbench.cli.options import DataDirOpt, PluginOpt, SplitsOpt, use_plugins, use_splits
 
 data_app = typer.Typer(help="Datasets: what is available here, and explicit downloads.", no_args_is_help=True)
 
@@ -17,12 +17,13 @@ def register(app: typer.Typer) -> None:
 
 
 @data_app.command("list")
-def data_list(data_dir: Optional[Path] = DataDirOpt, splits: Optional[Path] = SplitsOpt):
+def data_list(data_dir: Optional[Path] = DataDirOpt, splits: Optional[Path] = SplitsOpt, plugin: list[str] = PluginOpt):
     """Every dataset, whether it is available here, and where it looked. ImageNet-LT, Places-LT and
     iNat18 read the decoupling code's split lists (facebookresearch/classifier-balancing, data/<set>/):
     --data-dir is the image root their paths are relative to; the lists go in DATA_DIR/splits/ or
     --splits DIR (docs/large-benchmarks.md)."""
     use_splits(splits)
+    use_plugins(plugin)  # datasets of your own are listed with the rest
     from rich.table import Table
 
     from bkdbench.data import dataset_names, get_dataset

@@ -21,6 +21,20 @@ SplitsOpt = typer.Option(None, "--splits", help="Folder with the split lists of 
 PretrainedOpt = typer.Option(None, "--pretrained", help="Start every run (and its teachers) from this state dict, e.g. "
                              "ImageNet weights for Places-LT; its classifier is kept only if its shape fits. Its content "
                              "key joins the run id. On a cluster, a path every node sees.")
+PluginOpt = typer.Option([], "--plugin", help="Your own method, model, dataset or recipe: a .py file, a package folder or "
+                         "a module name (repeatable; also $BKDBENCH_PLUGINS and installed `bkdbench.plugins` entry "
+                         "points). See docs/plugins.md.")
+
+
+def use_plugins(specs=(), *, base=None) -> list:
+    """Import the user's plugins (entry points, $BKDBENCH_PLUGINS, then ``specs``) before any name is
+    looked up; a bad one is one line and exit 2. Ray trials get them through ``ray_session``."""
+    from bkdbench.plugins import PluginError, load_all, load_everything
+
+    try:
+        return load_everything(specs) if base is None else load_all(specs, base=base)
+    except PluginError as exc:
+        fail(str(exc))
 
 
 def use_splits(path) -> None:

@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from bkdbench.cli.console import console, fail
-from bkdbench.cli.results import (DatasetOpt, ImbalanceOpt, ResultsOpt, SplitFilterOpt, SuiteOpt, _check_split,
-                                  _load, _say_empty)
+from bkdbench.cli.results import (DatasetOpt, ImbalanceOpt, ResultsOpt, SplitFilterOpt, SuiteOpt, _check_known,
+                                  _check_split, _load, _say_empty)
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +44,7 @@ def report(
                    split=split)
     record = _sweep_record(results, sweep) if sweep else None
     folder, rows = _load(results, **filters)
+    _check_known(folder, [method, baseline])
     if record is not None:
         finals = record["final_runs"]
         rows = rows[rows["run_id"].isin(finals["tuned"] + finals["default"])].reset_index(drop=True)
@@ -52,7 +53,7 @@ def report(
         shown = dict(suite=suite, dataset=dataset, imbalance_factor=imbalance, method=method, ablation=ablation,
                      sweep=sweep)
         _say_empty(folder, **shown)
-        return
+        raise typer.Exit(1)  # no page: a script that goes on to open it must know
 
     from bkdbench.leaderboard.report import prepare_folder, write_report
 

@@ -90,6 +90,17 @@ def _say_empty(folder, **filters) -> None:
                     markup=False, highlight=False, soft_wrap=True)
 
 
+def _check_known(folder, names) -> None:
+    """Each of ``names`` is a method or label with runs in the results, or it is one line and exit 2
+    naming the close matches and the methods present. Names come from the rows only: reading them
+    imports no method, plugin or torch."""
+    from bkdbench.leaderboard.aggregate import unknown_names
+
+    problem = unknown_names(folder, [n for n in names if n])
+    if problem:
+        _fail(problem)
+
+
 def _check_metric(metric: str) -> None:
     from bkdbench.leaderboard.aggregate import check_metric
 
@@ -121,6 +132,7 @@ def leaderboard(suite: SuiteOpt = None, dataset: DatasetOpt = None, imbalance: I
             _fail(str(exc))
     filters = dict(suite=suite, dataset=dataset, imbalance_factor=imbalance, method=method, split=split)
     folder, rows = _load(results, **filters)
+    _check_known(folder, [method])
     if published:
         _show_versus(folder, rows, metric, fmt, filters)
         return
@@ -170,12 +182,13 @@ def _show_versus(folder, rows, metric: str, fmt: str, filters: dict) -> None:
 def compare(a: Annotated[str, typer.Argument(help="Method or label, e.g. bkd.")],
             b: Annotated[str, typer.Argument(help="Method or label to compare against.")],
             dataset: DatasetOpt = None, imbalance: ImbalanceOpt = None,
-            metric: MetricOpt = "top1", results: ResultsOpt = None) -> None:
+            metric: MetricOpt = "top1", results: ResultsOpt = None, suite: SuiteOpt = None) -> None:
     """Paired comparison A − B by seed, with a 95% confidence interval, per dataset and IF."""
     _check_metric(metric)
-    folder, rows = _load(results, dataset=dataset, imbalance_factor=imbalance)
+    folder, rows = _load(results, dataset=dataset, imbalance_factor=imbalance, suite=suite)
+    _check_known(folder, [a, b])
     if not (rows["status"] == "finished").any():
-        _say_empty(folder, dataset=dataset, imbalance_factor=imbalance)
+        _say_empty(folder, dataset=dataset, imbalance_factor=imbalance, suite=suite)
         return
 
     from bkdbench.leaderboard.aggregate import paired_difference

@@ -11,8 +11,9 @@ from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import (CheckpointEveryOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
-                                  parse_imbalances, parse_split, parse_tracking, start_tracking, use_pretrained, use_splits)
+from bkdbench.cli.options import (CheckpointEveryOpt, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
+                                  parse_imbalances, parse_split, parse_tracking, start_tracking, use_plugins, use_pretrained,
+                                  use_splits)
 
 AUTO_PACK = 4  # students per trial by default (docs/performance.md: what packing saves, on CPU and for the demo)
 SuiteOpt = typer.Option("digits-lt", "--suite", "-s", help="Suite name (see `bkdbench suites`) or a YAML file.")
@@ -23,8 +24,9 @@ def register(app: typer.Typer) -> None:
     app.command("suites")(suites)
 
 
-def suites():
+def suites(plugin: list[str] = PluginOpt):
     """List the shipped suites with their size (runs) and where they are meant to run."""
+    use_plugins(plugin)  # a plugin may bring datasets and recipes the suites name
     from rich.table import Table
 
     from bkdbench.specs.suites import load_suite, suite_names
@@ -62,6 +64,9 @@ def run(
     split: Optional[str] = SplitOpt,
     select: str = typer.Option("last", "--select", help="Which epoch's weights each run keeps and reports: last "
                                "(default) or best-val (the best validation epoch, as Kang et al.)."),
+    with_method: list[str] = typer.Option([], "--with-method", help="Also run this method (yours, from --plugin) on every "
+                                          "dataset, imbalance factor and seed of the suite, teachers as usual (repeatable)."),
+    plugin: list[str] = PluginOpt,
     workers_per_trial: Optional[int] = typer.Option(None, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP; NCCL on GPUs, gloo on CPU): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). Default: the suite's workers_per_trial (1). See docs/cluster.md."),
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
@@ -80,15 +85,17 @@ def run(
         asked_gpus = parse_gpus(gpus_per_trial)
     except ValueError as exc:
         fail(str(exc))
+    use_plugins(plugin)
     tracker = parse_tracking(tracking)
     use_splits(splits)
     from bkdbench.cli.decoding import show_decoding_progress
 
     show_decoding_progress()  # a large benchmark's first load decodes its store: a bar with images/s
     try:
-        s = load_suite(suite)
-        specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=method, seeds=seeds, epochs=epochs,
-                         data_dir=data_dir, split=parse_split(split), select=select)
+        s = load_suite(suite).with_methods(with_method)
+        methods = [*method, *with_method] if method else None  # --method filters the suite's, not the added ones
+        specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=methods, seeds=seeds,
+                         epochs=epochs, data_dir=data_dir, split=parse_split(split), select=select)
         if not specs:
             fail(_no_runs(s, dataset, parse_imbalances(imbalance), method))
         specs = use_pretrained(pretrained, specs, data_dir)

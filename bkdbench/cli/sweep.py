@@ -12,8 +12,8 @@ from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
-from bkdbench.cli.options import (PretrainedOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
-                                  start_tracking, use_pretrained, use_splits)
+from bkdbench.cli.options import (PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
+                                  start_tracking, use_plugins, use_pretrained, use_splits)
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +50,7 @@ def sweep(
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = typer.Option(None, "--tracking", help="Mirror the teacher, the search trials (not packed "
                                            "ones) and the final test runs to mlflow[:URI] or wandb[:PROJECT]."),
+    plugin: list[str] = PluginOpt,
 ):
     """Search a method's parameters with Optuna on Ray Tune (validation only), then test the best."""
     from bkdbench.orchestrate.devices import DeviceRefused, parse_gpus
@@ -73,6 +74,7 @@ def sweep(
     from bkdbench.specs.search_spaces import SpaceError, load_space
     from bkdbench.specs import SpecError, make_spec
 
+    use_plugins(plugin)
     tracker = parse_tracking(tracking)
     use_splits(splits)
     if pack < 1:
@@ -88,6 +90,10 @@ def sweep(
             raise ValueError(f"unknown sampler {sampler!r}; choose one of: tpe, gp, cmaes, random")
         if scheduler not in ("asha", "none"):
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of: asha, none")
+        if space is None:  # a user's file may bring the method (its `plugins:`); the shipped ones cannot
+            from bkdbench.methods import method_class
+
+            method_class(method)  # an unknown name: its close matches and the methods there are
         space_def, space_file = load_space(method, str(space) if space else None)
         base = make_spec(dataset, imbalance, method, seed=seed, epochs=epochs, params=space_def.fixed, data_dir=data_dir,
                          split=parse_split(split) or "every-class")
@@ -113,7 +119,7 @@ def sweep(
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
                       epochs=base.epochs, data_seed=base.data_seed, split=base.split, data_key=base.data_key,
-                      pretrained=base.pretrained)
+                      pretrained=base.pretrained, plugins=",".join(base.plugins) if base.plugins else None)
     folder = sweep_dir(root, cfg.sweep_id)
     devices = DevicePlan([base], asked_gpus, workers_per_trial, wait_for_resources)
     try:

@@ -8,9 +8,9 @@ import typer
 
 from bkdbench.cli.console import check_device as _check_device, console, fail, note
 from bkdbench.cli.foundation import ClassNamesOpt, TeacherOpt, WeightsOpt
-from bkdbench.cli.options import (DataDirOpt, PretrainedOpt, ResultsOpt, SplitOpt, SplitsOpt, TrackingOpt, method_params,
+from bkdbench.cli.options import (DataDirOpt, PluginOpt, PretrainedOpt, ResultsOpt, SplitOpt, SplitsOpt, TrackingOpt, method_params,
                                   note_reference_split, parse_split, parse_tracking, start_tracking, use_pretrained,
-                                  use_splits)
+                                  use_plugins, use_splits)
 
 
 def register(app: typer.Typer) -> None:
@@ -53,8 +53,10 @@ def train(
     weights: Optional[str] = WeightsOpt,
     classnames: Optional[Path] = ClassNamesOpt,
     teacher: Optional[str] = TeacherOpt,
+    plugin: list[str] = PluginOpt,
 ):
     """Train one run (no Ray): its teacher first if it needs one, then the run; record both."""
+    use_plugins(plugin)
     from bkdbench.data import DataError, dataset_info
     from bkdbench.leaderboard.store import LeaderboardError, check_writable, finished_run_ids, read_rows
     from bkdbench.paths import leaderboard_dir, results_dir, teachers_dir

@@ -66,12 +66,35 @@ class DatasetInfo:
 _REGISTRY: dict[str, DatasetInfo] = {}
 
 
+_ORIGIN: dict[str, tuple[str, str]] = {}  # name -> (module, file) that registered it
+
+
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    import sys
+
+    caller = sys._getframe(1).f_globals  # the dataset's own file: named in a clash, and a plugin's identity
+    origin = (caller.get("__name__", "?"), caller.get("__file__", "?"))
+    known = _ORIGIN.get(info.name)
+    if info.name in _REGISTRY and known != origin:
+        where = lambda o: f"{o[0]} ({o[1]})"  # noqa: E731
+        raise DataError(f"dataset '{info.name}' is already registered by {where(known)}; {where(origin)} registers it "
+                        "again: choose another name")
     _REGISTRY[info.name] = info
+    _ORIGIN[info.name] = origin
     return info
 
 
+def dataset_module(name: str) -> Optional[str]:
+    """The module that registered dataset ``name`` (a plugin's, or bkdbench's)."""
+    return _ORIGIN.get(name, (None,))[0]
+
+
 def get_dataset(name: str) -> DatasetInfo:
+    if name not in _REGISTRY:
+        from bkdbench.plugins import import_on_miss
+
+        if import_on_miss():
+            return get_dataset(name)
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -239,3 +239,23 @@ def _pair_stats(data, factor, group, metric, diffs: np.ndarray) -> dict:
             "mean_a": float(group[f"{metric}_a"].mean()), "mean_b": float(group[f"{metric}_b"].mean()),
             "mean_diff": mean, "sd_diff": sd, "ci_low": low, "ci_high": high,
             "diffs": diffs.tolist()}
+
+
+def unknown_names(folder, names: list[str]) -> str | None:
+    """One line for the first of ``names`` that is neither a method nor a label with finished runs in
+    the leaderboard ``folder`` (its close matches and the methods present), or None when all are."""
+    import difflib
+
+    from .store import read_rows
+
+    rows, _ = read_rows(folder)
+    rows = rows[rows["status"] == "finished"]
+    methods = sorted(set(rows["method"].dropna()))
+    known = set(methods) | set(with_labels(rows)["label"]) if not rows.empty else set()
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
+            hint = f"close matches: {', '.join(close)}; " if close else ""
+            return (f"no finished runs for {name!r} in {folder} ({hint}methods present: {', '.join(methods) or 'none'}); "
+                    f"a method with no runs yet needs `bkdbench train --method {name}` or `bkdbench run` first")
+    return None

@@ -114,6 +114,8 @@ SCHEMA = pa.schema([
     pa.field("weights", pa.string()),
     pa.field("seen_in1k", pa.bool_()),
     pa.field("teacher", pa.string()),
+    # The outside code the run used (bkdbench.plugins): "module@digest", comma-separated; null: built in only.
+    pa.field("plugins", pa.string()),
 ])
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 LEGACY_SPLIT = "reference"  # the split of every row written before the ``split`` column existed

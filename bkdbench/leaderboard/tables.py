@@ -90,7 +90,8 @@ def _comparison(a: str, b: str, r, metric: str) -> dict:
 # Provenance shown for each run; the full row (spec, recipe, history) is in the page's runs.json.
 RUN_FIELDS = ("run_id", "status", "dataset", "imbalance_factor", "method", "seed", "data_seed", "model", "epochs",
               "top1", "val_top1", "top1_best_epoch", "suite", "sweep_id", "ablation_id", "teacher_run_id", "device",
-              "host", "bkdbench_version", "git_sha", "torch_version", "started_at", "finished_at", "train_seconds")
+              "host", "bkdbench_version", "git_sha", "torch_version", "started_at", "finished_at", "train_seconds",
+              "plugins")
 
 
 def _plain(value):
@@ -141,6 +142,9 @@ def retrain_command(row) -> str:
         parts += ["--split", "reference"]
     if row.get("select") == "best-val":  # the default keeps the last epoch
         parts += ["--select", "best-val"]
+    plugins = row.get("plugins")
+    for ref in plugins.split(",") if isinstance(plugins, str) else ():  # outside code, by module name
+        parts += ["--plugin", ref.partition("@")[0].strip()]
     for name, value in sorted((_json_or_none(row.get("params")) or {}).items()):
         if name == "classes":  # a class-subset teacher: trained by its student's run, not on its own
             continue

@@ -242,13 +242,33 @@ def register(name: str):
     """Class decorator: register a `Method` subclass under `name` (and set its `name`)."""
 
     def decorate(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise MethodError(f"method '{name}' is already registered by {_REGISTRY[name].__qualname__}")
+        known = _REGISTRY.get(name)
+        if known is not None and known is not cls and _where(known) != _where(cls):
+            raise MethodError(f"method '{name}' is already registered by {_where(known)}; {_where(cls)} registers "
+                              "it again: choose another name")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
 
     return decorate
+
+
+def _where(obj) -> str:
+    """``module.Class (file)``: where a registered part was defined, for a clash's message."""
+    import inspect
+
+    try:
+        file = inspect.getsourcefile(obj) or "?"
+    except TypeError:
+        file = "?"
+    return f"{obj.__module__}.{obj.__qualname__} ({file})"
+
+
+def _plugins_on_miss() -> bool:
+    """In a Ray trial, an unknown name may be a forwarded plugin's: import them and look again."""
+    from bkdbench.plugins import import_on_miss
+
+    return import_on_miss()
 
 
 def teacher_methods() -> set[str]:
@@ -265,6 +285,8 @@ def names() -> list[str]:
 
 def method_class(name: str) -> type[Method]:
     """The class registered under `name`; a MethodError lists the valid names otherwise."""
+    if isinstance(name, str) and name not in _REGISTRY and _plugins_on_miss():
+        return method_class(name)
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):

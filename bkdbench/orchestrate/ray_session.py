@@ -42,8 +42,14 @@ def ray_session(address: Optional[str] = None, log_file: Optional[Path] = None,
     # still fails, after this long
     os.environ.setdefault(TRAIN_START_TIMEOUT, "600")
     forwarded = {name: os.environ[name] for name in trial_env_names() if os.environ.get(name)}
+    from ..plugins import forward
+
+    plugin_env, py_modules = forward()  # a user's plugins: imported by every trial, path ones shipped with the job
+    forwarded.update(plugin_env)
     if forwarded:  # --tracking, --splits, --pretrained reach trials on every node
         kwargs["runtime_env"] = {"env_vars": forwarded}
+    if py_modules:
+        kwargs["runtime_env"] = {**kwargs.get("runtime_env", {}), "py_modules": py_modules}
     # "local": always a private instance. Plain None would join any cluster `ray start` left
     # recorded in /tmp/ray (even a dead one, and then hang); joining is what --address is for.
     try:

@@ -136,8 +136,37 @@ def with_milestones(name: str, fractions: tuple[float, float]) -> str:
     return f"{name.split(MILESTONES)[0]}{MILESTONES}{fractions[0]:g},{fractions[1]:g}"
 
 
+_ORIGIN: dict[str, str] = {}  # recipes registered from outside: name -> module
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Add a recipe (a plugin's): a name that exists already is refused, naming both places."""
+    import sys
+
+    caller = sys._getframe(1).f_globals
+    origin = f"{caller.get('__name__', '?')} ({caller.get('__file__', '?')})"
+    if recipe.name in RECIPES and _ORIGIN.get(recipe.name) != origin:
+        known = _ORIGIN.get(recipe.name, f"{__name__} ({__file__})")
+        raise RecipeError(f"recipe '{recipe.name}' is already registered by {known}; {origin} registers it again: "
+                          "choose another name")
+    RECIPES[recipe.name] = recipe
+    _ORIGIN[recipe.name] = origin
+    return recipe
+
+
+def recipe_module(name: str) -> str | None:
+    """The module that registered recipe ``name`` (None for the recipes above)."""
+    origin = _ORIGIN.get(name.partition(MILESTONES)[0])
+    return origin.split(" ")[0] if origin else None
+
+
 def get_recipe(name: str) -> Recipe:
     base, _, moved = name.partition(MILESTONES)
+    if base not in RECIPES:
+        from bkdbench.plugins import import_on_miss
+
+        if import_on_miss():
+            return get_recipe(name)
     if base not in RECIPES:
         raise RecipeError(f"unknown recipe {name!r}; choose one of: {', '.join(sorted(RECIPES))}")
     if not moved:

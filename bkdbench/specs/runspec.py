@@ -90,6 +90,9 @@ class RunSpec(BaseModel):
     # A foundation model's starting weights (models/foundation.py): the named tag, "none" or
     # "file:<content key>"; None for every other model (left out of the canonical JSON).
     weights: Optional[str] = Field(None, pattern=r"^(none|file:[0-9a-f]{16}|[A-Za-z0-9_.-]+)$")
+    # "module@digest" of each plugin whose method, model, dataset or recipe this run uses (bkdbench.plugins);
+    # None: built-in parts only, left out of the canonical JSON so those run ids stay what they were
+    plugins: Optional[tuple[str, ...]] = None
     protocol: Literal[2] = 2  # PROTOCOL (module docstring): part of the run id, never set by hand
 
     @field_validator("params")
@@ -140,7 +143,8 @@ class RunSpec(BaseModel):
         return list(out.values())
 
 
-_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained", "select", "weights")  # fields added later: absent keeps older run ids unchanged
+_OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained", "select", "weights",
+                      "plugins")  # fields added later: absent keeps older run ids unchanged
 PROTOCOL = 2  # see the module docstring: bump it (and RunSpec.protocol) when an unchanged spec would train differently
 
 
@@ -252,7 +256,8 @@ def make_spec(
             teachers = cls.teacher_specs(base, resolved)
             teacher = None if teachers else base
         elif needs_teacher and teacher is None:
-            base = RunSpec(method=cls.teacher_method, params=_teacher_params(cls.teacher_method), **common)
+            base = RunSpec(method=cls.teacher_method, params=_teacher_params(cls.teacher_method),
+                           plugins=plugin_refs(cls.teacher_method, model, dataset, rec.name), **common)
             teachers = cls.teacher_specs(base, resolved)  # None: the one default teacher
             teacher = None if teachers else base
         elif needs_teacher and cls.teacher_specs(teacher, resolved):
@@ -277,7 +282,21 @@ def make_spec(
         else:
             common["epochs"] = max(1, round(resolved["stage2_fraction"] * common["epochs"]))
     return RunSpec(method=method, params=resolved, teacher=teacher, teachers=tuple(teachers) if teachers else None,
-                   **common)
+                   plugins=plugin_refs(method, model, dataset, rec.name), **common)
+
+
+def plugin_refs(method: str, model: str, dataset: str, recipe: str) -> Optional[tuple[str, ...]]:
+    """``module@digest`` of the loaded plugins that define any of these parts (None: all built in)."""
+    from bkdbench.plugins import loaded, refs
+
+    if not loaded():
+        return None
+    from bkdbench.data.registry import dataset_module
+    from bkdbench.methods import method_class
+    from bkdbench.models.registry import model_module
+    from bkdbench.specs.recipes import recipe_module
+
+    return refs(method_class(method).__module__, model_module(model), dataset_module(dataset), recipe_module(recipe))
 
 
 def _weights(model: str, method: str, weights: Optional[str]) -> Optional[str]:
@@ -351,17 +370,18 @@ def _resolve_names(info, method, model, recipe, epochs, params):
     from bkdbench.data import DataError
     from bkdbench.methods import MethodError, method_class, validate_params
     from bkdbench.models import ModelError, model_names
+    from bkdbench.models.registry import has_model
     from bkdbench.specs.recipes import RecipeError, get_recipe
 
     try:
         model = model or info.default_model
-        if model not in model_names():
+        if not has_model(model):
             raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(model_names())}")
         merged = {**info.method_defaults.get(method, {}), **(params or {})}
         resolved = validate_params(method, **merged)
         cls = method_class(method)
         resolved = cls.resolve_for_model(resolved, model, merged)  # e.g. DKD's β by student model
-        rec = get_recipe(cls.recipe_for(recipe or getattr(cls, "recipe", None) or info.default_recipe, resolved))  # a method's own recipe (LIFT's) unless one is named  # e.g. DiVE's milestones
+        rec = get_recipe(cls.recipe_for(recipe or getattr(cls, "recipe", None) or info.default_recipe, resolved))  # LIFT's own recipe; DiVE's milestones
         needs_teacher = cls.needs_teacher  # no build: a folder's class count is not known yet
     except (DataError, MethodError, ModelError, RecipeError) as exc:
         raise SpecError(str(exc)) from None
@@ -420,6 +440,7 @@ def spec_columns(spec: RunSpec) -> dict:
         "epochs": spec.epochs, "seed": spec.seed, "split": spec.split, "pretrained": spec.pretrained,
         "teacher_run_id": ",".join(t.run_id for t in spec.all_teachers) or None,
         **_foundation_columns(spec),
+        "plugins": ",".join(spec.plugins) if spec.plugins else None,
     }
 
 

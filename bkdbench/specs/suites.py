@@ -62,6 +62,9 @@ class Suite(BaseModel):
     # Data-parallel workers per trial (`bkdbench run --workers-per-trial`, which overrides it);
     # an execution setting, not part of any run id.
     workers_per_trial: int = Field(1, ge=1)
+    # The user's own code the suite needs (bkdbench.plugins): .py files, package folders (relative to the
+    # suite file) or module names, imported before any name is checked.
+    plugins: list[str] = Field(default_factory=list)
     # The published table the suite targets (bkdbench/leaderboard/published/<name>.yaml): `bkdbench run`
     # ends with our cells beside it (Δ where the protocol matches). Not part of any run id.
     published: Optional[str] = None
@@ -155,6 +158,19 @@ class Suite(BaseModel):
                     if entry.teacher is not None:
                         _check_teacher(entry, dataset, factor, self.profile, self.epochs)
 
+    def with_methods(self, names: list[str]) -> "Suite":
+        """The suite with ``names`` added to its methods (``run --with-method``): each runs on every
+        dataset, imbalance factor and seed, checked like the suite's own."""
+        extra = [n for n in names if n not in {m.method for m in self.method_entries()}]
+        if not extra:
+            return self
+        grown = self.model_copy(update={"methods": [*self.methods, *extra]})
+        try:
+            grown.check()
+        except SpecError as exc:
+            raise SuiteError(f"--with-method: {exc}") from None
+        return grown
+
     def size(self) -> int:
         return len(self.datasets) * len(self.imbalance) * len(self.methods) * len(self.seed_list())
 
@@ -196,6 +212,13 @@ def load_suite(name_or_path: str, *, check_names: bool = True) -> Suite:
                             "a suite file is a mapping of keys (name, datasets, imbalance, methods, ...)")
     if not check_names:
         return suite
+    if suite.plugins:  # before the names are checked: they may be the plugins' own
+        from bkdbench.plugins import PluginError, load_all
+
+        try:
+            load_all(suite.plugins, base=path.parent)
+        except PluginError as exc:
+            raise SuiteError(f"{path}: key 'plugins': {exc}") from None
     try:  # names and parameter ranges of every combination (data is read only when the suite runs)
         suite.check()
     except SpecError as exc:

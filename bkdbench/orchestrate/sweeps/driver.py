@@ -62,6 +62,7 @@ class SweepConfig:
     split: str = "every-class"  # RunSpec.split of every trial and final run
     data_key: Optional[str] = None  # RunSpec.data_key: another image folder is another search
     pretrained: Optional[str] = None  # RunSpec.pretrained: other starting weights are another search
+    plugins: Optional[str] = None  # RunSpec.plugins, joined: an edited plugin method is another search
 
     @property
     def sweep_id(self) -> str:
@@ -69,7 +70,7 @@ class SweepConfig:
         identity = {k: v for k, v in asdict(self).items() if k != "space_file"}  # the content hash counts, not the path
         if identity["split"] == "reference":  # as every sweep made before the field existed: same id
             del identity["split"]
-        for later in ("data_key", "pretrained"):  # None: as before these fields existed
+        for later in ("data_key", "pretrained", "plugins"):  # None: as before these fields existed
             if identity[later] is None:
                 del identity[later]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
