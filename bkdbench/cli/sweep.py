@@ -146,7 +146,7 @@ def sweep(
                     console.print(f"training the shared teacher(s) {', '.join(t.run_id for t in base.all_teachers)} once")
                     run_plan(plan, root, name=f"{cfg.sweep_id}-teacher", tags={}, **kwargs)
 
-            with LiveView(trials) as view:
+            with LiveView(_search_runs(trials, scheduler, budgets, eta)) as view:
                 study = run_search(cfg, space_def, base, root, trials=trials, concurrency=concurrency,
                                    storage_url=optuna_storage, on_event=view.event, pack=pack, **kwargs)
             best = best_trial(study)
@@ -199,7 +199,8 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
     for r in ranked[:10]:
         value = _fmt(r["val_top1"]) + (" *" if r["state"] == "PRUNED" and r["val_top1"] is not None else "")
         table.add_row(str(r["number"]), *[_fmt(r.get(p)) for p in params], value, r["state"])
-    table.caption = "* a pruned trial's last validation value, at the epoch early stopping stopped it"
+    table.caption = ("* a pruned trial's last validation value, " + ("at its last rung's budget" if
+                     record["config"].get("scheduler") == "sh" else "at the epoch early stopping stopped it"))
     console.print(table)
     states = {}
     for r in rows:
@@ -232,6 +233,18 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
 
     for path in plot_sweep(study, mirror(sweep_dir(root, sweep_id))):  # PNGs stay on this machine
         console.print(f"wrote {path}")
+
+
+def _search_runs(trials: int, scheduler: str, budgets: list[int], eta: int) -> int:
+    """Ray trials of the search: one per configuration, or with halving one per configuration and rung."""
+    if scheduler != "sh":
+        return trials
+    from bkdbench.orchestrate.sweeps.halving import keep_count
+
+    total, n = 0, trials
+    for _ in budgets:
+        total, n = total + n, keep_count(n, eta)
+    return total
 
 
 def _fmt(v) -> str:
