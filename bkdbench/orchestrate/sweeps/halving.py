@@ -190,10 +190,9 @@ def run_halving(cfg, space, base: RunSpec, results, *, trials: int, concurrency:
                 on_event=None, pack: int = 1, budgets: list[int], eta: int = DEFAULT_ETA) -> optuna.Study:
     """Run (or continue) one bracket of successive halving over ``budgets``: the open bracket of an
     interrupted sweep, else a new one of the ``trials`` the study still lacks. Returns the study."""
-    from .driver import sweep_dir
     from ..runner import Interrupted, set_listener
 
-    folder = sweep_dir(results, cfg.sweep_id)
+    folder = Location(results) / "sweeps" / cfg.sweep_id  # driver.sweep_dir (imported from there it is a circle)
     study = optuna.create_study(study_name=cfg.sweep_id, storage=study_storage(folder, storage_url),
                                 direction="maximize", load_if_exists=True, sampler=make_sampler(cfg.sampler, cfg.seed))
     members = _open_bracket(study)
