@@ -7,7 +7,6 @@ sweep through Ray and Optuna that is SIGKILLed mid-bracket and resumed."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pytest

@@ -38,7 +38,7 @@ from ...methods import method_class, validate_params
 from ...specs import RunSpec
 from ...specs.recipes import get_recipe
 from ...storage import Location, push
-from .study import METRIC, JournalUpload, counted_trials, journal_location, make_sampler, study_storage
+from .study import METRIC, counted_trials, journal_location, make_sampler, study_storage
 from .trial import search_spec
 from ..trial import FINISHED
 
@@ -133,7 +133,12 @@ def rung_trial(config: dict, *, specs: dict, results: str, folder: str, data_dir
     todo = [RunSpec.model_validate_json(specs[r]) for r in config["group"] if read_record(folder, r) is None]
     values: dict[str, Optional[float]] = {}
     data = Path(data_dir) if data_dir else None
-    teacher_state = teacher_state_for(todo[0], results) if todo else None
+    try:
+        teacher_state = teacher_state_for(todo[0], results) if todo else None
+    except Exception as exc:  # its teacher failed or is missing: every configuration of the trial fails
+        for spec in todo:
+            write_record(folder, spec, None, f"error: {type(exc).__name__}: {exc}", 0.0)
+        raise
     while len(todo) == 1:  # one configuration: a plain run, mirrored to the trackers with its budget
         spec, started = todo[0], time.perf_counter()
         tags = {"sweep_id": sweep_id, "sweep_role": "search", "sweep_budget": spec.epochs}
@@ -146,6 +151,10 @@ def rung_trial(config: dict, *, specs: dict, results: str, folder: str, data_dir
             write_record(folder, spec, None, "diverged", time.perf_counter() - started)
             values[spec.run_id] = None
             break
+        except Exception as exc:  # e.g. its teacher failed: FAIL in the study, as an errored search trial is
+            tracker.finish(None, status="failed")
+            write_record(folder, spec, None, f"error: {type(exc).__name__}: {exc}", time.perf_counter() - started)
+            raise
         tracker.finish({METRIC: result.metrics.get(METRIC), "train_seconds": result.train_seconds})
         values[spec.run_id] = result.metrics.get(METRIC)
         write_record(folder, spec, values[spec.run_id], "finished", result.train_seconds)
@@ -160,6 +169,10 @@ def rung_trial(config: dict, *, specs: dict, results: str, folder: str, data_dir
                 values[todo[i].run_id] = None
             todo = [s for i, s in enumerate(todo) if i not in exc.students]
             continue
+        except Exception as exc:
+            for spec in todo:
+                write_record(folder, spec, None, f"error: {type(exc).__name__}: {exc}", time.perf_counter() - started)
+            raise
         for result in trained:
             values[result.spec.run_id] = result.metrics.get(METRIC)
             write_record(folder, result.spec, values[result.spec.run_id], "finished", result.train_seconds)
@@ -216,7 +229,7 @@ def run_halving(cfg, space, base: RunSpec, results, *, trials: int, concurrency:
     for k, budget in enumerate(budgets):
         specs = {n: scaled_spec(search_spec(base_json, params[n]), budget) for n in alive}
         _train_rung(cfg, specs, results, folder, budget, concurrency=concurrency, pack=pack, data_dir=data_dir,
-                    resources={"cpu": cpus_per_trial, "gpu": gpus_per_trial}, storage_url=storage_url)
+                    resources={"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         records = {n: read_record(folder, s.run_id) for n, s in specs.items()}
         if any(r is None for r in records.values()):
             raise Interrupted(f"{sum(r is None for r in records.values())} run(s) of the {budget}-epoch rung of "
@@ -256,7 +269,7 @@ def _tell(study: optuna.Study, number: int, budget: int, value: Optional[float],
 
 
 def _train_rung(cfg, specs: dict[int, RunSpec], results, folder: Location, budget: int, *, concurrency: int,
-                pack: int, data_dir, resources: dict, storage_url: Optional[str]) -> None:
+                pack: int, data_dir, resources: dict) -> None:
     """Train the rung runs that have no record yet, ``pack`` configurations per Ray trial."""
     from ..runner import _Events
 
@@ -264,9 +277,7 @@ def _train_rung(cfg, specs: dict[int, RunSpec], results, folder: Location, budge
     if not todo:
         return
     groups = [[s.run_id for s in todo[i:i + pack]] for i in range(0, len(todo), max(1, pack))]
-    callbacks = [_Events()]
-    if not storage_url and not folder.is_local:
-        callbacks.append(JournalUpload(folder))
+    callbacks = [_Events()]  # the study is told by the driver after the rung (run_halving), not during it
     trainable = tune.with_resources(
         tune.with_parameters(rung_trial, specs={s.run_id: s.canonical_json() for s in todo}, results=str(Location(results)),
                              folder=str(folder), data_dir=str(data_dir) if data_dir else None, sweep_id=cfg.sweep_id),
