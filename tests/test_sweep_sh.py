@@ -287,7 +287,12 @@ def test_sh_sweep_end_to_end_survives_a_sigkill(tmp_path):
     rows, bad = read_rows(results / "leaderboard")
     finals = rows[rows.sweep_id == sweep_id]
     assert bad == [] and len(finals) == finals.run_id.nunique() == 1 and set(finals.status) == {"finished"}
-    assert not set(rows.run_id) & set(after)  # search runs never reach the leaderboard (no test score)
+    # search runs never reach the leaderboard (no test score): its rows are the teacher and the finals; the
+    # full-budget rung run of the best configuration has the tuned seed-0 final's spec, so its id is there
+    # as the final's tested row
+    assert set(rows.run_id) == {*record["final_runs"]["tuned"], *record["final_runs"]["default"],
+                                make_spec("digits", 10, "bkd", epochs=9).teacher.run_id}
+    assert not set(rows.run_id) & {r for r, (e, _) in after.items() if e < 9}
     report = run_cli(["sweep", "report", sweep_id, "--results", str(results)], env=env, timeout=120)
     text = " ".join(report.stdout.split())
     assert report.returncode == 0 and "rank agreement, 1 → 3 epochs: Spearman" in text
