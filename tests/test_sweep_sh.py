@@ -297,3 +297,21 @@ def test_sh_sweep_end_to_end_survives_a_sigkill(tmp_path):
     text = " ".join(report.stdout.split())
     assert report.returncode == 0 and "rank agreement, 1 → 3 epochs: Spearman" in text
     assert "successive halving saved" in text and (results / "sweeps" / sweep_id / "rungs.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scheduler", "sh", "--workers-per-trial", "2"], "--scheduler sh trains one configuration per Ray trial"),
+    (["--scheduler", "nope"], "unknown scheduler 'nope'; choose one of: auto, asha, sh, none"),
+    (["--eta", "1"], "--eta"),
+    (["--min-epochs", "0"], "--min-epochs"),
+])
+def test_bad_halving_options_exit_2_before_work(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from helpers.cli import cli_app
+    from helpers.files import nothing_written
+
+    with nothing_written(tmp_path):
+        result = CliRunner().invoke(cli_app("sweep"), ["sweep", "bkd", *args, "--results", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
