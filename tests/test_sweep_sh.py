@@ -315,3 +315,32 @@ def test_bad_halving_options_exit_2_before_work(tmp_path, args, message):
         result = CliRunner().invoke(cli_app("sweep"), ["sweep", "bkd", *args, "--results", str(tmp_path / "r")])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_rung_trial_trains_validation_only_and_records_its_score(monkeypatch, tmp_path):
+    """``rung_trial`` trains its rung run with the test split poisoned (never read), writes the run's
+    record (its budget and validation score), and a restored trial whose runs have records trains
+    nothing; a pack of two configurations writes one record each."""
+    import bkdbench.training.train as train_mod
+    from bkdbench.data import load_longtail
+    from bkdbench.orchestrate.sweeps.study import METRIC
+    from helpers.sweeps import watched_search
+
+    w = watched_search(monkeypatch, train_mod, epochs=6)
+    folder = tmp_path / "sweep"
+    short = scaled_spec(w.base.model_copy(update={"params": {**w.base.params, "alpha": 2.5}}), 2)
+    specs = {short.run_id: short.canonical_json()}
+    halving.rung_trial({"group": [short.run_id], "_cpus": 1}, specs=specs, results=str(tmp_path), folder=str(folder))
+    val_size = len(load_longtail("digits", 10).val_y)
+    assert w.touched == [] and w.predicted == [val_size] * 2  # 2 epochs, validation only
+    record = halving.read_record(folder, short.run_id)
+    assert record["epochs"] == 2 and record["status"] == "finished" and 0 <= record[METRIC] <= 100
+    assert w.reports[-1][METRIC] == record[METRIC]
+    halving.rung_trial({"group": [short.run_id], "_cpus": 1}, specs=specs, results=str(tmp_path), folder=str(folder))
+    assert w.predicted == [val_size] * 2 and halving.read_record(folder, short.run_id) == record  # not again
+
+    pack = [scaled_spec(w.base.model_copy(update={"params": {**w.base.params, "alpha": a}}), 2) for a in (0.5, 4.0)]
+    halving.rung_trial({"group": [s.run_id for s in pack], "_cpus": 1}, specs={s.run_id: s.canonical_json() for s in pack},
+                       results=str(tmp_path), folder=str(folder))
+    assert all(halving.read_record(folder, s.run_id)["epochs"] == 2 for s in pack)
