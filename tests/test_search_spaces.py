@@ -199,7 +199,7 @@ def cli(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("args, expected", [
     (["bkd", "--sampler", "foo"], "unknown sampler 'foo'; choose one of: tpe, gp, cmaes, random"),
-    (["bkd", "--scheduler", "foo"], "unknown scheduler 'foo'; choose one of: asha, none"),
+    (["bkd", "--scheduler", "foo"], "unknown scheduler 'foo'; choose one of: auto, asha, sh, none"),
     (["nope"], "unknown method 'nope'"),  # neither registered (plugins included) nor a space: the methods there are
     (["ce"], "no search space for 'ce'"),
     (["bkd", "--dataset", "nope"], "unknown dataset 'nope'"),

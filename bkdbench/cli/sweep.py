@@ -28,7 +28,15 @@ def sweep(
     trials: int = typer.Option(16, "--trials", min=1, help="Search trials in the study (more extends a finished sweep)."),
     concurrency: int = typer.Option(2, "--concurrency", min=1, help="Ray trials at once (with --pack, packs at once)."),
     sampler: str = typer.Option("tpe", "--sampler", help="tpe | gp | cmaes | random."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="asha | none (early stopping; default asha, none with --pack above 1)."),
+    scheduler: str = typer.Option("auto", "--scheduler", help="auto | asha | sh | none. sh: successive halving over "
+                                  "compressed schedules (the recipe at E/9, E/3, E epochs; the best 1/eta move up); "
+                                  "asha: early stopping; auto: sh when the method switches a part on late (cb_start, "
+                                  "DRW), else asha (none with --pack above 1). The plan line says which and why."),
+    eta: int = typer.Option(3, "--eta", min=2, help="Successive halving: budgets E·eta^-k, the best 1/eta of a rung move up."),
+    rungs: int = typer.Option(3, "--rungs", min=1, help="Successive halving: number of budgets (3: E/9, E/3, E)."),
+    min_epochs: Optional[int] = typer.Option(None, "--min-epochs", min=1, help="Successive halving: the shortest rung "
+                                             "(default: 3, and enough for the recipe's two learning-rate drops to "
+                                             "fall on different epochs: 8 for a step recipe)."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed and the search trials' training seed."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
     final_seeds: int = typer.Option(3, "--final-seeds", min=1, help="Seeds of the final test runs of the best config."),
@@ -83,13 +91,14 @@ def sweep(
         fail("--pack and --workers-per-trial exclude each other: a multi-worker trial trains one configuration")
     if pack > 1 and scheduler == "asha":
         fail("--scheduler asha cannot stop one configuration of a pack: use --pack 1 for early stopping, "
-             "or --scheduler none")
-    scheduler = scheduler or ("none" if pack > 1 else "asha")
+             "or --scheduler none or sh")
+    if workers_per_trial > 1 and scheduler == "sh":
+        fail("--scheduler sh trains one configuration per Ray trial: use --workers-per-trial 1, or --scheduler asha")
     try:
         if sampler not in ("tpe", "gp", "cmaes", "random"):
             raise ValueError(f"unknown sampler {sampler!r}; choose one of: tpe, gp, cmaes, random")
-        if scheduler not in ("asha", "none"):
-            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of: asha, none")
+        if scheduler not in ("auto", "asha", "sh", "none"):
+            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of: auto, asha, sh, none")
         if space is None:  # a user's file may bring the method (its `plugins:`); the shipped ones cannot
             from bkdbench.methods import method_class
 
@@ -102,6 +111,11 @@ def sweep(
             check_writable(folder)
         get_dataset(dataset).load(data_dir)
         note_reference_split([base], data_dir)
+        from bkdbench.orchestrate.sweeps.halving import min_rung_epochs, rung_budgets
+        from bkdbench.orchestrate.sweeps.driver import choose_scheduler
+
+        scheduler, why = choose_scheduler(scheduler, base, space_def, pack=pack, workers=workers_per_trial)
+        budgets = rung_budgets(base.epochs, eta, rungs, min_epochs or min_rung_epochs(base.recipe))
     except (SpaceError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
@@ -119,7 +133,8 @@ def sweep(
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
                       epochs=base.epochs, data_seed=base.data_seed, split=base.split, data_key=base.data_key,
-                      pretrained=base.pretrained, plugins=",".join(base.plugins) if base.plugins else None)
+                      pretrained=base.pretrained, plugins=",".join(base.plugins) if base.plugins else None,
+                      **({"rungs": tuple(budgets), "eta": eta} if scheduler == "sh" else {}))
     folder = sweep_dir(root, cfg.sweep_id)
     devices = DevicePlan([base], asked_gpus, workers_per_trial, wait_for_resources)
     try:
@@ -133,6 +148,9 @@ def sweep(
     console.print(f"sweep [bold]{cfg.sweep_id}[/]: {method} on {dataset}-LT IF{imbalance:g}, {trials} trials, "
                   f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1"
                   + (f"; packs of {pack} configurations per Ray trial" if pack > 1 else ""))
+    console.print(f"scheduler {scheduler}: {why}"
+                  + (f"; rungs of {', '.join(map(str, budgets))} epochs (the recipe compressed to each), the best "
+                     f"1/{eta} of a rung by validation move up" if scheduler == "sh" else ""))
     started = time.perf_counter()
     kwargs = dict(cpus_per_trial=cpus_per_trial, data_dir=data_dir, workers=workers_per_trial)
     try:
@@ -146,7 +164,7 @@ def sweep(
                     console.print(f"training the shared teacher(s) {', '.join(t.run_id for t in base.all_teachers)} once")
                     run_plan(plan, root, name=f"{cfg.sweep_id}-teacher", tags={}, **kwargs)
 
-            with LiveView(trials) as view:
+            with LiveView(_search_runs(trials, scheduler, budgets, eta)) as view:
                 study = run_search(cfg, space_def, base, root, trials=trials, concurrency=concurrency,
                                    storage_url=optuna_storage, on_event=view.event, pack=pack, **kwargs)
             best = best_trial(study)
@@ -199,7 +217,8 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
     for r in ranked[:10]:
         value = _fmt(r["val_top1"]) + (" *" if r["state"] == "PRUNED" and r["val_top1"] is not None else "")
         table.add_row(str(r["number"]), *[_fmt(r.get(p)) for p in params], value, r["state"])
-    table.caption = "* a pruned trial's last validation value, at the epoch early stopping stopped it"
+    table.caption = ("* a pruned trial's last validation value, " + ("at its last rung's budget" if
+                     record["config"].get("scheduler") == "sh" else "at the epoch early stopping stopped it"))
     console.print(table)
     states = {}
     for r in rows:
@@ -209,8 +228,15 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
     budget = record["config"].get("epochs")
     if budget and trained and all(e is not None for e in trained):
         full = budget * len(trained)
+        saver = "successive halving" if record["config"].get("scheduler") == "sh" else "early stopping"
         console.print(f"epochs trained: {sum(trained)} of {full} for {len(trained)} full-length trials "
-                      f"(early stopping saved {full - sum(trained)}, {100 * (full - sum(trained)) / full:.0f}%)")
+                      f"({saver} saved {full - sum(trained)}, {100 * (full - sum(trained)) / full:.0f}%)")
+    from bkdbench.orchestrate.sweeps.report import rank_agreement
+
+    for pair in rank_agreement(study):
+        rho = "–" if pair["spearman"] is None else f"{pair['spearman']:+.2f}"
+        console.print(f"rank agreement, {pair['low']} → {pair['high']} epochs: Spearman {rho} over the "
+                      f"{pair['n']} configurations that ran both (validation top-1)")
 
     board, _ = read_rows(leaderboard_dir(root))
     test = Table(title=f"test set (last epoch), best config vs defaults, {len(record['final_runs']['tuned'])} seeds")
@@ -225,6 +251,18 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
 
     for path in plot_sweep(study, mirror(sweep_dir(root, sweep_id))):  # PNGs stay on this machine
         console.print(f"wrote {path}")
+
+
+def _search_runs(trials: int, scheduler: str, budgets: list[int], eta: int) -> int:
+    """Ray trials of the search: one per configuration, or with halving one per configuration and rung."""
+    if scheduler != "sh":
+        return trials
+    from bkdbench.orchestrate.sweeps.halving import keep_count
+
+    total, n = 0, trials
+    for _ in budgets:
+        total, n = total + n, keep_count(n, eta)
+    return total
 
 
 def _fmt(v) -> str:

@@ -103,6 +103,10 @@ class VanillaKD(BalancedKD):
 
     Params = KDParams
 
+    @classmethod
+    def deferred_part(cls, params: dict, epochs: int):
+        return super().deferred_part(params, epochs) if params.get("weighted_ce") else None  # cb_start unused
+
     @property
     def ce_class_balanced(self) -> bool:
         return self.params.weighted_ce

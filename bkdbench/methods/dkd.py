@@ -68,6 +68,7 @@ class DecoupledKD(Method):
 
     Params = DKDParams
     needs_teacher = True
+    epoch_params = ("warmup",)  # the distillation weight's ramp, a fraction or epochs like cb_start
 
     def __init__(self, class_counts, params, *, epochs=200):
         super().__init__(class_counts, params, epochs=epochs)

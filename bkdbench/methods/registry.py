@@ -100,6 +100,21 @@ class Method:
     # set per run from a method parameter (CBD's jittered teachers, ``ce-cosine20``'s ``color_jitter``).
     color_jitter: bool = False
     Params: ClassVar[type[MethodParams]] = MethodParams
+    # Parameters that place a part of the schedule in epochs, read like ``cb_start`` (< 1 a fraction of
+    # the budget, >= 1 an epoch): a compressed schedule (successive halving's short rungs) rescales them.
+    epoch_params: ClassVar[tuple[str, ...]] = ("cb_start",)
+
+    @classmethod
+    def deferred_part(cls, params: dict, epochs: int) -> Optional[str]:
+        """Why this run's schedule switches a part of the method on after the start (class-balanced
+        weighting at ``cb_start``, DRW), or None: early stopping cannot judge such a run before that
+        epoch, so a sweep prefers successive halving over compressed schedules for it."""
+        if "cb_start" not in cls.Params.model_fields or params.get("cb_start") is None:
+            return None
+        epoch = resolve_cb_epoch(params["cb_start"], epochs)
+        if epoch <= 0:
+            return None
+        return f"class-balanced weighting switches on at epoch {epoch} of {epochs} (cb_start {params['cb_start']:g})"
 
     # ------------------------------------------------ hooks (defaults: a plain single-model loss)
 

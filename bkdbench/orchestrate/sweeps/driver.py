@@ -44,7 +44,7 @@ from ..trial import FINISHED
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI reports progress itself
 
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("auto", "asha", "sh", "none")  # auto: sh for a method whose schedule defers a part, else asha
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class SweepConfig:
     data_key: Optional[str] = None  # RunSpec.data_key: another image folder is another search
     pretrained: Optional[str] = None  # RunSpec.pretrained: other starting weights are another search
     plugins: Optional[str] = None  # RunSpec.plugins, joined: an edited plugin method is another search
+    rungs: Optional[tuple[int, ...]] = None  # successive halving (scheduler "sh"): the rungs' budgets in epochs
+    eta: Optional[int] = None  # successive halving: the best 1/eta of a rung move up
 
     @property
     def sweep_id(self) -> str:
@@ -70,7 +72,7 @@ class SweepConfig:
         identity = {k: v for k, v in asdict(self).items() if k != "space_file"}  # the content hash counts, not the path
         if identity["split"] == "reference":  # as every sweep made before the field existed: same id
             del identity["split"]
-        for later in ("data_key", "pretrained", "plugins"):  # None: as before these fields existed
+        for later in ("data_key", "pretrained", "plugins", "rungs", "eta"):  # None: as before these fields existed
             if identity[later] is None:
                 del identity[later]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
@@ -143,6 +145,14 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
     """Run search trials until the study holds ``trials`` completed or pruned ones; ``pack`` > 1
     trains that many configurations per Ray trial (no scheduler then); ``workers`` > 1 trains each
     trial's run on that many Ray Train workers (``sweeps/workers.py``; resources then per worker)."""
+    if cfg.scheduler == "sh":
+        if workers > 1:
+            raise ValueError("successive halving trains one configuration per Ray trial: use --workers-per-trial 1")
+        from .halving import run_halving
+
+        return run_halving(cfg, space, base, results, trials=trials, concurrency=concurrency,
+                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, storage_url=storage_url,
+                           data_dir=data_dir, on_event=on_event, pack=pack, budgets=list(cfg.rungs), eta=cfg.eta)
     packed = pack > 1
     if packed and cfg.scheduler != "none":
         raise ValueError("packed search trials run without early stopping: use scheduler 'none' with pack > 1")
@@ -207,6 +217,30 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
     if unfinished and counted_trials(study) < trials:
         raise Interrupted(f"{trials - counted_trials(study)} search trial(s) of {cfg.sweep_id} did not run")
     return study
+
+
+def choose_scheduler(requested: str, base: RunSpec, space: Optional[SearchSpace] = None, *, pack: int = 1,
+                     workers: int = 1) -> tuple[str, str]:
+    """The scheduler a sweep runs and why. ``auto``: successive halving over compressed schedules
+    ("sh") when the method's schedule switches a part on late (``Method.deferred_part``, also for the
+    latest ``cb_start`` a space searches), since early stopping cannot judge such a run before then;
+    ASHA otherwise (no early stopping for packs, no halving for multi-worker trials)."""
+    from ...methods import method_class
+
+    if requested != "auto":
+        return requested, "as asked"
+    params = dict(base.params)
+    if space is not None and "cb_start" in space.params:
+        params["cb_start"] = max((space.params["cb_start"].high, *space.params["cb_start"].probe_values()),
+                                 key=lambda c: resolve_cb_epoch(c, base.epochs))
+    part = method_class(base.method).deferred_part(params, base.epochs)
+    if part and workers == 1:
+        return "sh", f"{part}: early stopping cannot judge a run before then, a compressed schedule can"
+    if pack > 1:
+        return "none", "packs run without early stopping" + (f" ({part}; no halving with several workers)" if part else "")
+    if part:
+        return "asha", f"{part}, but successive halving does not run multi-worker trials"
+    return "asha", "no part of the schedule switches on late, so early stopping can judge every epoch"
 
 
 def _stopped_by_scheduler(result, epochs: int) -> bool:

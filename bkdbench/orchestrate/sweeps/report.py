@@ -1,7 +1,9 @@
 """What a sweep found: its trials as a table, PNG plots in the sweep folder, tuned vs default."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -21,6 +23,81 @@ def trial_rows(study: optuna.Study) -> list[dict]:
 def best_trial(study: optuna.Study):
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return max(complete, key=lambda t: t.value) if complete else None
+
+
+def spearman(x: list[float], y: list[float]) -> Optional[float]:
+    """Spearman's rank correlation (tied values share their mean rank; Pearson's r of the ranks);
+    None with fewer than three pairs or when either side is constant."""
+    if len(x) != len(y) or len(x) < 3:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1  # 1-based, ties share the mean rank
+        i = j + 1
+    return ranks
+
+
+def rung_scores(study: optuna.Study) -> dict[int, dict[int, float]]:
+    """Successive halving's scores: trial number → {budget in epochs: validation top-1} (its
+    intermediate values; ``halving`` reports each rung at step = budget). Empty for other schedulers."""
+    from .halving import BRACKET
+
+    return {t.number: dict(t.intermediate_values) for t in study.get_trials(deepcopy=False)
+            if BRACKET in t.user_attrs and t.intermediate_values}
+
+
+def rank_agreement(study: optuna.Study) -> list[dict]:
+    """Per pair of consecutive rungs: Spearman's correlation between the lower and the higher rung's
+    validation scores of the configurations that ran both (does the short run rank as the long one?)."""
+    scores = rung_scores(study)
+    budgets = sorted({b for s in scores.values() for b in s})
+    pairs = []
+    for low, high in zip(budgets, budgets[1:]):
+        both = [s for s in scores.values() if low in s and high in s]
+        pairs.append({"low": low, "high": high, "n": len(both),
+                      "spearman": spearman([s[low] for s in both], [s[high] for s in both])})
+    return pairs
+
+
+def plot_rungs(study: optuna.Study, folder: Path) -> Optional[Path]:
+    """Successive halving's rungs: each configuration's validation score by budget, a promoted one's
+    rungs joined by a line (★ the best full-budget one)."""
+    scores = rung_scores(study)
+    if not scores:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for number, by_budget in sorted(scores.items()):
+        budgets = sorted(by_budget)
+        ax.plot(budgets, [by_budget[b] for b in budgets], marker="o", ms=4, lw=1, alpha=0.7,
+                color="C0" if len(budgets) > 1 else "0.6")
+    best = best_trial(study)
+    if best is not None and best.number in scores:
+        top = max(scores[best.number])
+        ax.scatter([top], [scores[best.number][top]], marker="*", s=250, color="red", edgecolor="k", zorder=3)
+    budgets = sorted({b for s in scores.values() for b in s})
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("budget (epochs; the recipe compressed to each)")
+    ax.set_ylabel("balanced validation accuracy (%)")
+    pairs = ", ".join(f"{p['low']}→{p['high']}: ρ {p['spearman']:+.2f}" for p in rank_agreement(study)
+                      if p["spearman"] is not None)
+    ax.set_title(f"{study.study_name}: successive halving rungs" + (f" (Spearman {pairs})" if pairs else ""), fontsize=8)
+    return _save(fig, folder / "rungs.png")
 
 
 def plot_sweep(study: optuna.Study, folder: Path) -> list[Path]:
@@ -65,7 +142,8 @@ def plot_sweep(study: optuna.Study, folder: Path) -> list[Path]:
             if len(done) >= 2 and len(names) >= 2:
                 ax = plot_param_importances(study)
                 written.append(_save(ax.figure, folder / "importances.png"))
-    return written
+    rungs = plot_rungs(study, folder)
+    return written + ([rungs] if rungs else [])
 
 
 def _save(fig, path: Path) -> Path:
@@ -115,8 +193,14 @@ def sweep_section(root, record: dict, folder: Path):
                                 [[str(r["number"]), *(shown(r.get(p)) for p in params), shown(r[METRIC]), r["state"]]
                                  for r in ranked[:10]],
                                 "a pruned trial shows its last validation value, at the epoch early stopping stopped it"))
+    agreement = [f"{p['low']} → {p['high']} epochs: {'–' if p['spearman'] is None else format(p['spearman'], '+.2f')} "
+                 f"({p['n']} configurations)" for p in rank_agreement(study)]
+    if agreement:
+        section.notes.append("Successive halving: Spearman correlation of the validation scores of the configurations "
+                             "that ran both rungs, " + "; ".join(agreement) + ".")
     titles = {"val-accuracy.png": "validation accuracy per trial over the first two parameters (★ best)",
-              "history.png": "objective over trials", "importances.png": "parameter importances (Optuna)"}
+              "history.png": "objective over trials", "importances.png": "parameter importances (Optuna)",
+              "rungs.png": "successive halving: validation accuracy by budget, promoted configurations joined"}
     for path in plot_sweep(study, folder):
         section.figures.append(Figure(path, titles.get(path.name, path.stem)))
     return section
