@@ -154,8 +154,11 @@ def test_no_host_sync_in_any_step_of_any_method(method, teachers, monkeypatch, o
     from bkdbench.specs import make_spec
     from bkdbench.training.train import train
 
+    from bkdbench.methods import method_class
+
     epochs = 2
-    spec = make_spec("digits", 10, method, epochs=epochs)
+    foundation = getattr(method_class(method), "foundation", False)  # CLIP's code path, at its smoke size
+    spec = make_spec("digits", 10, method, epochs=epochs, **(dict(model="clip-tiny", weights="none") if foundation else {}))
     state = _teacher_state(spec, teachers)
     counter, result = _count_steps(monkeypatch, lambda: train(spec, teacher_state=state, evaluate_test=False))
     if counter.steps == 0:

@@ -400,7 +400,7 @@ def test_jpeg_suites_validate_without_data_and_expand_with_it(tmp_path):
     for name in ("cifar10-jpeg-lt", "cifar10-jpeg-lt-cpu"):
         suite = load_suite(name)  # no folder needed to validate
         specs = suite.expand(data_dir=tmp_path)
-        assert len(specs) == suite.size() == 54  # 9 methods × 2 imbalance factors × 3 seeds
+        assert len(specs) == suite.size() == 78  # 13 methods (the sigmoid family among them) × 2 imbalance factors × 3 seeds
         key = dataset_info("imagefolder", tmp_path).data_key
         assert {s.data_key for s in specs} == {key}
         assert {s.imbalance_factor for s in specs} == {100.0, 10.0}

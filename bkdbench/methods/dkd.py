@@ -83,7 +83,7 @@ class DecoupledKD(Method):
 
     def weight(self, epoch: int, batch: int | None = None) -> float:
         """w after batch ``batch`` (0-based) of ``epoch``; the epoch rule without a batch or batch size."""
-        steps = math.ceil(int(self.class_counts.sum()) / self.batch_size) if self.batch_size else None
+        steps = math.ceil(self.num_train / self.batch_size) if self.batch_size else None
         if batch is None or steps is None or self.params.warmup_ramp == "epoch":
             return min((epoch + 1) / self.warmup_epochs, 1.0)
         return min((epoch + min(batch + 1, steps) / steps) / self.warmup_epochs, 1.0)

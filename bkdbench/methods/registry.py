@@ -194,6 +194,7 @@ class Method:
 
     def __init__(self, class_counts: Sequence[int] | torch.Tensor, params: MethodParams, *, epochs: int = 200):
         self.class_counts = _counts_tensor(class_counts)
+        self.num_train = int(self.class_counts.sum())  # a Python int, read in steps without a host sync
         self.params = params
         self.epochs = epochs
         self.batch_size: Optional[int] = None  # the recipe's, set by ``build`` (SSD-LT sizes its queue by it)

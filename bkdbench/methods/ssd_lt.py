@@ -144,7 +144,7 @@ class SSDStage1(Method):
         m = self.params.momentum
         if self.params.momentum_horizon == "fixed" or not self.batch_size:
             return m
-        steps = self.epochs * (int(self.class_counts.sum()) // self.batch_size)  # drop_last: whole batches
+        steps = self.epochs * (self.num_train // self.batch_size)  # drop_last: whole batches
         return m ** (self.AUTHORS_STEPS / steps) if 0 < steps < self.AUTHORS_STEPS else m
 
     def queue_length(self) -> int:
@@ -152,9 +152,9 @@ class SSDStage1(Method):
             return int(self.params.queue)
         if not self.batch_size:
             raise MethodError("ssd-lt-stage1: queue='auto' needs the recipe's batch size (build(..., batch_size=B))")
-        size = int(self.class_counts.sum()) // self.batch_size * self.batch_size
+        size = self.num_train // self.batch_size * self.batch_size
         if size == 0:
-            raise MethodError(f"ssd-lt-stage1: the training set ({int(self.class_counts.sum())} images) holds no full "
+            raise MethodError(f"ssd-lt-stage1: the training set ({self.num_train} images) holds no full "
                               f"batch of {self.batch_size}")
         return size
 
