@@ -71,8 +71,11 @@ def test_loop_pack_equals_separate_runs(kd_pack):
 def test_grouped_pack_equals_separate_runs(kd_pack):
     specs, teacher, separate = kd_pack
     packed = train_packed(specs, teacher_state=teacher, device="cpu", strategy="grouped")
+    # Grouped convolutions sum in another order than three separate ones, and which order depends on the
+    # CPU's kernels: on an AMD EPYC two epochs end 3e-5 apart (weights ~0.05); a wrong student loss moves
+    # them by ~1e-2, so 1e-4 still catches it.
     for p, s in zip(packed, separate):
-        assert_same_run(p, s, rtol=1e-4, atol=1e-5)
+        assert_same_run(p, s, rtol=1e-4, atol=1e-4)
 
 
 def test_grouped_resnet_with_cosine_head_equals_separate_runs():
