@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bkdbench.cli import main
-from helpers.files import assert_nothing_written, snapshot, write_suite
+from helpers.files import assert_refused, write_suite
 from helpers.report_rows import row
 
 _HAS_CUDA = torch.cuda.is_available()
@@ -132,15 +132,4 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, words, tmp_path, 
     monkeypatch.delenv("BKDBENCH_RESULTS", raising=False)  # the default ./results: inside tmp_path
     monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache"))
     _setup(tmp_path)
-    before = snapshot(tmp_path)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    out, err = capsys.readouterr()
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert exit_.value.code == 2, f"exit {exit_.value.code}; stderr: {err}; stdout: {out}"
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err + out
-    for word in words:
-        assert word in lines[0], f"{word!r} missing from: {lines[0]}"
-    assert_nothing_written(before, tmp_path)
+    assert_refused(main, args, words, tmp_path, capsys)

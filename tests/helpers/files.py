@@ -87,6 +87,25 @@ def assert_nothing_written(before: dict, folder: Path, *, allow_empty_folders: b
     assert not problems, f"something was written in {folder}: " + "; ".join(problems)
 
 
+
+def assert_refused(main, args, words, folder: Path, capsys) -> None:
+    """``main(args)`` (the CLI in-process) exits 2 with one ``error:`` line on stderr holding every one
+    of ``words``, no traceback, and nothing written below ``folder``."""
+    import pytest
+
+    before = snapshot(folder)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_.value.code == 2, f"exit {exit_.value.code}; stderr: {err}; stdout: {out}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out
+    for word in words:
+        assert word in lines[0], f"{word!r} missing from: {lines[0]}"
+    assert_nothing_written(before, folder)
+
 @contextlib.contextmanager
 def nothing_written(folder: Path, *, allow_empty_folders: bool = False) -> Iterator[None]:
     """``with nothing_written(folder): ...``: the block creates, removes and rewrites nothing below
