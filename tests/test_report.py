@@ -139,7 +139,8 @@ def test_sweep_report_in_chromium(results, tmp_path):
     assert [r[0] for r in page.tables["leaderboard"]] == ["bkd (tuned)", "bkd"]
     (comparison,) = page.tables["comparisons"]
     assert comparison[2:4] == ["bkd (tuned)", "bkd"] and comparison[9].startswith("no clear difference")
-    trials = page.tables["section"]  # the sweep's best trials, by validation accuracy
+    (sweep_part,) = [k for k in page.tables if k.startswith("section:s-sweep-")]
+    trials = page.tables[sweep_part]  # the sweep's best trials, by validation accuracy
     assert [r[0] for r in trials] == ["1", "2", "0", "3"] and trials[0][3] == "66.5"
     assert len(trials) == len(SWEEP_TRIALS)
     assert {r[0] for r in page.tables["runs"]} == set(ids["sweep"]["tuned"] + ids["sweep"]["default"])

@@ -104,8 +104,10 @@ _COLLECT = """(() => {
   const tables = {};
   [...document.querySelectorAll('table')].forEach((t, n) => {
     const key = t.className || ('table-' + n);
-    tables[key] = (tables[key] || []).concat([...t.tBodies].flatMap(b => [...b.rows]).map(
-      r => [...r.cells].map(c => c.innerText.trim())));
+    const rows = [...t.tBodies].flatMap(b => [...b.rows]).map(r => [...r.cells].map(c => c.innerText.trim()));
+    tables[key] = (tables[key] || []).concat(rows);
+    const part = t.closest('section');  // a report section's tables also under "section:<its id>"
+    if (key === 'section' && part) tables['section:' + part.id] = (tables['section:' + part.id] || []).concat(rows);
   });
   return JSON.stringify({images, tables, title: document.title});
 })()"""
