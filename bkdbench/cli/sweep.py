@@ -76,6 +76,10 @@ def sweep(
     if sweep_id:
         fail(f"unexpected argument {sweep_id!r}; only `bkdbench sweep report SWEEP_ID` takes one")
 
+    from bkdbench.orchestrate import prepare_ray_env
+
+    # before Ray is imported (it reads RAY_AUTH_MODE then): choosing the scheduler below imports Ray Tune
+    address = prepare_ray_env(address)
     from bkdbench.data import DataError, get_dataset
     from bkdbench.leaderboard.store import LeaderboardError, check_writable
     from bkdbench.paths import leaderboard_dir, teachers_dir
@@ -120,9 +124,6 @@ def sweep(
         fail(str(exc))
 
     start_tracking(tracker)
-    from bkdbench.orchestrate import prepare_ray_env
-
-    address = prepare_ray_env(address)  # before Ray is imported: it reads RAY_AUTH_MODE then
     from bkdbench.orchestrate.ray_session import ClusterRefused, ray_session
     from bkdbench.orchestrate.runner import Interrupted, plan_runs, run_plan
     from bkdbench.orchestrate.sweeps.driver import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
