@@ -45,7 +45,10 @@ def test_asha_stopped_trials_are_pruned_in_study(tmp_path):
     searcher.on_trial_complete("trial_c", {"diverged": True})
     study = optuna.load_study(study_name="t", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
-    assert study.trials[0].value is None and study.trials[2].value is None
+    # the stopped trial keeps the value it was stopped on, at its epoch (Tune gives that result to the
+    # searcher only on completion); Optuna reads a PRUNED trial's last intermediate value as its value
+    assert study.trials[0].intermediate_values == {3: 50.0} and study.trials[0].value == 50.0
+    assert study.trials[2].value is None and study.trials[2].intermediate_values == {}
     assert study.trials[1].value == 60.0
     assert study.trials[1].intermediate_values == {5: 30.0, 10: 60.0}
     assert study.best_trial.number == 1

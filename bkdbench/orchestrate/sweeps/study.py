@@ -97,6 +97,12 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if not error and result and result.get(FINISHED) and result.get(METRIC) is not None:
             return super().on_trial_complete(trial_id, result, error)
         failed = error or bool(result and result.get("diverged"))
+        if not failed and result and result.get(METRIC) is not None:
+            # Tune skips the searcher's on_trial_result for the result its scheduler stops a trial on:
+            # record that last value here, at its epoch, or a trial stopped at its first rung has none
+            trial = self._ot_trials[trial_id]
+            if optuna_step(result) not in trial.storage.get_trial(trial._trial_id).intermediate_values:
+                trial.report(result[METRIC], optuna_step(result))
         state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED
         self._ot_study.tell(self._ot_trials[trial_id], state=state)
         self._completed_trials.add(trial_id)
