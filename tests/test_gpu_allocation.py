@@ -121,6 +121,44 @@ def test_gpus_where_there_are_none_are_refused_at_once_with_nothing_written(args
     assert_nothing_written(before, tmp_path)
 
 
+@pytest.mark.parametrize("args", [
+    ["sweep", "bkd", "--trials", "2", "--epochs", "1"],
+    ["run", "--suite", "digits-lt", "--seeds", "1", "--epochs", "1"],
+    ["ablate", "bkd", "--grid", "alpha=0,1", "--seeds", "1", "--epochs", "1"],
+], ids=["sweep", "run", "ablate"])
+def test_joining_a_cluster_without_gpus_is_refused_with_nothing_written(args, tmp_path, monkeypatch, capsys):
+    """``--address``: the cluster's GPUs are known only once joined, so the refusal comes from the
+    session's check; nothing may exist yet (a sweep's study journal, its folder, a suite's records). The joined cluster
+    is stood in for by a session that reports one node without GPUs (no Ray starts here)."""
+    import contextlib
+
+    import bkdbench.orchestrate.ray_session as session_mod
+    from bkdbench.cli import main
+    from helpers.files import assert_nothing_written, snapshot
+
+    seen = []
+
+    @contextlib.contextmanager
+    def cluster_without_gpus(address=None, log_file=None, num_cpus=None, storage=None, check=None, num_gpus=None):
+        seen.append(address)
+        check([0.0])  # raises DeviceRefused, as ray_session's check does after joining
+        yield {"CPU": 8.0}
+
+    monkeypatch.setattr(session_mod, "ray_session", cluster_without_gpus)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BKDBENCH_RESULTS", raising=False)
+    monkeypatch.setenv("BKDBENCH_CACHE", str(tmp_path / "cache"))
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--gpus-per-trial", "1", "--address", "10.0.0.1:6379"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert seen == ["10.0.0.1:6379"]
+    assert exit_.value.code == 2 and len(lines) == 1, err
+    assert "--gpus-per-trial 1 asks for GPUs, but the Ray cluster has no GPU" in lines[0], lines[0]
+    assert_nothing_written(before, tmp_path)
+
+
 @pytest.mark.slow
 def test_a_declared_gpu_that_torch_cannot_see_fails_the_trial_at_once(tmp_path, monkeypatch):
     """Ray on this CPU machine declares 2 GPUs: auto gives the digits runs a quarter each, the plan

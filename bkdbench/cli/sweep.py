@@ -129,6 +129,7 @@ def sweep(
     from bkdbench.orchestrate.sweeps.driver import (SweepConfig, open_study, run_finals, run_search, save_sweep_record,
                                     space_hash, sweep_dir)
     from bkdbench.orchestrate.sweeps.report import best_trial
+    from bkdbench.orchestrate.sweeps.study import journal_location
     from bkdbench.storage import mirror
 
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
@@ -142,8 +143,11 @@ def sweep(
         devices.check_local(address)  # before the study's journal is written
     except DeviceRefused as exc:
         fail(str(exc))
-    study = open_study(cfg.sweep_id, folder, optuna_storage)
-    if study.get_trials(deepcopy=False) and not resume:
+    # Only an existing study is opened here (opening a journal creates its folder): a new one is created
+    # by run_search, once a joined cluster (--address) has been checked for the GPUs asked for.
+    study = (open_study(cfg.sweep_id, folder, optuna_storage)
+             if optuna_storage or journal_location(folder).exists() else None)
+    if study is not None and study.get_trials(deepcopy=False) and not resume:
         fail(f"sweep {cfg.sweep_id} already exists ({len(study.trials)} trials in {folder}); "
              f"pass --resume to continue or extend it (--trials N sets the total)")
     console.print(f"sweep [bold]{cfg.sweep_id}[/]: {method} on {dataset}-LT IF{imbalance:g}, {trials} trials, "
