@@ -28,7 +28,9 @@ UNCHANGED = [
 # ... and the ids these changes must move (a stale DKD/DiVE row is never taken for the new recipe).
 CHANGED = [(("digits", 10, "dkd"), "6f51441b30f7829f"), (("cifar100", 100, "dkd"), "981c0bf0cb295c50"),
            (("digits", 10, "dive"), "747e8493bcaac315"), (("cifar100", 100, "dive"), "7630437a318a4d1a"),
-           (("digits", 10, "ssd-lt"), "c2dc1f22921b7815")]
+           (("digits", 10, "ssd-lt"), "c2dc1f22921b7815"),
+           # computed on main at 8ec8a17, before SSD-LT stage II's drop_last parameter (its stage III moves too)
+           (("digits", 10, "ssd-lt-stage2"), "25892b4965252dd7"), (("digits", 10, "ssd-lt"), "58f7c05bb8c7d136")]
 
 
 @pytest.mark.parametrize("args, run_id", UNCHANGED)
@@ -152,6 +154,9 @@ def test_kang_stage2_on_the_large_benchmark_recipes():
     # config/iNaturalist18/cls_crt.yaml: "num_epochs: 30", "weight_decay: 0.0001"
     inat = make_spec("digits", 50, "crt", recipe="inat18")
     assert (inat.recipe, inat.epochs, get_recipe(inat.recipe).weight_decay) == ("inat18-stage2", 30, 1e-4)
+    # config/iNaturalist18/cls_lws.yaml: "num_epochs: 5", "batch_size: 512", classifier "lr: 0.2"
+    inat_lws = make_spec("digits", 50, "lws", recipe="inat18")
+    assert (inat_lws.recipe, inat_lws.epochs) == ("inat18-stage2", 5)
     # config/Places_LT/cls_crt.yaml: "batch_size: 256", classifier "lr: 0.1", "num_epochs: 10"
     places = get_recipe(make_spec("digits", 50, "crt", recipe="places-lt").recipe)
     assert (places.batch_size, places.lr, places.epochs) == (256, 0.1, 10)
@@ -160,6 +165,24 @@ def test_kang_stage2_on_the_large_benchmark_recipes():
     given = make_spec("digits", 50, "crt", recipe="imagenet-lt", params={"stage2_fraction": 0.1})
     assert (given.recipe, given.epochs) == ("imagenet-lt", 9)
     assert make_spec("digits", 10, "crt").run_id == "6d3b0c892945ad7b"  # computed on main: unchanged
+
+
+def test_ssd_lt_stage2_as_the_authors_ran_it():
+    # MCG-NJU/SSD-LT ssd_stage_ii.py: "--epochs', default=5", "'--batch-size', default=512",
+    # "'--lr', ... default=0.2", "'--wd', ... default=5e-4", README: "python ssd_stage_ii.py --cos ...",
+    # DataLoader(..., drop_last=True)
+    stage2 = make_spec("digits", 50, "ssd-lt-stage2", recipe="imagenet-lt")
+    assert (stage2.recipe, stage2.epochs) == ("imagenet-lt-stage2", 5)
+    assert (stage2.teacher.recipe, stage2.teacher.epochs) == ("imagenet-lt", 90)  # stage I keeps its recipe
+    rec = get_recipe(stage2.recipe)
+    assert (rec.batch_size, rec.lr, rec.weight_decay, rec.schedule, rec.warmup_frac) == (512, 0.2, 5e-4, "cosine", 0.0)
+    assert build("ssd-lt-stage2", [50, 10, 5], epochs=5).drop_last is True
+    assert build("ssd-lt-stage2", [50, 10, 5], epochs=5, drop_last=False).drop_last is False  # the earlier rule
+    # elsewhere, and with stage2_fraction given: bkdbench's fraction of stage I's budget on its recipe
+    short = make_spec("digits", 50, "ssd-lt-stage2", epochs=20)
+    assert (short.recipe, short.epochs) == (short.teacher.recipe, 2)
+    given = make_spec("digits", 50, "ssd-lt-stage2", recipe="imagenet-lt", params={"stage2_fraction": 0.1})
+    assert (given.recipe, given.epochs) == ("imagenet-lt", 9)
 
 
 def test_ssd_lt_key_momentum_is_tied_to_the_step_budget():

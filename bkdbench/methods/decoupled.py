@@ -75,7 +75,7 @@ class TauNormParams(MethodParams):
 # configuration was not checked here: it keeps the fraction rule.
 KANG_STAGE2 = {
     ("imagenet-lt", "crt"): ("imagenet-lt-stage2", 10), ("imagenet-lt", "lws"): ("imagenet-lt-stage2", 5),
-    ("inat18", "crt"): ("inat18-stage2", 30),
+    ("inat18", "crt"): ("inat18-stage2", 30), ("inat18", "lws"): ("inat18-stage2", 5),
     ("places-lt", "crt"): ("places-lt-stage2", 10), ("places-lt", "lws"): ("places-lt-stage2", 5),
 }
 

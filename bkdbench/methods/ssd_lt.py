@@ -22,8 +22,12 @@ I. ``ssd-lt-stage1`` — self-supervised guided feature learning. The model (enc
    32 images each at batch 128, as 256 over 8 GPUs) whose BatchNorm statistics are computed apart.
 II. ``ssd-lt-stage2`` — soft-label generator: stage I's encoder and classifier frozen, one learnable
    scale per class multiplying the classifier's output (bias included: the authors' file is named
-   ``tau_norm_classifier`` but this is LWS), class-balanced sampling, CE, ``stage2_fraction`` of the
-   budget (0.1, as bkdbench's other stage-2 methods; the authors' ImageNet-LT recipe spent 5 epochs).
+   ``tau_norm_classifier`` but this is LWS), class-balanced sampling, CE, last partial batch dropped.
+   Its recipe: on ImageNet-LT at the stage-1 recipe's own budget, the authors' (``ssd_stage_ii.py``:
+   5 epochs, batch 512, lr 0.2, wd 5e-4, ``--cos``: the ``imagenet-lt-stage2`` recipe); elsewhere, or
+   when ``stage2_fraction`` is given, ``stage2_fraction`` of stage I's budget on its recipe (0.1, as
+   bkdbench's other stage-2 methods). The authors' class-aware sampler takes 2 images per class visit;
+   bkdbench's draws a class uniformly for every image (data/loader.py), the same class balance.
    The model stays in training mode, as the authors' ``model.train()`` leaves it, so the frozen
    encoder's BatchNorm statistics are re-estimated on the class-balanced batches.
 III. ``ssd-lt`` — joint training with self-distillation: a fresh model with two linear heads on one
@@ -200,6 +204,8 @@ class SSDStage1(Method):
 
 class Stage2Params(MethodParams):
     stage2_fraction: float = Field(0.1, gt=0, le=1, description="stage-2 epochs as a fraction of stage I's")
+    # The authors' loader drops each epoch's last partial batch; False keeps it (bkdbench's earlier rule)
+    drop_last: bool = True
 
 
 @register("ssd-lt-stage2")
@@ -211,6 +217,16 @@ class SSDStage2(Method):
     teacher_method = "ssd-lt-stage1"
     stage1 = True
     sampler = "class-balanced"
+    drop_last = True  # the authors' stage-II loader (set per run from the parameter)
+
+    def __init__(self, class_counts, params, *, epochs=200):
+        super().__init__(class_counts, params, epochs=epochs)
+        self.drop_last = params.drop_last
+
+    @classmethod
+    def stage2_recipe(cls, recipe: str) -> "tuple[str, int] | None":
+        """The authors' stage II (module docstring), used at the stage-1 recipe's own budget."""
+        return {"imagenet-lt": ("imagenet-lt-stage2", 5)}.get(recipe)
 
     def loss(self, logits, targets, *, epoch=0, teacher_logits=None) -> torch.Tensor:
         return F.cross_entropy(float_logits(logits), targets)

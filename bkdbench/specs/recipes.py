@@ -99,7 +99,7 @@ RECIPES = {
         Recipe("places-lt", epochs=30, batch_size=256, lr=0.01, weight_decay=5e-4, warmup_frac=0.0, schedule="cosine"),
         # The decoupling code's classifier stage (cRT / LWS), per benchmark: config/<benchmark>/cls_crt.yaml and
         # cls_lws.yaml, cosine to 0 (coslr: true, endlr: 0.0), class-aware sampler. ImageNet-LT: batch 512,
-        # lr 0.2, wd 5e-4, cRT 10 / LWS 5 epochs; iNat18: batch 512, lr 0.2, wd 1e-4, cRT 30; Places-LT:
+        # lr 0.2, wd 5e-4, cRT 10 / LWS 5 epochs; iNat18: batch 512, lr 0.2, wd 1e-4, cRT 30 / LWS 5; Places-LT:
         # batch 256, classifier lr 0.1, wd 5e-4, cRT 10 / LWS 5. ``epochs`` is cRT's; methods/decoupled.py
         # names LWS's.
         Recipe("imagenet-lt-stage2", epochs=10, batch_size=512, lr=0.2, weight_decay=5e-4, warmup_frac=0.0,
