@@ -2,7 +2,9 @@
 has no CPU, so every trial runs on the second node, where the plugin file is not importable by path
 (it lives in this test's folder, on no node's PYTHONPATH or working folder): it gets there only with
 the job (runtime_env py_modules). One cluster serves a suite whose YAML lists the plugin, an
-ablation with --plugin and a sweep whose search-space YAML lists it."""
+ablation with --plugin and a sweep whose search-space YAML lists it. The plugin's default diverges, so
+the sweep's final run with the defaults fails: the failed-final-run path through real Ray and Optuna
+(the sweep ends with exit 1 naming it, after its report)."""
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +21,8 @@ from helpers.files import write_suite
 pytestmark = pytest.mark.slow
 
 PLUGIN = '''
-"""A label-smoothed CE; where it is imported inside Ray, it says so in a marker file."""
+"""A label-smoothed CE whose default (no smoothing) diverges; where it is imported inside Ray, it says
+so in a marker file."""
 import os
 from pathlib import Path
 
@@ -35,7 +38,7 @@ if os.environ.get("PLUG_MARKS") and os.environ.get("RAY_NODE_TAG"):
 
 
 class Params(MethodParams):
-    smoothing: float = Field(0.1, ge=0, lt=1)
+    smoothing: float = Field(0.0, ge=0, lt=1)
 
 
 @register("plug-ray")
@@ -43,7 +46,8 @@ class Smooth(Method):
     Params = Params
 
     def loss(self, logits, targets, *, epoch=0, teacher_logits=None):
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.params.smoothing)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.params.smoothing)
+        return loss * float("nan") if self.params.smoothing == 0 else loss
 '''
 
 
@@ -57,11 +61,11 @@ def test_a_plugin_method_trains_on_the_second_node_in_a_suite_an_ablation_and_a_
     marks.mkdir()
     suites = tmp_path / "suites"
     suites.mkdir()
-    suite = write_suite(suites / "plug.yaml", name="plug", datasets=["digits"], imbalance=[10], methods=["plug-ray"],
+    suite = write_suite(suites / "plug.yaml", name="plug", datasets=["digits"], imbalance=[10], methods=[{"method": "plug-ray", "params": {"smoothing": 0.1}}],
                         seeds=1, epochs=2, plugins=["../code/plug_ray.py"])
     space = tmp_path / "plug-ray.yaml"
     space.write_text("method: plug-ray\nplugins: [code/plug_ray.py]\nparams:\n"
-                     "  smoothing: {type: float, low: 0.0, high: 0.3}\n")
+                     "  smoothing: {type: float, low: 0.05, high: 0.3}\n")
     results = tmp_path / "results"
     cluster = Cluster()
     cluster.env["PLUG_MARKS"] = str(marks)
@@ -74,21 +78,30 @@ def test_a_plugin_method_trains_on_the_second_node_in_a_suite_an_ablation_and_a_
         common = ["--address", cluster.address, "--results", results]
         out = run_cli(["run", "--suite", suite, *common], env=env, folder=tmp_path, timeout=600)
         assert out.returncode == 0, out.stdout + out.stderr
-        out = run_cli(["ablate", "plug-ray", "--plugin", plugin, "--grid", "smoothing=0,0.2", "--imbalance", "10",
+        out = run_cli(["ablate", "plug-ray", "--plugin", plugin, "--grid", "smoothing=0.1,0.2", "--imbalance", "10",
                        "--seeds", "1", "--epochs", "2", *common], env=env, folder=tmp_path, timeout=600)
         assert out.returncode == 0, out.stdout + out.stderr
         out = run_cli(["sweep", "plug-ray", "--space", space, "--trials", "2", "--epochs", "2", "--final-seeds", "1",
                        "--concurrency", "1", *common], env=env, folder=tmp_path, timeout=600)
-        assert out.returncode == 0, out.stdout + out.stderr
+        sweep_out = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode == 1, out.stdout + out.stderr  # the defaults' final run diverged
     finally:
         cluster.stop()
 
     rows, bad = read_rows(results / "leaderboard")
     assert bad == []
-    assert set(rows.method) == {"plug-ray"} and set(rows.status) == {"finished"}
+    assert set(rows.method) == {"plug-ray"}
+    finals = rows[rows.sweep_id.notna()].set_index("status")
+    assert sorted(finals.index) == ["failed", "finished"], finals  # the tuned run, and the defaults' that failed
+    failed = finals.loc["failed"]
+    params = failed.params if isinstance(failed.params, dict) else json.loads(failed.params)
+    assert params["smoothing"] == 0.0, params  # the plugin's default
+    assert "loss" in failed.error and "nan" in failed.error, failed.error
+    assert f"failed {failed.run_id}: {failed.error}" in sweep_out, sweep_out
+    assert f"1 run(s) failed: {failed.run_id}" in sweep_out and "test set (last epoch)" in sweep_out, sweep_out
+    assert set(rows[rows.sweep_id.isna()].status) == {"finished"}  # the suite's run and the ablation's
     assert set(rows.plugins) == {f"plug_ray@{digest}"}
     assert (rows.suite == "plug").sum() == 1 and rows.ablation_id.notna().sum() == 2
-    assert rows.sweep_id.notna().sum() >= 1  # the final test runs (tuned and default may be the same run)
     found = [json.loads(p.read_text()) for p in marks.glob("*.json")]
     assert found, "the plugin was never imported inside Ray"
     assert {m["node"] for m in found} == {"second"}
