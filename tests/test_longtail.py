@@ -176,6 +176,19 @@ def _digits_reference_split():
     return images, labels, np.concatenate(pool), np.concatenate(test)
 
 
+def test_digits_load_without_importing_scikit_learn():
+    """Every CLI command and Ray trial that loads digits reads scikit-learn's CSV directly (its import
+    costs seconds); test_digits_split_by_index checks the arrays against ``load_digits`` itself."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bkdbench.data import load_longtail; d = load_longtail('digits', 10); "
+            "print(len(d.train_y), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["403", "False"], out.stdout
+
+
 def test_digits_counts_match_formula(reference_counts):
     data = load_longtail("digits", 10)
     expected = reference_counts(100, 10, 10)

@@ -17,14 +17,36 @@ from .registry import DatasetInfo, ImageArrays, register_dataset
 TEST_PER_CLASS = 50
 
 
+def _csv() -> "Path | None":
+    """scikit-learn's own copy of the data (``datasets/data/digits.csv.gz``: 64 pixels and the label per
+    line), found without importing scikit-learn: its import costs 2-3 s of CPU in every process that
+    loads digits (each CLI command, each Ray trial), the read 10 ms."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")  # a top-level package: located, not imported
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    return path if path is not None and path.is_file() else None
+
+
+def _pixels_and_labels() -> tuple[np.ndarray, np.ndarray]:
+    """(1797×8×8 float pixels 0..16, 1797 labels), as ``sklearn.datasets.load_digits`` gives them."""
+    path = _csv()
+    if path is None:  # a scikit-learn that lays its data out otherwise
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
 @lru_cache(maxsize=1)
 def _load(_root=None) -> ImageArrays:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    pixels, target = _pixels_and_labels()
     # Pixel values are 0..16; scale to 0..255 so every dataset is uint8 images.
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
-    labels = bunch.target.astype(np.int64)
+    images = np.rint(pixels * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+    labels = target.astype(np.int64)
     rng = np.random.RandomState(2024)
     train, test = [], []
     for label in range(10):
