@@ -39,7 +39,7 @@ FIVE = ["ce", "reweight-cb", "balanced-softmax", "kd", "bkd"]
 def five(tmp_path_factory):
     """digits IF 10, five methods, one seed, 3 epochs, run three times and read by several tests (one
     set of Ray starts instead of one per test): ``--pack 4`` mirrored to MLflow, the same invocation
-    again (nothing to do), and ``--pack 1`` into a second results folder."""
+    again (nothing to do), and ``--pack 1`` into a second results folder mirrored to W&B offline."""
     tmp = tmp_path_factory.mktemp("five")
     suite = write_suite(tmp / "mix.yaml", datasets=["digits"], imbalance=[10], methods=FIVE, seeds=1, epochs=3)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -48,10 +48,14 @@ def five(tmp_path_factory):
     first = run_logged(args, tmp / "packed.log", timeout=600)
     before = snapshot(packed)
     again = run_logged(args, tmp / "again.log", timeout=240)
-    one_each = run_logged(["run", "--suite", str(suite), "--results", str(separate), "--pack", "1"],
-                          tmp / "separate.log", timeout=600)
+    wandb_dir = tmp / "wandb-dir"
+    with pytest.MonkeyPatch.context() as mp:  # start_cli passes this process's environment on
+        for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(wandb_dir)), ("WANDB_SILENT", "true")):
+            mp.setenv(name, value)
+        one_each = run_logged(["run", "--suite", str(suite), "--results", str(separate), "--pack", "1",
+                               "--tracking", "wandb:bkd-ray"], tmp / "separate.log", timeout=600)
     return dict(suite=suite, mlflow=uri, packed=packed, separate=separate, first=first, again=again,
-                one_each=one_each, before=before)
+                one_each=one_each, before=before, wandb_dir=wandb_dir)
 
 
 def test_mini_suite_then_nothing_to_do(five):
@@ -104,6 +108,31 @@ def test_suite_through_ray_mirrors_every_trial_to_mlflow(five):
     boards = list((results / "experiments" / "tensorboard" / "mix").iterdir())
     assert sorted(b.name.rsplit("-", 1)[1] for b in boards) == sorted(rows["run_id"])
     assert all(tensorboard_scalars(b)["train_loss"] for b in boards)
+
+
+def test_suite_through_ray_mirrors_every_trial_to_wandb_offline(five):
+    """W&B offline through Ray: each trial (a process of its own, in a folder of its own) writes an
+    offline run into WANDB_DIR, named and tagged after its run, with every epoch's loss and the row's
+    final top-1 (the run files are decoded with W&B's own protobuf classes: helpers.wandb_files)."""
+    import glob
+    from pathlib import Path
+
+    from helpers.wandb_files import offline_run
+
+    code, out = five["one_each"]
+    assert code == 0, out
+    rows = rows_of(five["separate"]).set_index("run_id")
+    paths = glob.glob(str(five["wandb_dir"] / "wandb" / "offline-run-*" / "run-*.wandb"))
+    runs = [offline_run(Path(p)) for p in paths]
+    assert len(runs) == 5, paths
+    by_id = {next(t.split(":", 1)[1] for t in r["tags"] if t.startswith("run_id:")): r for r in runs}
+    assert sorted(by_id) == sorted(rows.index)
+    for run_id, run in by_id.items():
+        row = rows.loc[run_id]
+        assert run["project"] == "bkd-ray" and run["config"]["method"] == row.method
+        assert run["summary"]["final/top1"] == pytest.approx(row.top1)
+        history = json.loads(row.history) if isinstance(row.history, str) else list(row.history)
+        assert [h["train_loss"] for h in run["history"]] == pytest.approx([h["train_loss"] for h in history])
 
 
 # --- 2. Ctrl-C, then --resume ------------------------------------------------------------------
