@@ -59,3 +59,49 @@ def write_imagenet_lt(root: Path, counts=(12, 6, 3), val_per_class: int = 2, tes
     for split, split_lines in lines.items():
         (folder / f"ImageNet_LT_{split}.txt").write_text("\n".join(split_lines) + "\n")
     return lines
+
+
+def _write_lists(folder: Path, names: dict, lines: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, name in names.items():
+        (folder / name).write_text("\n".join(lines[split]) + "\n")
+
+
+def write_places_lt(root: Path, counts, val_per_class: int = 4, test_per_class: int = 10) -> dict:
+    """A Places-LT-shaped tree: training and validation images in Places-365's ``data_256/<letter>/<scene>/``
+    folders, listed with a leading ``/`` as the OLTR lists write them, test images in ``val_256/`` as
+    ``Places365_val_<8 digits>.jpg``; the lists ``Places_LT_{train,val,test}.txt`` in ``root``.
+    Returns the lists' lines per split."""
+    lines = {"train": [], "val": [], "test": []}
+    serial = 0
+    for label, n in enumerate(counts):
+        scene = f"scene{label:03d}"
+        for split, k, first in (("train", n, 0), ("val", val_per_class, 500)):
+            for i in range(k):
+                rel = f"data_256/{scene[0]}/{scene}/{first + i + 1:08d}.jpg"
+                write_image(root / rel, label, first + i)
+                lines[split].append(f"/{rel} {label}")
+        for i in range(test_per_class):
+            serial += 1
+            rel = f"val_256/Places365_val_{serial:08d}.jpg"
+            write_image(root / rel, label, 200 + i)
+            lines["test"].append(f"/{rel} {label}")
+    _write_lists(root, {s: f"Places_LT_{s}.txt" for s in lines}, lines)
+    return lines
+
+
+def write_inat18(root: Path, counts, val_per_class: int = 10) -> dict:
+    """An iNaturalist-2018-shaped tree: ``train_val2018/<kingdom>/<class id>/<hash>.jpg`` for both lists,
+    ``iNaturalist18_train.txt`` and ``iNaturalist18_val.txt`` (no test list: bkdbench carves validation
+    from train and reports the val list as test). Returns the lists' lines per list."""
+    lines = {"train": [], "val": []}
+    kingdoms = ("Plantae", "Insecta", "Aves")
+    for label, n in enumerate(counts):
+        folder = f"train_val2018/{kingdoms[label % len(kingdoms)]}/{label}"
+        for split, k, first in (("train", n, 0), ("val", val_per_class, 300)):
+            for i in range(k):
+                rel = f"{folder}/{label:04d}{first + i:05d}.jpg"
+                write_image(root / rel, label, first + i)
+                lines[split].append(f"{rel} {label}")
+    _write_lists(root, {s: f"iNaturalist18_{s}.txt" for s in lines}, lines)
+    return lines
