@@ -18,7 +18,7 @@ from helpers.cluster import Cluster, free_port
 from helpers.s3_server import S3_ENV
 from helpers.files import write_suite
 from helpers.processes import kill_pids, processes_of_driver, ray_daemon_pids, wait_for
-from helpers.storage import check_suite_on_store
+from helpers.storage import check_lease_makes_a_second_driver_wait, check_suite_on_store
 from helpers.sweeps import check_sigkilled_sweep_resumes
 
 BUCKET = "bkd-results"
@@ -167,6 +167,10 @@ def test_journal_pull_and_push(s3, cache):
     stored.delete()
     storage._pulled.clear()
     assert not pull(stored).exists()
+
+
+def test_a_lease_on_s3_makes_a_second_driver_wait(s3, tmp_path):
+    check_lease_makes_a_second_driver_wait(s3, tmp_path)
 
 
 # --- the CLI, end to end ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 
 from bkdbench.storage import Location, LocationError, pull, push
 from helpers.cluster import free_port
-from helpers.storage import check_suite_on_store
+from helpers.storage import check_lease_makes_a_second_driver_wait, check_suite_on_store
 from helpers.sweeps import check_sigkilled_sweep_resumes
 
 
@@ -37,6 +37,10 @@ def gcs():
         yield lambda prefix: f"gs://{bucket}/{prefix}?{query}"
     finally:
         server.stop()
+
+
+def test_a_lease_on_gcs_makes_a_second_driver_wait(gcs, tmp_path):
+    check_lease_makes_a_second_driver_wait(gcs, tmp_path)
 
 
 def test_gcs_location_round_trip(gcs, cache):

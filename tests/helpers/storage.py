@@ -55,3 +55,52 @@ def check_suite_on_store(store: Callable[[str], str], tmp_path: Path, name: str)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     flat = " ".join(second.stdout.split())
     assert "3 already in the leaderboard" in flat and "0 to train" in flat, second.stdout
+
+
+# A driver holding the lease on one run of results on object storage, in a process of its own: it
+# releases the lease once the test says "go", after writing the run's outcome (as a row is written
+# before the release).
+HOLDER = """
+import sys, time
+from bkdbench.orchestrate.lease import try_acquire
+from bkdbench.storage import Location
+root, outcome = sys.argv[1], sys.argv[2]
+lease = try_acquire(root, "run-x")
+assert lease is not None
+print("held", flush=True)
+while not (Location(root) / "go").exists():
+    time.sleep(0.05)
+(Location(root) / "outcome").write_text(outcome)
+lease.release()
+"""
+
+
+def check_lease_makes_a_second_driver_wait(store: Callable[[str], str], tmp_path: Path) -> None:
+    """One process holds the lease on a run of results in the bucket; this process, as a second
+    driver, finds it held, waits, and takes the holder's outcome instead of training the run; the
+    bucket keeps no lease afterwards. (Exclusive creation is "exists, then put" there: lease.py.)"""
+    import subprocess
+    import sys
+
+    from bkdbench.orchestrate.lease import acquire, leases_dir
+
+    root = store(f"lease-{uuid.uuid4().hex[:6]}")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, root, "finished"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert [n for n in leases_dir(root).list() if n.startswith("run-x.")] == ["run-x.0.json"]
+        outcome, looks = Location(root) / "outcome", []
+
+        def finished() -> bool:
+            looks.append(1)
+            if len(looks) == 2:  # the first look found the lease held: now let the holder finish
+                (Location(root) / "go").write_text("")
+            return outcome.exists() and outcome.read_text() == "finished"
+
+        got = acquire(root, "run-x", poll=0.1, finished=finished, failure=lambda: None)
+        assert holder.wait(timeout=60) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert got.lease is None and got.finished and len(looks) >= 2 and got.waited >= 0.1
+    assert leases_dir(root).list() == []
