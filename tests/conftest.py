@@ -21,11 +21,76 @@ _SHARED_GROUPS = {"test_cifar.py": "cifar_root", "test_validation_split.py": "ci
 def pytest_collection_modifyitems(config, items):
     """Each test file is one xdist group (its module fixtures then run once, in one worker), except
     the files of ``_SHARED_GROUPS``, which share a group (the 370-MB ``cifar_root`` is written once).
-    Without xdist the marker does nothing."""
+    Without xdist the marker does nothing. With ``--slow-shard K/N`` only one shard of the slow files
+    outside ``CORE_SLOW`` is kept (slow_shards)."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             name = item.path.name
             item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(name, name)))
+    shard = config.getoption("--slow-shard")
+    if shard:
+        keep, drop = split_slow(items, shard)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+
+
+# --- slow tests: a core every run, the rest in rotating shards ----------------------------------
+
+# The slow tests every `make test` runs: one end-to-end run through Ray of each command -- `run` (packed,
+# mirrored to MLflow and W&B, the report in Chromium), `sweep`, `ablate`, and two drivers sharing one
+# results folder (leases, SSD-LT's three stages). A file's name alone means all its tests.
+CORE_SLOW = ("test_suite_runner.py::test_mini_suite_then_nothing_to_do",
+             "test_suite_runner.py::test_suite_through_ray_mirrors_every_trial_to_mlflow",
+             "test_suite_runner.py::test_suite_through_ray_mirrors_every_trial_to_wandb_offline",
+             "test_suite_runner.py::test_a_packed_suite_writes_the_rows_of_one_trial_per_run",
+             "test_suite_runner.py::test_report_of_the_suites_own_rows",
+             "test_suite_runner.py::test_local_run_starts_its_own_ray",
+             "test_sweep.py::test_tiny_sweep_end_to_end", "test_sweep.py::test_sweep_report_reprints_the_sweep",
+             "test_ablate.py::test_tiny_ablation_through_ray", "test_two_drivers.py")
+# Seconds each shard unit (a file's slow tests outside the core) took in one sequential run of them all
+# (2 cores, 2026-12-06), to balance the shards; a unit not listed counts 60.
+SLOW_SECONDS = {"test_storage.py": 504, "test_cluster.py": 384, "test_suite_runner.py": 355, "test_sweep.py": 232,
+                "test_sweep_workers.py": 223, "test_sweep_spaces_asha.py": 222, "test_workers.py": 164,
+                "test_storage_gcs.py": 164, "test_sweep_sh.py": 146, "test_ablate.py": 133, "test_plugins_ray.py": 131,
+                "test_wheel.py": 65, "test_sweep_pruning.py": 42, "test_sweep_packed.py": 22,
+                "test_gpu_allocation.py": 21, "test_foundation_runs.py": 16, "test_gpu_check.py": 16}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow-shard", default=None, metavar="K/N",
+                     help="run the CORE_SLOW tests and only the K-th (0-based) of N balanced shards of the other "
+                          "slow tests (make test: K from the commit; make test-all: all of them)")
+
+
+def is_core(item) -> bool:
+    name = f"{item.path.name}::{item.name.split('[')[0]}"
+    return any(name == core or item.path.name == core for core in CORE_SLOW)
+
+
+def slow_shards(units, n: int) -> list[set]:
+    """``units`` (file names) in ``n`` shards of about equal time: the longest first, each to the
+    lightest shard so far."""
+    shards = [(0.0, i, set()) for i in range(n)]
+    for name in sorted(units, key=lambda f: (-SLOW_SECONDS.get(f, 60.0), f)):
+        load, i, members = min(shards, key=lambda s: (s[0], s[1]))
+        members.add(name)
+        shards[i] = (load + SLOW_SECONDS.get(name, 60.0), i, members)
+    return [members for _, _, members in shards]
+
+
+def split_slow(items, shard: str):
+    """(kept, deselected) items for ``--slow-shard K/N``: a file's non-core slow tests stay together
+    (their module fixtures run once)."""
+    try:
+        k, n = (int(x) for x in shard.split("/"))
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        raise pytest.UsageError(f"--slow-shard wants K/N with 0 <= K < N (got {shard!r})") from None
+    rest = [i for i in items if i.get_closest_marker("slow") and not is_core(i)]
+    chosen = slow_shards({i.path.name for i in rest}, n)[k]
+    dropped = {id(i) for i in rest if i.path.name not in chosen}
+    return [i for i in items if id(i) not in dropped], [i for i in items if id(i) in dropped]
 
 
 @pytest.fixture(scope="session")
