@@ -37,9 +37,9 @@ def pytest_collection_modifyitems(config, items):
 
 # --- slow tests: a core every run, the rest in rotating shards ----------------------------------
 
-# The slow tests every `make test` runs: one end-to-end run through Ray of each command -- `run` (packed,
-# mirrored to MLflow and W&B, the report in Chromium), `sweep`, `ablate`, and two drivers sharing one
-# results folder (leases, SSD-LT's three stages). A file's name alone means all its tests.
+# The slow tests every `make test` runs: one end-to-end run through Ray of `run` (packed and not,
+# mirrored to MLflow and W&B, nothing left to do the second time, the report in Chromium), of `sweep`
+# and of `ablate`. A file's name alone would mean all its tests.
 CORE_SLOW = ("test_suite_runner.py::test_mini_suite_then_nothing_to_do",
              "test_suite_runner.py::test_suite_through_ray_mirrors_every_trial_to_mlflow",
              "test_suite_runner.py::test_suite_through_ray_mirrors_every_trial_to_wandb_offline",
@@ -47,14 +47,23 @@ CORE_SLOW = ("test_suite_runner.py::test_mini_suite_then_nothing_to_do",
              "test_suite_runner.py::test_report_of_the_suites_own_rows",
              "test_suite_runner.py::test_local_run_starts_its_own_ray",
              "test_sweep.py::test_tiny_sweep_end_to_end", "test_sweep.py::test_sweep_report_reprints_the_sweep",
-             "test_ablate.py::test_tiny_ablation_through_ray", "test_two_drivers.py")
+             "test_ablate.py::test_tiny_ablation_through_ray")
 # Seconds each shard unit (a file's slow tests outside the core) took in one sequential run of them all
 # (2 cores, 2026-12-06), to balance the shards; a unit not listed counts 60.
 SLOW_SECONDS = {"test_storage.py": 504, "test_cluster.py": 384, "test_suite_runner.py": 355, "test_sweep.py": 232,
                 "test_sweep_workers.py": 223, "test_sweep_spaces_asha.py": 222, "test_workers.py": 164,
                 "test_storage_gcs.py": 164, "test_sweep_sh.py": 146, "test_ablate.py": 133, "test_plugins_ray.py": 131,
                 "test_wheel.py": 65, "test_sweep_pruning.py": 42, "test_sweep_packed.py": 22,
-                "test_gpu_allocation.py": 21, "test_foundation_runs.py": 16, "test_gpu_check.py": 16}
+                "test_gpu_allocation.py": 21, "test_foundation_runs.py": 16, "test_gpu_check.py": 16,
+                "test_two_drivers.py": 120}
+
+
+def pytest_report_header(config):
+    shard = config.getoption("--slow-shard")
+    if shard:
+        return (f"slow tests: the core (conftest.CORE_SLOW) and shard {shard} of the others; "
+                "`make test-all` runs every slow test")
+    return None
 
 
 def pytest_addoption(parser):
