@@ -314,16 +314,16 @@ def test_search_trial_applies_the_sampled_parameters(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 def _sweep_id_of(monkeypatch, tmp_path, *args) -> str:
-    """The sweep id `bkdbench sweep` computes for ``args``, caught where it first opens the study."""
+    """The sweep id `bkdbench sweep` computes for ``args``, caught where it first names the sweep's folder."""
     from typer.testing import CliRunner
 
     class Caught(Exception):
         pass
 
-    def open_study(sweep_id, folder, storage_url=None):
+    def sweep_dir(root, sweep_id):
         raise Caught(sweep_id)
 
-    monkeypatch.setattr(sweep_mod, "open_study", open_study)
+    monkeypatch.setattr(sweep_mod, "sweep_dir", sweep_dir)
     result = CliRunner().invoke(cli_app("sweep"), ["sweep", *map(str, args), "--results", str(tmp_path / "results")])
     assert isinstance(result.exception, Caught), result.output
     return str(result.exception)
