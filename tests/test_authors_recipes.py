@@ -47,6 +47,7 @@ def test_dkd_beta_by_student_as_mdistiller_sets_it():
     # mdistiller configs/cifar100/dkd/res110_res32.yaml: "STUDENT: resnet32" ... "DKD:\n  BETA: 2.0"
     assert make_spec("cifar100", 100, "dkd").params["nckd_weight"] == 2.0
     assert make_spec("cifar100", 100, "dkd", model="resnet20").params["nckd_weight"] == 2.0
+    assert make_spec("cifar10", 100, "dkd", model="resnet8").params["nckd_weight"] == 2.0  # thin, as resnet20/32
     assert make_spec("digits", 10, "dkd").params["nckd_weight"] == 8.0  # res32x4_res8x4.yaml and the rest: 8
     given = make_spec("cifar100", 100, "dkd", params={"nckd_weight": 8})
     assert given.params["nckd_weight"] == 8.0  # the earlier default, one -p away
