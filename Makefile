@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 # The quick tests on both cores (pytest-xdist; conftest keeps a file's tests in one worker, so its
 # module fixtures run once), then the Ray end-to-end ones (`slow`) one at a time, since each Ray start
-# wants every core and two at once ran no faster. `make test` (CI) runs the core of the slow tests
+# wants every core (two at once: 1.3x faster, and one timed out). `make test` (CI) runs the core of the slow tests
 # (conftest.CORE_SLOW: run, sweep and ablate end to end) and one of SLOW_SHARDS balanced shards of the
 # others, picked by the commit (so successive commits rotate through them); `make test-all` runs every
 # slow test. Exit status 5 ("no tests collected", e.g. with a -k in PYTEST_ADDOPTS) fails neither step.
