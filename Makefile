@@ -24,14 +24,14 @@ demo: $(STAMP)
 # module fixtures run once), then the Ray end-to-end ones (`slow`) one at a time, since each Ray start
 # wants every core (two at once: 1.3x faster, and one timed out). `make test` (CI) runs the core of the slow tests
 # (conftest.CORE_SLOW: run, sweep and ablate end to end) and one of SLOW_SHARDS balanced shards of the
-# others, picked by the commit (so successive commits rotate through them); `make test-all` runs every
+# others, picked by the commit (so successive commits rotate through them; SLOW_SHARD=K picks one); `make test-all` runs every
 # slow test. Exit status 5 ("no tests collected", e.g. with a -k in PYTEST_ADDOPTS) fails neither step.
 SLOW_SHARDS ?= 6
-SHARD := $(shell echo $$(( $$(git rev-list --count HEAD 2>/dev/null || echo 0) % $(SLOW_SHARDS) )))
+SLOW_SHARD ?= $(shell echo $$(( $$(git rev-list --count HEAD 2>/dev/null || echo 0) % $(SLOW_SHARDS) )))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup || test $$? -eq 5
-	$(BIN)/python -m pytest -q -m slow --slow-shard $(SHARD)/$(SLOW_SHARDS) || test $$? -eq 5
+	$(BIN)/python -m pytest -q -m slow --slow-shard $(SLOW_SHARD)/$(SLOW_SHARDS) || test $$? -eq 5
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup || test $$? -eq 5
