@@ -21,7 +21,7 @@ from bkdbench.data.large.lists import inat_val_count
 from bkdbench.data.large.places_lt import PLACES_LT
 from bkdbench.data.longtail import longtail_counts
 from splitlist_files import write_inat18, write_places_lt
-from test_imagefolder import chance_bound
+from helpers.learning import chance_bound
 
 COUNTS = longtail_counts(40, 10, 10.0, "exp")  # 40 .. 4 training images a class
 TEST = 10  # per class: 100 test images, guessing stays under chance_bound(10, 100) = 19.9 %
