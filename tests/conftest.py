@@ -48,14 +48,46 @@ CORE_SLOW = ("test_suite_runner.py::test_mini_suite_then_nothing_to_do",
              "test_suite_runner.py::test_local_run_starts_its_own_ray",
              "test_sweep.py::test_tiny_sweep_end_to_end", "test_sweep.py::test_sweep_report_reprints_the_sweep",
              "test_ablate.py::test_tiny_ablation_through_ray")
-# Seconds each shard unit (a file's slow tests outside the core) took in one sequential run of them all
-# (2 cores, 2026-12-06), to balance the shards; a unit not listed counts 60.
-SLOW_SECONDS = {"test_storage.py": 504, "test_cluster.py": 384, "test_suite_runner.py": 355, "test_sweep.py": 232,
-                "test_sweep_workers.py": 223, "test_sweep_spaces_asha.py": 222, "test_workers.py": 164,
-                "test_storage_gcs.py": 164, "test_sweep_sh.py": 146, "test_ablate.py": 133, "test_plugins_ray.py": 131,
-                "test_wheel.py": 65, "test_sweep_pruning.py": 42, "test_sweep_packed.py": 22,
-                "test_gpu_allocation.py": 21, "test_foundation_runs.py": 16, "test_gpu_check.py": 16,
-                "test_two_drivers.py": 120}
+# Seconds each shard unit took in one sequential run of every slow test (2 cores, a niced CPU job
+# beside them, 2026-12-06), to balance the shards; a unit not listed counts 60. A unit is one test,
+# or a whole file where its tests share a module fixture that is itself a Ray run (shard_unit).
+SLOW_SECONDS = {
+    "test_sweep_workers.py::test_two_worker_search_trials_are_pruned_and_recorded_as_one_worker_ones": 223,
+    "test_sweep_spaces_asha.py": 222, "test_workers.py": 164, "test_sweep_pruning.py": 42, "test_wheel.py": 65,
+    "test_sweep_sh.py::test_sh_sweep_end_to_end_survives_a_sigkill": 146,
+    "test_storage.py::test_killed_driver_resumes_from_s3[checkpoints-gone]": 144,
+    "test_storage.py::test_killed_driver_resumes_from_s3[as-left]": 125,
+    "test_storage.py::test_sigkilled_sweep_on_s3_resumes_from_the_bucket": 120,
+    "test_storage.py::test_suite_on_s3_end_to_end": 60,
+    "test_storage.py::test_two_node_cluster_shares_s3_storage": 46,
+    "test_storage.py::test_unreachable_endpoint_exits_2": 11,
+    "test_storage_gcs.py::test_sigkilled_sweep_on_gcs_resumes_from_the_bucket": 107,
+    "test_storage_gcs.py::test_suite_on_gcs_end_to_end": 57,
+    "test_sweep.py::test_resume_continues_numbering": 133,
+    "test_sweep.py::test_sigkilled_sweep_driver_resumes": 98,
+    "test_plugins_ray.py::test_a_plugin_method_trains_on_the_second_node_in_a_suite_an_ablation_and_a_sweep": 131,
+    "test_cluster.py::test_a_two_worker_trial_across_two_nodes_survives_losing_one": 130,
+    "test_cluster.py::test_killed_driver_resumes_without_duplicates": 90,
+    "test_cluster.py::test_suite_survives_losing_a_worker_node": 72,
+    "test_cluster.py::test_a_driver_without_the_clusters_token_is_refused_clearly": 38,
+    "test_cluster.py::test_full_storage_fails_clearly_and_keeps_rows": 37,
+    "test_cluster.py::test_node_local_storage_is_refused": 17,
+    "test_suite_runner.py::test_sigint_then_resume": 120,
+    "test_suite_runner.py::test_resume_with_narrower_filters_then_full_resume": 93,
+    "test_suite_runner.py::test_sigint_in_student_stage_then_resume": 83,
+    "test_suite_runner.py::test_diverging_runs_fail_alone_and_the_cli_exits_1_naming_them": 58,
+    "test_ablate.py::test_sigkilled_ablation_resumes_each_run_once_from_its_checkpoint": 86,
+    "test_ablate.py::test_packed_ablation_through_ray_then_resume_trains_nothing": 47,
+    "test_two_drivers.py::test_two_drivers_on_one_results_folder_train_each_run_once": 102,
+    "test_sweep_packed.py::test_packed_sweep_through_ray": 22,
+    "test_gpu_allocation.py::test_a_declared_gpu_that_torch_cannot_see_fails_the_trial_at_once": 21,
+    "test_gpu_check.py::test_gpu_check_runs_without_ray_optuna_or_an_installed_pydantic": 16,
+    "test_foundation_runs.py::test_bkd_student_of_a_lift_teacher": 12,
+    "test_foundation_runs.py::test_the_four_methods_train_on_digits": 2,
+    "test_foundation_runs.py::test_packed_students_of_a_foundation_teacher_match_separate_runs": 2,
+}
+# Module fixtures cheap to start once more in another shard (a moto or emulator server, not a Ray run).
+_CHEAP_MODULE_FIXTURES = {"s3", "gcs"}
 
 
 def pytest_report_header(config):
@@ -77,11 +109,20 @@ def is_core(item) -> bool:
     return any(name == core or item.path.name == core for core in CORE_SLOW)
 
 
+def shard_unit(item) -> str:
+    """The unit of a slow test in the shards: its whole file where it shares a costly module fixture
+    with the file's other tests (that fixture then runs once), itself otherwise."""
+    for name, defs in item._fixtureinfo.name2fixturedefs.items():
+        if defs and defs[-1].scope == "module" and name not in _CHEAP_MODULE_FIXTURES:
+            return item.path.name
+    return f"{item.path.name}::{item.name}"
+
+
 def slow_shards(units, n: int) -> list[set]:
-    """``units`` (file names) in ``n`` shards of about equal time: the longest first, each to the
-    lightest shard so far."""
+    """``units`` in ``n`` shards of about equal time: the longest first, each to the lightest shard
+    so far."""
     shards = [(0.0, i, set()) for i in range(n)]
-    for name in sorted(units, key=lambda f: (-SLOW_SECONDS.get(f, 60.0), f)):
+    for name in sorted(units, key=lambda u: (-SLOW_SECONDS.get(u, 60.0), u)):
         load, i, members = min(shards, key=lambda s: (s[0], s[1]))
         members.add(name)
         shards[i] = (load + SLOW_SECONDS.get(name, 60.0), i, members)
@@ -89,16 +130,16 @@ def slow_shards(units, n: int) -> list[set]:
 
 
 def split_slow(items, shard: str):
-    """(kept, deselected) items for ``--slow-shard K/N``: a file's non-core slow tests stay together
-    (their module fixtures run once)."""
+    """(kept, deselected) items for ``--slow-shard K/N``: every slow test outside the core in one
+    shard, a file's tests together where they share a costly module fixture (shard_unit)."""
     try:
         k, n = (int(x) for x in shard.split("/"))
         assert 0 <= k < n
     except (ValueError, AssertionError):
         raise pytest.UsageError(f"--slow-shard wants K/N with 0 <= K < N (got {shard!r})") from None
     rest = [i for i in items if i.get_closest_marker("slow") and not is_core(i)]
-    chosen = slow_shards({i.path.name for i in rest}, n)[k]
-    dropped = {id(i) for i in rest if i.path.name not in chosen}
+    chosen = slow_shards({shard_unit(i) for i in rest}, n)[k]
+    dropped = {id(i) for i in rest if shard_unit(i) not in chosen}
     return [i for i in items if id(i) not in dropped], [i for i in items if id(i) in dropped]
 
 
