@@ -79,6 +79,7 @@ SLOW_SECONDS = {
     "test_ablate.py::test_sigkilled_ablation_resumes_each_run_once_from_its_checkpoint": 86,
     "test_ablate.py::test_packed_ablation_through_ray_then_resume_trains_nothing": 47,
     "test_two_drivers.py::test_two_drivers_on_one_results_folder_train_each_run_once": 102,
+    "test_large_benchmarks_train.py::test_places_lt_lists_through_ray_learn_and_write_their_row": 30,
     "test_sweep_packed.py::test_packed_sweep_through_ray": 22,
     "test_gpu_allocation.py::test_a_declared_gpu_that_torch_cannot_see_fails_the_trial_at_once": 21,
     "test_gpu_check.py::test_gpu_check_runs_without_ray_optuna_or_an_installed_pydantic": 16,

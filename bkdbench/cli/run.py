@@ -71,7 +71,7 @@ def run(
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
     phases = Phases()
-    from bkdbench.data import DataError, get_dataset
+    from bkdbench.data import DataError, dataset_info
     from bkdbench.leaderboard.store import LeaderboardError, check_writable
     from bkdbench.paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
     from bkdbench.orchestrate.devices import DeviceRefused, parse_gpus
@@ -105,8 +105,10 @@ def run(
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)
-        for name in sorted({sp.dataset for sp in specs}):
-            get_dataset(name).load(data_dir)  # missing or corrupt data fails now, not inside a trial
+        # Missing or corrupt data fails now, not inside a trial; at the size the runs use (a large
+        # benchmark's store is decoded per size).
+        for name, size in sorted({(sp.dataset, sp.image_size) for sp in specs}, key=str):
+            dataset_info(name, data_dir, size).load(data_dir)
         note_reference_split(specs, data_dir)
     except (SuiteError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))

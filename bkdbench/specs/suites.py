@@ -59,6 +59,9 @@ class Suite(BaseModel):
     model: Optional[str] = None
     recipe: Optional[str] = None
     epochs: Optional[int] = Field(None, gt=0)
+    # The training crop of the split-list benchmarks and the resize of an image folder, as
+    # `bkdbench train --image-size` (None: the dataset's own, 224 for ImageNet-LT, Places-LT, iNat18).
+    image_size: Optional[int] = Field(None, ge=8)
     # Data-parallel workers per trial (`bkdbench run --workers-per-trial`, which overrides it);
     # an execution setting, not part of any run id.
     workers_per_trial: int = Field(1, ge=1)
@@ -135,7 +138,7 @@ class Suite(BaseModel):
                         continue
                     for seed in chosen_seeds:
                         common = dict(seed=seed, data_seed=self.data_seed, profile=self.profile, data_dir=data_dir,
-                                      split=split, select=select)
+                                      image_size=self.image_size, split=split, select=select)
                         teacher = None
                         if entry.teacher is not None:  # its own recipe; a smoke budget shortens it too
                             t = entry.teacher
