@@ -14,8 +14,8 @@ import pytest
 from bkdbench.methods.registry import resolve_cb_epoch
 from bkdbench.orchestrate.sweeps import halving
 from bkdbench.orchestrate.sweeps.driver import SweepConfig, choose_scheduler, space_hash
-from bkdbench.orchestrate.sweeps.halving import (BRACKET, keep_count, min_rung_epochs, promote, rung_budgets,
-                                                 scaled_spec)
+from bkdbench.orchestrate.sweeps.halving import (BRACKET, bracket_plan, keep_count, min_rung_epochs, promote,
+                                                 rung_budgets, scaled_spec)
 from bkdbench.orchestrate.sweeps.report import rank_agreement, spearman
 from bkdbench.specs import make_spec
 from bkdbench.specs.recipes import get_recipe
@@ -200,13 +200,65 @@ def test_halving_tells_optuna_each_rung_and_a_resume_trains_only_what_is_missing
     assert len(records) == 14 and {json.loads(p.read_text())["epochs"] for p in records} == {3, 9, 27}
 
 
+def test_bracket_sizes_are_hyperbands():
+    # Li et al. 2018, Table 1 (R = 81, eta = 3): brackets of 81, 34, 15, 8 and 5 configurations starting
+    # at 1, 3, 9, 27 and 81 units of budget.
+    plan = bracket_plan(81, [1, 3, 9, 27, 81], 3, 5)
+    assert plan == [(81, [1, 3, 9, 27, 81]), (34, [3, 9, 27, 81]), (15, [9, 27, 81]), (8, [27, 81]), (5, [81])]
+    # 16 at [8, 13, 40]: 16·3/(2·3) = 8 from 13 epochs, 16·3/(1·9) = 5.3 -> 6 at 40
+    assert bracket_plan(16, [8, 13, 40], 3, 3) == [(16, [8, 13, 40]), (8, [13, 40]), (6, [40])]
+    assert bracket_plan(16, [8, 13, 40], 3, 1) == [(16, [8, 13, 40])]
+    with pytest.raises(ValueError, match="between 1 and the number of rungs"):
+        bracket_plan(16, [8, 40], 3, 3)
+
+
+def test_brackets_run_in_order_and_a_resume_finishes_the_open_one(tmp_path, monkeypatch):
+    """Three brackets over rungs of 3, 9 and 27 epochs with 9 configurations first: 9 → 3 → 1, then
+    5 from 9 epochs → 1, then 3 at 27; the driver dies in the second bracket's first rung and resumes."""
+    space = SearchSpace(method="bkd", params={"alpha": {"type": "float", "low": 0.1, "high": 10.0}})
+    file = tmp_path / "space.yaml"
+    file.write_text("x")
+    base = make_spec("digits", 10, "bkd", epochs=27)
+    cfg = SweepConfig(method="bkd", dataset="digits", imbalance=10.0, space_file=str(file), space_hash=space_hash(file),
+                      sampler="random", scheduler="sh", epochs=27, rungs=(3, 9, 27), eta=3, brackets=3)
+    trained, kill = [], {"at": 9 + 3 + 1 + 2}  # bracket 0's 13 rung runs, then 2 of bracket 1's first 5
+
+    def fake_rung(cfg, specs, results, folder, budget, **kwargs):
+        for spec in {s.run_id: s for s in specs.values()}.values():
+            if halving.read_record(folder, spec.run_id) is not None:
+                continue
+            if len(trained) == kill["at"]:
+                kill["at"] = None
+                raise Killed
+            trained.append((spec.run_id, budget))
+            halving.write_record(folder, spec, fake_score(spec.params, budget), "finished", 0.0)
+
+    monkeypatch.setattr(halving, "_train_rung", fake_rung)
+    run = lambda: halving.run_halving(cfg, space, base, tmp_path / "results", trials=9, concurrency=2,  # noqa: E731
+                                      budgets=[3, 9, 27], eta=3, brackets=3)
+    with pytest.raises(Killed):
+        run()
+    assert [b for _, b in trained] == [3] * 9 + [9] * 3 + [27] + [9] * 2
+    study = run()
+    assert [b for _, b in trained] == [3] * 9 + [9] * 3 + [27] + [9] * 5 + [27] + [27] * 3  # none twice
+    assert len({r for r, _ in trained}) == len(trained)
+    trials = study.get_trials()
+    assert [sum(t.user_attrs[BRACKET] == b for t in trials) for b in range(3)] == [9, 5, 3]
+    assert sum(t.user_attrs["epochs_trained"] for t in trials) == 9 * 3 + 3 * 9 + 27 + 5 * 9 + 27 + 3 * 27  # 234
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs[BRACKET] for t in complete) == [0, 1, 2, 2, 2]  # one per halving, all of the last
+    assert all(max(t.intermediate_values) == 27 for t in complete)
+    assert all(min(t.intermediate_values) == 9 for t in trials if t.user_attrs[BRACKET] == 1)
+    assert run() and len(trained) == 9 + 3 + 1 + 5 + 1 + 3  # every bracket done: nothing more
+
+
 def test_the_sweep_id_holds_the_rungs_and_an_older_sweep_keeps_its_id():
     from dataclasses import replace
 
     cfg = SweepConfig(method="bkd", dataset="digits", imbalance=10.0, space_file="x.yaml", space_hash="abc")
     halved = replace(cfg, scheduler="sh", rungs=(8, 13, 40), eta=3)
     assert len({cfg.sweep_id, halved.sweep_id, replace(halved, rungs=(13, 40)).sweep_id,
-                replace(halved, eta=2).sweep_id}) == 4
+                replace(halved, eta=2).sweep_id, replace(halved, brackets=2).sweep_id}) == 5
     assert cfg.sweep_id == replace(cfg, rungs=None, eta=None).sweep_id
 
 
@@ -304,6 +356,8 @@ def test_sh_sweep_end_to_end_survives_a_sigkill(tmp_path):
     (["--scheduler", "nope"], "unknown scheduler 'nope'; choose one of: auto, asha, sh, none"),
     (["--eta", "1"], "--eta"),
     (["--min-epochs", "0"], "--min-epochs"),
+    (["--scheduler", "sh", "--brackets", "4"], "--brackets must be between 1 and the number of rungs (3), got 4"),
+    (["--scheduler", "asha", "--brackets", "2"], "--brackets is for successive halving; this sweep's scheduler is asha"),
 ])
 def test_bad_halving_options_exit_2_before_work(tmp_path, args, message):
     from typer.testing import CliRunner

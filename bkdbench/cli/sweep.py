@@ -34,6 +34,8 @@ def sweep(
                                   "DRW), else asha (none with --pack above 1). The plan line says which and why."),
     eta: int = typer.Option(3, "--eta", min=2, help="Successive halving: budgets E·eta^-k, the best 1/eta of a rung move up."),
     rungs: int = typer.Option(3, "--rungs", min=1, help="Successive halving: number of budgets (3: E/9, E/3, E)."),
+    brackets: int = typer.Option(1, "--brackets", min=1, help="Successive halving: Hyperband's first B brackets, "
+                                 "each starting one rung higher with fewer configurations (--trials: the first's)."),
     min_epochs: Optional[int] = typer.Option(None, "--min-epochs", min=1, help="Successive halving: the shortest rung "
                                              "(default: 3, and enough for the recipe's two learning-rate drops to "
                                              "fall on different epochs: 8 for a step recipe)."),
@@ -115,11 +117,15 @@ def sweep(
             check_writable(folder)
         get_dataset(dataset).load(data_dir)
         note_reference_split([base], data_dir)
-        from bkdbench.orchestrate.sweeps.halving import min_rung_epochs, rung_budgets
+        from bkdbench.orchestrate.sweeps.halving import bracket_plan, min_rung_epochs, rung_budgets
         from bkdbench.orchestrate.sweeps.driver import choose_scheduler
 
         scheduler, why = choose_scheduler(scheduler, base, space_def, pack=pack, workers=workers_per_trial)
         budgets = rung_budgets(base.epochs, eta, rungs, min_epochs or min_rung_epochs(base.recipe))
+        if brackets > 1:
+            if scheduler != "sh":
+                raise ValueError(f"--brackets is for successive halving; this sweep's scheduler is {scheduler}")
+            bracket_plan(trials, budgets, eta, brackets)  # at most one bracket per rung
     except (SpaceError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))
 
@@ -136,7 +142,8 @@ def sweep(
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
                       epochs=base.epochs, data_seed=base.data_seed, split=base.split, data_key=base.data_key,
                       pretrained=base.pretrained, plugins=",".join(base.plugins) if base.plugins else None,
-                      **({"rungs": tuple(budgets), "eta": eta} if scheduler == "sh" else {}))
+                      **({"rungs": tuple(budgets), "eta": eta} if scheduler == "sh" else {}),
+                      **({"brackets": brackets} if brackets > 1 else {}))
     folder = sweep_dir(root, cfg.sweep_id)
     devices = DevicePlan([base], asked_gpus, workers_per_trial, wait_for_resources)
     try:
@@ -155,7 +162,10 @@ def sweep(
                   + (f"; packs of {pack} configurations per Ray trial" if pack > 1 else ""))
     console.print(f"scheduler {scheduler}: {why}"
                   + (f"; rungs of {', '.join(map(str, budgets))} epochs (the recipe compressed to each), the best "
-                     f"1/{eta} of a rung by validation move up" if scheduler == "sh" else ""))
+                     f"1/{eta} of a rung by validation move up" if scheduler == "sh" else "")
+                  + (f"; {brackets} brackets of " + ", ".join(f"{n} from {b[0]} epochs" for n, b in
+                                                             bracket_plan(trials, budgets, eta, brackets))
+                     if brackets > 1 else ""))
     started = time.perf_counter()
     kwargs = dict(cpus_per_trial=cpus_per_trial, data_dir=data_dir, workers=workers_per_trial)
     try:
@@ -169,7 +179,7 @@ def sweep(
                     console.print(f"training the shared teacher(s) {', '.join(t.run_id for t in base.all_teachers)} once")
                     run_plan(plan, root, name=f"{cfg.sweep_id}-teacher", tags={}, **kwargs)
 
-            with LiveView(_search_runs(trials, scheduler, budgets, eta)) as view:
+            with LiveView(_search_runs(trials, scheduler, budgets, eta, brackets)) as view:
                 study = run_search(cfg, space_def, base, root, trials=trials, concurrency=concurrency,
                                    storage_url=optuna_storage, on_event=view.event, pack=pack, **kwargs)
             best = best_trial(study)
@@ -258,15 +268,17 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
         console.print(f"wrote {path}")
 
 
-def _search_runs(trials: int, scheduler: str, budgets: list[int], eta: int) -> int:
-    """Ray trials of the search: one per configuration, or with halving one per configuration and rung."""
+def _search_runs(trials: int, scheduler: str, budgets: list[int], eta: int, brackets: int = 1) -> int:
+    """Ray trials of the search: one per configuration, or with halving one per configuration and rung
+    of each bracket."""
     if scheduler != "sh":
         return trials
-    from bkdbench.orchestrate.sweeps.halving import keep_count
+    from bkdbench.orchestrate.sweeps.halving import bracket_plan, keep_count
 
-    total, n = 0, trials
-    for _ in budgets:
-        total, n = total + n, keep_count(n, eta)
+    total = 0
+    for n, rungs in bracket_plan(trials, budgets, eta, brackets):
+        for _ in rungs:
+            total, n = total + n, keep_count(n, eta)
     return total
 
 

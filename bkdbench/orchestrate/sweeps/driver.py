@@ -65,6 +65,7 @@ class SweepConfig:
     plugins: Optional[str] = None  # RunSpec.plugins, joined: an edited plugin method is another search
     rungs: Optional[tuple[int, ...]] = None  # successive halving (scheduler "sh"): the rungs' budgets in epochs
     eta: Optional[int] = None  # successive halving: the best 1/eta of a rung move up
+    brackets: Optional[int] = None  # successive halving: Hyperband's first B brackets (None: one)
 
     @property
     def sweep_id(self) -> str:
@@ -72,7 +73,7 @@ class SweepConfig:
         identity = {k: v for k, v in asdict(self).items() if k != "space_file"}  # the content hash counts, not the path
         if identity["split"] == "reference":  # as every sweep made before the field existed: same id
             del identity["split"]
-        for later in ("data_key", "pretrained", "plugins", "rungs", "eta"):  # None: as before these fields existed
+        for later in ("data_key", "pretrained", "plugins", "rungs", "eta", "brackets"):  # None: as before these fields existed
             if identity[later] is None:
                 del identity[later]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
@@ -152,7 +153,8 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
 
         return run_halving(cfg, space, base, results, trials=trials, concurrency=concurrency,
                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, storage_url=storage_url,
-                           data_dir=data_dir, on_event=on_event, pack=pack, budgets=list(cfg.rungs), eta=cfg.eta)
+                           data_dir=data_dir, on_event=on_event, pack=pack, budgets=list(cfg.rungs), eta=cfg.eta,
+                           brackets=cfg.brackets or 1)
     packed = pack > 1
     if packed and cfg.scheduler != "none":
         raise ValueError("packed search trials run without early stopping: use scheduler 'none' with pack > 1")

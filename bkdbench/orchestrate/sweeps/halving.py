@@ -20,6 +20,11 @@ their last step and value (``optuna.samplers.TPESampler`` treats pruned trials s
 means. The cost: the sampler proposes a whole bracket before any score exists (a first bracket is
 random search), and learns only from finished brackets (``--resume --trials N`` adds one).
 
+Brackets (``--brackets B``, Hyperband, Li et al. 2018). Bracket b of B starts at the b-th rung with
+``ceil(n · K/(K−b) · eta^−b)`` configurations (K rungs; n = ``--trials``, bracket 0's size) and halves
+up to the full budget, so later brackets try fewer configurations at longer first budgets: a hedge for
+methods the shortest rung ranks badly. One bracket (the default) is plain successive halving.
+
 Resume. A rung run's result is written by the trial itself to ``<sweep>/rungs/<run id>.json`` (REFERENCE.md
 §5, trap 5); the driver reads these records, not Tune's results, and trains only the rung runs without
 one, so a resumed sweep never trains a configuration twice at one budget. A bracket's Optuna trials stay
@@ -80,6 +85,16 @@ def promote(scores: dict[int, Optional[float]], eta: int = DEFAULT_ETA) -> list[
     the earlier trial."""
     scored = sorted((n for n, v in scores.items() if v is not None), key=lambda n: (-scores[n], n))
     return sorted(scored[:keep_count(len(scores), eta)])
+
+
+def bracket_plan(trials: int, budgets: list[int], eta: int = DEFAULT_ETA, brackets: int = 1) -> list[tuple[int, list[int]]]:
+    """Hyperband's first ``brackets`` brackets as (configurations, budgets): bracket b starts at
+    ``budgets[b]`` with ``ceil(trials · K/(K−b) · eta^−b)`` configurations (K = len(budgets); Li et al.
+    2018, n_s = ceil((s_max+1)/(s+1) · eta^s) with s = K−1−b, scaled so that bracket 0 has ``trials``)."""
+    k = len(budgets)
+    if not 1 <= brackets <= k:
+        raise ValueError(f"--brackets must be between 1 and the number of rungs ({k}), got {brackets}")
+    return [(max(1, -(-trials * k // ((k - b) * eta ** b))), budgets[b:]) for b in range(brackets)]  # exact ceil
 
 
 def scaled_spec(spec: RunSpec, budget: int) -> RunSpec:
@@ -200,28 +215,45 @@ def _open_bracket(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def run_halving(cfg, space, base: RunSpec, results, *, trials: int, concurrency: int, cpus_per_trial: float = 1.0,
                 gpus_per_trial: float = 0.0, storage_url: Optional[str] = None, data_dir: Optional[Path] = None,
-                on_event=None, pack: int = 1, budgets: list[int], eta: int = DEFAULT_ETA) -> optuna.Study:
-    """Run (or continue) one bracket of successive halving over ``budgets``: the open bracket of an
-    interrupted sweep, else a new one of the ``trials`` the study still lacks. Returns the study."""
-    from ..runner import Interrupted, set_listener
+                on_event=None, pack: int = 1, budgets: list[int], eta: int = DEFAULT_ETA,
+                brackets: int = 1) -> optuna.Study:
+    """Run (or continue) successive halving over ``budgets``. One bracket (``brackets`` 1): the open
+    bracket of an interrupted sweep, else a new one of the ``trials`` the study still lacks. Several:
+    the brackets of ``bracket_plan`` not yet finished, in order. Returns the study."""
+    from ..runner import set_listener
 
     folder = Location(results) / "sweeps" / cfg.sweep_id  # driver.sweep_dir (imported from there it is a circle)
     study = optuna.create_study(study_name=cfg.sweep_id, storage=study_storage(folder, storage_url),
                                 direction="maximize", load_if_exists=True, sampler=make_sampler(cfg.sampler, cfg.seed))
-    members = _open_bracket(study)
-    if not members:
-        remaining = trials - counted_trials(study)
-        if remaining <= 0:
-            return study
-        bracket = 1 + max((t.user_attrs.get(BRACKET, -1) for t in study.get_trials(deepcopy=False)), default=-1)
-        distributions = space.optuna_space()
-        for _ in range(remaining):  # the sampler proposes the bottom rung's configurations
-            trial = study.ask(fixed_distributions=distributions)
-            trial.set_user_attr(BRACKET, bracket)
-        if not storage_url:
-            push(journal_location(folder))
-        members = _open_bracket(study)
+    plan = bracket_plan(trials, budgets, eta, brackets) if brackets > 1 else None
     set_listener(on_event)
+    while True:
+        members = _open_bracket(study)
+        if not members:
+            bracket = 1 + max((t.user_attrs.get(BRACKET, -1) for t in study.get_trials(deepcopy=False)), default=-1)
+            size = (trials - counted_trials(study)) if plan is None else (plan[bracket][0] if bracket < len(plan) else 0)
+            if size <= 0:
+                return study
+            distributions = space.optuna_space()
+            for _ in range(size):  # the sampler proposes the bracket's first rung's configurations
+                trial = study.ask(fixed_distributions=distributions)
+                trial.set_user_attr(BRACKET, bracket)
+            if not storage_url:
+                push(journal_location(folder))
+            members = _open_bracket(study)
+        bracket = members[0].user_attrs[BRACKET]
+        _run_bracket(cfg, study, members, base, results, folder, budgets if plan is None else plan[bracket][1], eta,
+                     concurrency=concurrency, pack=pack, data_dir=data_dir, storage_url=storage_url,
+                     resources={"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        if plan is None:
+            return study  # one bracket a call (`--resume --trials N` adds the next)
+
+
+def _run_bracket(cfg, study: optuna.Study, members, base: RunSpec, results, folder: Location, budgets: list[int],
+                 eta: int, *, concurrency: int, pack: int, data_dir, storage_url, resources: dict) -> None:
+    """Halve one bracket's configurations over ``budgets``, telling the study after each rung."""
+    from ..runner import Interrupted
+
     base_json = base.canonical_json()
     alive = sorted(t.number for t in members)
     params = {t.number: dict(t.params) for t in members}
@@ -229,7 +261,7 @@ def run_halving(cfg, space, base: RunSpec, results, *, trials: int, concurrency:
     for k, budget in enumerate(budgets):
         specs = {n: scaled_spec(search_spec(base_json, params[n]), budget) for n in alive}
         _train_rung(cfg, specs, results, folder, budget, concurrency=concurrency, pack=pack, data_dir=data_dir,
-                    resources={"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+                    resources=resources)
         records = {n: read_record(folder, s.run_id) for n, s in specs.items()}
         if any(r is None for r in records.values()):
             raise Interrupted(f"{sum(r is None for r in records.values())} run(s) of the {budget}-epoch rung of "
@@ -243,7 +275,6 @@ def run_halving(cfg, space, base: RunSpec, results, *, trials: int, concurrency:
         alive = keep
         if not storage_url:
             push(journal_location(folder))
-    return study
 
 
 def _tell(study: optuna.Study, number: int, budget: int, value: Optional[float], epochs: int, *, done: bool,
