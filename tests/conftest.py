@@ -55,6 +55,7 @@ SLOW_SECONDS = {
     "test_sweep_workers.py::test_two_worker_search_trials_are_pruned_and_recorded_as_one_worker_ones": 223,
     "test_sweep_spaces_asha.py": 222, "test_workers.py": 164, "test_sweep_pruning.py": 42, "test_wheel.py": 65,
     "test_sweep_sh.py::test_sh_sweep_end_to_end_survives_a_sigkill": 146,
+    "test_sweep_sh.py::test_hyperband_brackets_through_ray": 90,
     "test_storage.py::test_killed_driver_resumes_from_s3[checkpoints-gone]": 144,
     "test_storage.py::test_killed_driver_resumes_from_s3[as-left]": 125,
     "test_storage.py::test_sigkilled_sweep_on_s3_resumes_from_the_bucket": 120,

@@ -3,7 +3,8 @@ the rungs' budgets and the promotion rule against values worked out by hand (in 
 run as the same recipe with fewer epochs, ``--scheduler auto``'s choice, Spearman's rank agreement
 against scipy and a hand computation, the driver's bookkeeping with the training faked (no Ray: what
 Optuna is told, and a resumed bracket trains only the rung runs without a record), and one slow end-to-end
-sweep through Ray and Optuna that is SIGKILLed mid-bracket and resumed."""
+sweep through Ray and Optuna that is SIGKILLed mid-bracket and resumed; Hyperband brackets (`--brackets`)
+against Li et al.'s table, faked and through Ray."""
 from __future__ import annotations
 
 import json
@@ -349,6 +350,30 @@ def test_sh_sweep_end_to_end_survives_a_sigkill(tmp_path):
     text = " ".join(report.stdout.split())
     assert report.returncode == 0 and "rank agreement, 1 → 3 epochs: Spearman" in text
     assert "successive halving saved" in text and (results / "sweeps" / sweep_id / "rungs.png").is_file()
+
+
+@pytest.mark.slow
+def test_hyperband_brackets_through_ray(tmp_path):
+    """`sweep bkd --brackets 2` on digits, rungs of 1, 3 and 9 epochs, 3 configurations first: bracket 0
+    3 → 1 → 1, bracket 1 (3·3/(2·3) = 1.5 → 2 from 3 epochs) 2 → 1; 8 rung runs, each trained once,
+    30 epochs in all, the plan line naming both brackets."""
+    from helpers.cli import run_cli
+    from helpers.sweeps import load_study, sweep_ids
+
+    results = tmp_path / "results"
+    out = run_cli(["sweep", "bkd", "--dataset", "digits", "--imbalance", "10", "--trials", "3", "--epochs", "9",
+                   "--scheduler", "sh", "--min-epochs", "1", "--brackets", "2", "--final-seeds", "1",
+                   "--concurrency", "2", "--results", results], folder=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 brackets of 3 from 1 epochs, 2 from 3 epochs" in " ".join(out.stdout.split())
+    (sweep_id,) = sweep_ids(results)
+    epochs = sorted(json.loads(p.read_text())["epochs"] for p in (results / "sweeps" / sweep_id / "rungs").glob("*.json"))
+    assert epochs == [1, 1, 1, 3, 3, 3, 9, 9]  # 3 + 1 + 1 rung runs, then 2 + 1
+    trials = load_study(results, sweep_id).trials
+    assert [t.user_attrs[BRACKET] for t in trials] == [0, 0, 0, 1, 1]
+    assert sum(t.user_attrs["epochs_trained"] for t in trials) == 3 * 1 + 3 + 9 + 2 * 3 + 9
+    assert [min(t.intermediate_values) for t in trials if t.user_attrs[BRACKET] == 1] == [3, 3]
+    assert sorted(t.state.name for t in trials).count("COMPLETE") == 2  # one full-budget run per bracket
 
 
 @pytest.mark.parametrize("args, message", [
