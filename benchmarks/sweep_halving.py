@@ -12,6 +12,9 @@ lies inside the full-budget search's 95 % interval over its final seeds. The tes
 after both searches chose on validation only. Writes ``--out`` (JSON) and prints a summary.
 
     nice -n 5 python benchmarks/sweep_halving.py --results /tmp/sh-bench --out /tmp/sh-bench/result.json
+    # the CIFAR-10 (JPEG) CPU recipe, its schedule stretched to 36 epochs (rungs of 8, 12 and 36)
+    python benchmarks/sweep_halving.py --dataset imagefolder --data-dir DIR --imbalance 100 --model resnet8 \
+        --recipe cpu-short --epochs 36 --sh-only "" --results /tmp/sh-cifar --out /tmp/sh-cifar/result.json
 """
 from __future__ import annotations
 
@@ -32,8 +35,9 @@ def sweep(method: str, scheduler: str, args) -> dict:
     cmd = [sys.executable, "-m", "bkdbench", "sweep", method, "--dataset", args.dataset, "--imbalance", str(args.imbalance),
            "--trials", str(args.trials), "--concurrency", str(args.concurrency), "--final-seeds", str(args.final_seeds),
            "--seed", str(args.seed), "--scheduler", scheduler, "--results", args.results, "--resume"]
-    if args.epochs:
-        cmd += ["--epochs", str(args.epochs)]
+    for flag in ("epochs", "model", "recipe", "data_dir"):
+        if getattr(args, flag):
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -107,6 +111,9 @@ def main() -> None:
     parser.add_argument("--sh-only", default="ldam-drw", help="methods swept with halving only (rank agreement)")
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=None, help="full budget (default: the recipe's)")
+    parser.add_argument("--model", default=None, help="model (default: the dataset's), e.g. resnet8")
+    parser.add_argument("--recipe", default=None, help="recipe (default: the dataset's), e.g. cpu-short")
+    parser.add_argument("--data-dir", default=None, help="the dataset's folder (an image folder, the CIFAR files)")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--final-seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,7 @@ from bkdbench.models import create_model
 from bkdbench.models.pretrained import PretrainedError, check_fits, file_key, load_into
 from bkdbench.specs import make_spec, with_pretrained
 from bkdbench.training.train import build_model
-from helpers.cli import run_cli
+from helpers.cli import invoke_cli, run_cli
 from helpers.files import assert_nothing_written, snapshot
 
 
@@ -103,7 +103,7 @@ def test_cli_trains_from_the_file_and_refuses_a_misfit_with_nothing_written(tmp_
     saved(bad, "resnet8", 10)
     before = snapshot(tmp_path)
     for path, message in ((bad, "does not fit this model"), (tmp_path / "none.pt", "does not exist")):
-        result = run_cli([*args, "--pretrained", path, "--results", tmp_path / "results"], folder=tmp_path)
+        result = invoke_cli([*args, "--pretrained", path, "--results", tmp_path / "results"], folder=tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
         lines = [l for l in result.stderr.splitlines() if l.strip()]
         assert len(lines) == 1 and message in lines[0], result.stderr
@@ -123,8 +123,9 @@ def test_a_sweep_from_other_weights_or_another_folder_is_another_sweep(tmp_path)
 
     base = SweepConfig(method="bkd", dataset="digits", imbalance=10.0, space_file="x.yaml", space_hash="abc")
     ids = {base.sweep_id, replace(base, pretrained="0123456789abcdef").sweep_id,
-           replace(base, data_key="fedcba9876543210").sweep_id}
-    assert len(ids) == 3
+           replace(base, data_key="fedcba9876543210").sweep_id, replace(base, model="resnet8").sweep_id,
+           replace(base, recipe="cpu-short").sweep_id}
+    assert len(ids) == 5
     # the fields are left out when None, so every sweep made before them keeps its id (and its study)
     assert base.sweep_id == replace(base, space_file="elsewhere.yaml").sweep_id
     before = {"method": "bkd", "dataset": "digits", "imbalance": 10.0, "space_hash": "abc", "sampler": "tpe",

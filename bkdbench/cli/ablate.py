@@ -13,9 +13,9 @@ from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.foundation import TeacherOpt, WeightsOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
-from bkdbench.cli.options import (CheckpointEveryOpt, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt,
-                                  note_reference_split, parse_imbalances, parse_split, parse_tracking, start_tracking,
-                                  use_plugins, use_pretrained, use_splits)
+from bkdbench.cli.options import (CheckpointEveryOpt, ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt,
+                                  TrackingOpt, note_reference_split, parse_imbalances, parse_split, parse_tracking,
+                                  start_tracking, use_plugins, use_pretrained, use_splits)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +30,8 @@ def ablate(
     imbalance: str = typer.Option("10,50", "--imbalance", help="Imbalance factors, e.g. 10,50,100."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds 0..N-1 per cell."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
-    model: Optional[str] = typer.Option(None, "--model"),
-    recipe: Optional[str] = typer.Option(None, "--recipe"),
+    model: Optional[str] = ModelOpt,
+    recipe: Optional[str] = RecipeOpt,
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="CPUs per trial; per worker with --workers-per-trial N > 1."),
     gpus_per_trial: str = GpusOpt,
     wait_for_resources: bool = WaitOpt,

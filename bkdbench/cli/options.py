@@ -21,6 +21,9 @@ SplitsOpt = typer.Option(None, "--splits", help="Folder with the split lists of 
 PretrainedOpt = typer.Option(None, "--pretrained", help="Start every run (and its teachers) from this state dict, e.g. "
                              "ImageNet weights for Places-LT; its classifier is kept only if its shape fits. Its content "
                              "key joins the run id. On a cluster, a path every node sees.")
+ModelOpt = typer.Option(None, "--model", help="Model name (default: the dataset's).")
+RecipeOpt = typer.Option(None, "--recipe", help="Recipe name (default: the dataset's): epochs, batch, learning-rate "
+                         "schedule; --epochs scales it.")
 PluginOpt = typer.Option([], "--plugin", help="Your own method, model, dataset or recipe: a .py file, a package folder or "
                          "a module name (repeatable; also $BKDBENCH_PLUGINS and installed `bkdbench.plugins` entry "
                          "points). See docs/plugins.md.")

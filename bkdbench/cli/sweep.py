@@ -12,7 +12,7 @@ from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
-from bkdbench.cli.options import (PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
+from bkdbench.cli.options import (ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
                                   start_tracking, use_plugins, use_pretrained, use_splits)
 
 
@@ -41,6 +41,8 @@ def sweep(
                                              "fall on different epochs: 8 for a step recipe)."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed and the search trials' training seed."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
+    model: Optional[str] = ModelOpt,
+    recipe: Optional[str] = RecipeOpt,
     final_seeds: int = typer.Option(3, "--final-seeds", min=1, help="Seeds of the final test runs of the best config."),
     space: Optional[Path] = typer.Option(None, "--space", help="Your own search-space YAML file."),
     optuna_storage: Optional[str] = typer.Option(None, "--optuna-storage", help="Optuna RDB URL (default: a journal file in the sweep folder)."),
@@ -111,7 +113,9 @@ def sweep(
             method_class(method)  # an unknown name: its close matches and the methods there are
         space_def, space_file = load_space(method, str(space) if space else None)
         base = make_spec(dataset, imbalance, method, seed=seed, epochs=epochs, params=space_def.fixed, data_dir=data_dir,
-                         split=parse_split(split) or "every-class")
+                         split=parse_split(split) or "every-class", model=model, recipe=recipe)
+        # the dataset's own model and recipe stay out of the sweep id (as before the options existed)
+        default = make_spec(dataset, imbalance, method, seed=seed, data_dir=data_dir) if model or recipe else base
         base = use_pretrained(pretrained, [base], data_dir)[0]
         for folder in (leaderboard_dir(root), teachers_dir(root), root / "sweeps"):
             check_writable(folder)
@@ -142,6 +146,8 @@ def sweep(
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
                       epochs=base.epochs, data_seed=base.data_seed, split=base.split, data_key=base.data_key,
                       pretrained=base.pretrained, plugins=",".join(base.plugins) if base.plugins else None,
+                      model=base.model if base.model != default.model else None,
+                      recipe=base.recipe if base.recipe != default.recipe else None,
                       **({"rungs": tuple(budgets), "eta": eta} if scheduler == "sh" else {}),
                       **({"brackets": brackets} if brackets > 1 else {}))
     folder = sweep_dir(root, cfg.sweep_id)
@@ -157,7 +163,8 @@ def sweep(
     if study is not None and study.get_trials(deepcopy=False) and not resume:
         fail(f"sweep {cfg.sweep_id} already exists ({len(study.trials)} trials in {folder}); "
              f"pass --resume to continue or extend it (--trials N sets the total)")
-    console.print(f"sweep [bold]{cfg.sweep_id}[/]: {method} on {dataset}-LT IF{imbalance:g}, {trials} trials, "
+    console.print(f"sweep [bold]{cfg.sweep_id}[/]: {method} on {dataset}-LT IF{imbalance:g} ({base.model}, recipe "
+                  f"{base.recipe}, {base.epochs} epochs), {trials} trials, "
                   f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1"
                   + (f"; packs of {pack} configurations per Ray trial" if pack > 1 else ""))
     console.print(f"scheduler {scheduler}: {why}"

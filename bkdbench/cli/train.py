@@ -8,7 +8,7 @@ import typer
 
 from bkdbench.cli.console import check_device as _check_device, console, fail, note
 from bkdbench.cli.foundation import ClassNamesOpt, TeacherOpt, WeightsOpt
-from bkdbench.cli.options import (DataDirOpt, PluginOpt, PretrainedOpt, ResultsOpt, SplitOpt, SplitsOpt, TrackingOpt, method_params,
+from bkdbench.cli.options import (DataDirOpt, ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, ResultsOpt, SplitOpt, SplitsOpt, TrackingOpt, method_params,
                                   note_reference_split, parse_split, parse_tracking, start_tracking, use_pretrained,
                                   use_plugins, use_splits)
 
@@ -24,8 +24,8 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Training seed (initialisation, batch order, augmentation)."),
     data_seed: int = typer.Option(0, "--data-seed", help="Seed of the long-tailed subsample."),
     profile: str = typer.Option("exp", "--profile", help="Long-tail profile: exp, step or natural (= --imbalance natural)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: the dataset's)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name (default: the dataset's)."),
+    model: Optional[str] = ModelOpt,
+    recipe: Optional[str] = RecipeOpt,
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default: the recipe's)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Distillation weight α (kd, bkd)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Distillation temperature T."),

@@ -66,6 +66,8 @@ class SweepConfig:
     rungs: Optional[tuple[int, ...]] = None  # successive halving (scheduler "sh"): the rungs' budgets in epochs
     eta: Optional[int] = None  # successive halving: the best 1/eta of a rung move up
     brackets: Optional[int] = None  # successive halving: Hyperband's first B brackets (None: one)
+    model: Optional[str] = None  # RunSpec.model where --model chose another than the dataset's
+    recipe: Optional[str] = None  # RunSpec.recipe where --recipe chose another than the dataset's
 
     @property
     def sweep_id(self) -> str:
@@ -73,7 +75,7 @@ class SweepConfig:
         identity = {k: v for k, v in asdict(self).items() if k != "space_file"}  # the content hash counts, not the path
         if identity["split"] == "reference":  # as every sweep made before the field existed: same id
             del identity["split"]
-        for later in ("data_key", "pretrained", "plugins", "rungs", "eta", "brackets"):  # None: as before these fields existed
+        for later in ("data_key", "pretrained", "plugins", "rungs", "eta", "brackets", "model", "recipe"):  # None: as before these fields existed
             if identity[later] is None:
                 del identity[later]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
