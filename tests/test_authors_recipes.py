@@ -222,8 +222,8 @@ def test_select_best_val_reports_the_best_validation_epoch():
 
 @pytest.mark.parametrize("command", [["train", "--dataset", "digits"], ["run", "--suite", "digits-lt"]])
 def test_a_bad_select_is_one_line_and_exit_2(tmp_path, command):
-    from helpers.cli import run_cli
+    from helpers.cli import invoke_cli
 
-    result = run_cli([*command, "--select", "best-test", "--results", tmp_path / "results"], folder=tmp_path)
+    result = invoke_cli([*command, "--select", "best-test", "--results", tmp_path / "results"], folder=tmp_path)
     assert result.returncode == 2 and "select takes last or best-val" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []

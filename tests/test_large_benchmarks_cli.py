@@ -5,12 +5,14 @@ ending with exit 2, one line naming the file and line, and nothing written."""
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from helpers.cli import cli_env, run_cli
+from helpers.cli import cli_env, invoke_cli, run_cli
 from helpers.files import assert_nothing_written, snapshot
 from splitlist_files import write_imagenet_lt
 
@@ -50,6 +52,22 @@ def test_two_epochs_of_imagenet_lt_at_28px(imagenet_root, tmp_path):
     assert "decoding" not in again.stdout + again.stderr  # the cache: no second decode
 
 
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory):
+    """2 training images a class, written once for the refusal tests (each works on its own copy)."""
+    root = tmp_path_factory.mktemp("imagenet-small")
+    write_imagenet_lt(root, counts=(2,) * 1000, val_per_class=1, test_per_class=1)
+    return root
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    """Images hard-linked (4,000 links instead of 4,000 JPEG encodings), the lists copied, so a test may
+    edit its lists; one that edits an image unlinks it first."""
+    shutil.copytree(src, dst, copy_function=os.link, ignore=shutil.ignore_patterns("splits"))
+    shutil.copytree(src / "splits", dst / "splits")
+    return dst
+
+
 def _break_list(root: Path, split: str, line: int, text: str) -> Path:
     path = root / "splits" / f"ImageNet_LT_{split}.txt"
     lines = path.read_text().splitlines()
@@ -63,12 +81,12 @@ def _break_list(root: Path, split: str, line: int, text: str) -> Path:
     ("val", 3, "train/n00000002/n00000002_val0.JPEG 1000", "label 1000 is out of range 0..999"),
     ("test", 2, "val/n00000000/ILSVRC2012_val_00000000.JPEG 0", "is listed twice (first on line 1)"),
 ])
-def test_a_bad_list_exits_2_naming_file_and_line_with_nothing_written(tmp_path, split, line, text, message):
-    root = tmp_path / "imagenet"
-    write_imagenet_lt(root, counts=(2,) * 1000, val_per_class=1, test_per_class=1)
+def test_a_bad_list_exits_2_naming_file_and_line_with_nothing_written(small_tree, tmp_path, split, line, text,
+                                                                      message):
+    root = _copy_tree(small_tree, tmp_path / "imagenet")
     path = _break_list(root, split, line, text)
     before = snapshot(tmp_path)
-    result = run_cli(train_args(root, tmp_path / "results"), folder=tmp_path)
+    result = invoke_cli(train_args(root, tmp_path / "results"), folder=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -76,25 +94,25 @@ def test_a_bad_list_exits_2_naming_file_and_line_with_nothing_written(tmp_path, 
     assert_nothing_written(before, tmp_path)
 
 
-def test_a_truncated_image_exits_2_naming_it_and_its_list_line(tmp_path):
-    root = tmp_path / "imagenet"
-    write_imagenet_lt(root, counts=(2,) * 1000, val_per_class=1, test_per_class=1)
+def test_a_truncated_image_exits_2_naming_it_and_its_list_line(small_tree, tmp_path):
+    root = _copy_tree(small_tree, tmp_path / "imagenet")
     image = root / "train/n00000005/n00000005_1.JPEG"
-    image.write_bytes(image.read_bytes()[:150])
+    head = image.read_bytes()[:150]
+    image.unlink()  # a link of the shared tree's file: break it, not the file
+    image.write_bytes(head)
     before = snapshot(tmp_path)
-    result = run_cli(train_args(root, tmp_path / "results"), folder=tmp_path, env=cli_env(BKDBENCH_DECODE_WORKERS=1))
+    result = invoke_cli(train_args(root, tmp_path / "results"), folder=tmp_path, env={"BKDBENCH_DECODE_WORKERS": 1})
     assert result.returncode == 2, result.stdout + result.stderr
     err = result.stderr.strip().splitlines()[-1]
     assert f"ImageNet_LT_train.txt:12: {image} is not a readable image" in err, result.stderr
     assert_nothing_written(before, tmp_path)
 
 
-def test_a_subsampled_profile_exits_2_with_nothing_written(tmp_path):
-    root = tmp_path / "imagenet"
-    write_imagenet_lt(root, counts=(2,) * 1000, val_per_class=1, test_per_class=1)
+def test_a_subsampled_profile_exits_2_with_nothing_written(small_tree, tmp_path):
+    root = _copy_tree(small_tree, tmp_path / "imagenet")
     before = snapshot(tmp_path)
     args = [a if a != "natural" else "10" for a in train_args(root, tmp_path / "results")]
-    result = run_cli(args, folder=tmp_path)
+    result = invoke_cli(args, folder=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "imagenet-lt is long-tailed already and is used as it is: pass --imbalance natural" in result.stderr
     assert_nothing_written(before, tmp_path)

@@ -11,7 +11,7 @@ import yaml
 
 from bkdbench.leaderboard.published_results import (
     SOURCE_CLASSES, PublishedError, load_table, published_rows, select, table_names)
-from helpers.cli import run_cli
+from helpers.cli import invoke_cli, run_cli
 
 # --- the sources' own words, copied from their pages (the test parses these, never the YAML) ------
 
@@ -177,12 +177,12 @@ def test_cli_csv_has_the_columns_and_the_sourced_cells(tmp_path):
 
 
 def test_cli_table_markdown_latex(tmp_path):
-    shown = run_cli(["published", "--dataset", "cifar100", "--imbalance", "100"])
+    shown = invoke_cli(["published", "--dataset", "cifar100", "--imbalance", "100"])
     assert shown.returncode == 0 and "ldam-drw" in shown.stdout and "42.04" in shown.stdout
     assert "not retrievable here" in shown.stdout  # the BKD cell says why it is empty
-    markdown = run_cli(["published", "--dataset", "imagenet-lt", "--format", "markdown"]).stdout
+    markdown = invoke_cli(["published", "--dataset", "imagenet-lt", "--format", "markdown"]).stdout
     assert "| imagenet-lt | natural | resnext50_32x4d | 90+10 | crt | 49.6 | 61.8 | 46.2 | 27.4 |" in markdown
-    latex = run_cli(["published", "--dataset", "cifar10", "--format", "latex"]).stdout
+    latex = invoke_cli(["published", "--dataset", "cifar10", "--format", "latex"]).stdout
     assert r"\toprule" in latex and "ldam-drw & 77.03" in latex.replace(r"\_", "_")
 
 
@@ -193,7 +193,7 @@ def test_cli_table_markdown_latex(tmp_path):
     (["--table", "nope"], "unknown published table 'nope'"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    result = run_cli(["published", *args], folder=tmp_path)
+    result = invoke_cli(["published", *args], folder=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bkdbench.storage import Location, LocationError, mirror, pull, push
-from helpers.cli import kill_group, run_cli, start_cli
+from helpers.cli import invoke_cli, kill_group, run_cli, start_cli
 from helpers.cluster import Cluster, free_port
 from helpers.s3_server import S3_ENV
 from helpers.files import write_suite
@@ -182,12 +182,12 @@ def test_suite_on_s3_end_to_end(s3, tmp_path):
 
 @pytest.mark.parametrize("command", [["run", "--suite", "digits-lt"], ["leaderboard"], ["train", "--epochs", "1"]])
 def test_bad_uris_exit_2_before_any_work(s3, tmp_path, command):
-    unknown = run_cli([*command, "--storage", "nosuchscheme://bucket/x"], folder=tmp_path, timeout=120)
+    unknown = invoke_cli([*command, "--storage", "nosuchscheme://bucket/x"], folder=tmp_path)
     assert unknown.returncode == 2, unknown.stdout + unknown.stderr
     assert "nosuchscheme" in unknown.stderr and "Traceback" not in unknown.stderr
     if command[0] == "leaderboard":
         return
-    missing = run_cli([*command, "--storage", s3("x").replace(BUCKET, "no-such-bucket")], folder=tmp_path, timeout=120)
+    missing = invoke_cli([*command, "--storage", s3("x").replace(BUCKET, "no-such-bucket")], folder=tmp_path)
     assert missing.returncode == 2, missing.stdout + missing.stderr
     assert "no-such-bucket" in missing.stderr and "Traceback" not in missing.stderr
     assert "trained" not in missing.stdout

@@ -14,7 +14,7 @@ from bkdbench.leaderboard.published_results import published_rows
 from bkdbench.leaderboard.store import write_row
 from bkdbench.leaderboard.versus import versus_published
 from bkdbench.paths import leaderboard_dir
-from helpers.cli import run_cli
+from helpers.cli import invoke_cli
 
 T_975_2 = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (tables)
 
@@ -98,16 +98,16 @@ def test_cli_leaderboard_published(tmp_path):
     board = leaderboard_dir(tmp_path)
     for r in [row("ldam-drw", v, s) for s, v in enumerate([41.0, 42.0, 43.0])] + [row("ce", 30.0, 0, recipe="cpu-short", epochs=10)]:
         write_row(board, {k: v for k, v in r.items() if k != "schema_version"})
-    shown = run_cli(["leaderboard", "--published", "--results", tmp_path])
+    shown = invoke_cli(["leaderboard", "--published", "--results", tmp_path])
     assert shown.returncode == 0, shown.stderr
     assert "-0.04" in shown.stdout and "not comparable: recipe cpu-short, 10 epochs (published 200)" in shown.stdout
-    table = list(csv.DictReader(io.StringIO(run_cli(["leaderboard", "--published", "--format", "csv",
+    table = list(csv.DictReader(io.StringIO(invoke_cli(["leaderboard", "--published", "--format", "csv",
                                                      "--results", tmp_path]).stdout)))
     ldam = next(r for r in table if r["label"] == "ldam-drw")
     assert float(ldam["delta"]) == pytest.approx(-0.04) and ldam["comparable"] == "True"
-    markdown = run_cli(["leaderboard", "--published", "--format", "markdown", "--results", tmp_path]).stdout
+    markdown = invoke_cli(["leaderboard", "--published", "--format", "markdown", "--results", tmp_path]).stdout
     assert "| ldam-drw | 100 | 42.00 ± 1.00 (3) | 42.04 | -0.04 |" in markdown
-    bad = run_cli(["leaderboard", "--published", "--metric", "ece", "--results", tmp_path])
+    bad = invoke_cli(["leaderboard", "--published", "--metric", "ece", "--results", tmp_path])
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no published value" in bad.stderr
 
 

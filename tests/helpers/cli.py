@@ -1,4 +1,5 @@
-"""The ``bkdbench`` console script in a subprocess, and in-process Typer apps of one command group.
+"""The ``bkdbench`` console script in a subprocess, the whole CLI in this process (invoke_cli), and
+in-process Typer apps of one command group.
 
 Every subprocess gets ``cli_env()``: no inherited cluster address, results folder or Ray
 authentication mode, a private Ray temp folder (helpers.ray_tmp), unbuffered output and one wide
@@ -43,6 +44,33 @@ def run_cli(args, *, folder: Optional[Path] = None, cache: Optional[Path] = None
         env["BKDBENCH_CACHE"] = str(cache)
     return subprocess.run([str(BKDBENCH), *map(str, args)], env=env, cwd=folder, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def invoke_cli(args, *, folder: Optional[Path] = None, cache: Optional[Path] = None,
+               env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """``bkdbench ARGS`` in this process, through typer's CliRunner: the console script's code without a
+    new interpreter (whose imports cost ~4 s here, twice that beside the other tests), for checks of what
+    a command prints, exits with and writes. ``folder`` and ``cache`` as for run_cli; ``env``: variables
+    set on top of this process's (less ``NOT_INHERITED``). Returns what run_cli returns."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from bkdbench.cli import app
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in NOT_INHERITED:
+            mp.delenv(name, raising=False)
+        if folder is not None:
+            mp.chdir(folder)
+            cache = cache or Path(folder) / "cache"
+        if cache is not None:
+            mp.setenv("BKDBENCH_CACHE", str(cache))
+        for name, value in {"COLUMNS": COLUMNS, **(env or {})}.items():
+            mp.setenv(name, str(value))
+        result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a traceback the console script would print: the test shows it
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def start_cli(args, log: Path, *, env: Optional[dict] = None, stderr: Optional[Path] = None) -> subprocess.Popen:
