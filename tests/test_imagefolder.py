@@ -302,8 +302,10 @@ def test_hidden_files_are_ignored(tmp_path):
 def test_imagefolder_without_data_dir_is_a_spec_error():
     with pytest.raises(SpecError, match="--data-dir"):
         make_spec("imagefolder", 10)
-    with pytest.raises(SpecError, match="image_size is for imagefolder"):
+    with pytest.raises(SpecError, match="digits has fixed 8×8 images; image_size is for ") as refused:
         make_spec("digits", 10, image_size=16)
+    named = str(refused.value).split("image_size is for ", 1)[1].split(", ")
+    assert {"imagefolder", "imagenet-lt", "inat18", "places-lt"} <= set(named) and "digits" not in named
 
 
 def _cli(*args):

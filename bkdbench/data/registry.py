@@ -111,6 +111,7 @@ def dataset_info(name: str, data_dir: Optional[Path] = None, image_size: Optiona
     info = get_dataset(name)
     if info.resolve is None:
         if image_size is not None:
-            raise DataError(f"{name} has fixed {info.image_size}×{info.image_size} images; image_size is for imagefolder")
+            sized = ", ".join(n for n in dataset_names() if _REGISTRY[n].resolve is not None)
+            raise DataError(f"{name} has fixed {info.image_size}×{info.image_size} images; image_size is for {sized}")
         return info
     return info.resolve(Path(data_dir).expanduser() if data_dir else None, image_size)
