@@ -13,7 +13,7 @@ from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.foundation import TeacherOpt, WeightsOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
-from bkdbench.cli.options import (CheckpointEveryOpt, ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt,
+from bkdbench.cli.options import (CheckpointEveryOpt, check_data, ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt,
                                   TrackingOpt, note_reference_split, parse_imbalances, parse_split, parse_tracking,
                                   start_tracking, use_plugins, use_pretrained, use_splits)
 
@@ -54,7 +54,7 @@ def ablate(
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", min=1, help="Data-parallel workers per trial (Ray Train's TorchTrainer, DDP): each trains its shard of every global batch. With N > 1, --cpus-per-trial and --gpus-per-trial are per worker and every trial trains one run (no --pack). See docs/cluster.md."),
 ):
     """Run every combination of the grid (× imbalance factors × seeds) and show marginal effects."""
-    from bkdbench.data import DataError, dataset_info
+    from bkdbench.data import DataError
     from bkdbench.leaderboard.store import LeaderboardError, check_writable
     from bkdbench.orchestrate.ablate import AblationError, ablation_id, ablation_specs, parse_grid, variants
     from bkdbench.paths import experiments_dir, leaderboard_dir, plots_dir, results_dir, teachers_dir
@@ -83,8 +83,7 @@ def ablate(
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)
-        for name, size in sorted({(sp.dataset, sp.image_size) for sp in specs}, key=str):
-            dataset_info(name, data_dir, size).load(data_dir)  # at the runs' size; imagefolder: decoded already
+        check_data(specs, data_dir)  # imagefolder: decoded already
         note_reference_split(specs, data_dir)
     except (AblationError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))

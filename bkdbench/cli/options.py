@@ -98,6 +98,15 @@ def parse_split(text: Optional[str]) -> Optional[str]:
     return text
 
 
+def check_data(specs, data_dir=None) -> None:
+    """Load each (dataset, image size) the runs use, so missing or corrupt data fails now (DataError),
+    not inside a trial; at the runs' size, since a large benchmark's store is decoded per size."""
+    from bkdbench.data import dataset_info
+
+    for name, size in sorted({(sp.dataset, sp.image_size) for sp in specs}, key=str):
+        dataset_info(name, data_dir, size).load(data_dir)
+
+
 def note_reference_split(specs, data_dir=None) -> None:
     """Once: which classes a ``reference`` split leaves without validation images (CIFAR's head)."""
     from bkdbench.cli.console import note

@@ -11,7 +11,7 @@ from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import (CheckpointEveryOpt, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
+from bkdbench.cli.options import (CheckpointEveryOpt, check_data, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
                                   parse_imbalances, parse_split, parse_tracking, start_tracking, use_plugins, use_pretrained,
                                   use_splits)
 
@@ -71,7 +71,7 @@ def run(
 ):
     """Run every run of a suite on Ray Tune (teachers first) into the leaderboard, then show it."""
     phases = Phases()
-    from bkdbench.data import DataError, dataset_info
+    from bkdbench.data import DataError
     from bkdbench.leaderboard.store import LeaderboardError, check_writable
     from bkdbench.paths import experiments_dir, leaderboard_dir, results_dir, teachers_dir
     from bkdbench.orchestrate.devices import DeviceRefused, parse_gpus
@@ -105,10 +105,7 @@ def run(
         root = results_dir(results)
         for folder in (leaderboard_dir(root), teachers_dir(root), experiments_dir(root)):
             check_writable(folder)
-        # Missing or corrupt data fails now, not inside a trial; at the size the runs use (a large
-        # benchmark's store is decoded per size).
-        for name, size in sorted({(sp.dataset, sp.image_size) for sp in specs}, key=str):
-            dataset_info(name, data_dir, size).load(data_dir)
+        check_data(specs, data_dir)
         note_reference_split(specs, data_dir)
     except (SuiteError, SpecError, DataError, LeaderboardError, ValueError) as exc:
         fail(str(exc))

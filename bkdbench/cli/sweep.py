@@ -12,7 +12,7 @@ from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
-from bkdbench.cli.options import (ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
+from bkdbench.cli.options import (ModelOpt, check_data, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
                                   start_tracking, use_plugins, use_pretrained, use_splits)
 
 
@@ -84,7 +84,7 @@ def sweep(
 
     # before Ray is imported (it reads RAY_AUTH_MODE then): choosing the scheduler below imports Ray Tune
     address = prepare_ray_env(address)
-    from bkdbench.data import DataError, get_dataset
+    from bkdbench.data import DataError
     from bkdbench.leaderboard.store import LeaderboardError, check_writable
     from bkdbench.paths import leaderboard_dir, teachers_dir
     from bkdbench.specs.search_spaces import SpaceError, load_space
@@ -119,7 +119,7 @@ def sweep(
         base = use_pretrained(pretrained, [base], data_dir)[0]
         for folder in (leaderboard_dir(root), teachers_dir(root), root / "sweeps"):
             check_writable(folder)
-        get_dataset(dataset).load(data_dir)
+        check_data([base], data_dir)
         note_reference_split([base], data_dir)
         from bkdbench.orchestrate.sweeps.halving import bracket_plan, min_rung_epochs, rung_budgets
         from bkdbench.orchestrate.sweeps.driver import choose_scheduler
