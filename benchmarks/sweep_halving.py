@@ -12,9 +12,9 @@ lies inside the full-budget search's 95 % interval over its final seeds. The tes
 after both searches chose on validation only. Writes ``--out`` (JSON) and prints a summary.
 
     nice -n 5 python benchmarks/sweep_halving.py --results /tmp/sh-bench --out /tmp/sh-bench/result.json
-    # the CIFAR-10 (JPEG) CPU recipe, its schedule stretched to 36 epochs (rungs of 8, 12 and 36)
+    # the CIFAR-10 (JPEG) CPU recipe (10 epochs), rungs of 2, 3 and 10 epochs
     python benchmarks/sweep_halving.py --dataset imagefolder --data-dir DIR --imbalance 100 --model resnet8 \
-        --recipe cpu-short --epochs 36 --sh-only "" --results /tmp/sh-cifar --out /tmp/sh-cifar/result.json
+        --recipe cpu-short --min-epochs 2 --sh-only "" --results /tmp/sh-cifar --out /tmp/sh-cifar/result.json
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def sweep(method: str, scheduler: str, args) -> dict:
     cmd = [sys.executable, "-m", "bkdbench", "sweep", method, "--dataset", args.dataset, "--imbalance", str(args.imbalance),
            "--trials", str(args.trials), "--concurrency", str(args.concurrency), "--final-seeds", str(args.final_seeds),
            "--seed", str(args.seed), "--scheduler", scheduler, "--results", args.results, "--resume"]
-    for flag in ("epochs", "model", "recipe", "data_dir"):
+    for flag in ("epochs", "model", "recipe", "data_dir", "min_epochs"):
         if getattr(args, flag):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     started = time.perf_counter()
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="full budget (default: the recipe's)")
     parser.add_argument("--model", default=None, help="model (default: the dataset's), e.g. resnet8")
     parser.add_argument("--recipe", default=None, help="recipe (default: the dataset's), e.g. cpu-short")
+    parser.add_argument("--min-epochs", type=int, default=None, help="the shortest rung (sweep --min-epochs)")
     parser.add_argument("--data-dir", default=None, help="the dataset's folder (an image folder, the CIFAR files)")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--final-seeds", type=int, default=3)
