@@ -31,8 +31,9 @@ demo: $(STAMP)
 # test waits on Ray starts and worker spawns about half its time (vmstat: ~47 % idle with the slow
 # tests alone on 2 cores), which the quick ones fill. The quick ones run at a lower priority (nice):
 # the slow ones are the chain whose length the run waits for, and at equal priority the quick ones'
-# processes starved it (the tiny ablation, 77 s alone, ran past its 300-s limit). The slow tests'
-# output goes to a file and is shown once both are done. `make test` (CI) runs the core of the slow tests (conftest.CORE_SLOW: run, sweep
+# processes starved it (the tiny ablation, 77 s alone, ran past its 300-s limit). Ray starts its
+# workers at nice 15 (its worker_niceness), below the quick tests: RAY_worker_niceness=0 keeps the slow
+# lane's trials ahead of them. The slow tests' output goes to a file and is shown once both are done. `make test` (CI) runs the core of the slow tests (conftest.CORE_SLOW: run, sweep
 # and ablate end to end) and one of SLOW_SHARDS shards of the others, balanced by measured time, picked
 # by the commit so successive commits rotate through them (SLOW_SHARD=K picks one); `make test-all`
 # runs every slow test. Exit status 5 ("no tests collected", e.g. with a -k in PYTEST_ADDOPTS) fails
@@ -43,7 +44,7 @@ SLOW_SHARD ?= $(shell echo $$(( $$(git rev-list --count HEAD 2>/dev/null || echo
 SLOW_LOG ?= .slow-tests.log
 QUICK_NICE ?= 10
 define both
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow $(1) > $(SLOW_LOG) 2>&1 & slow=$$!; \
+	RAY_worker_niceness=0 $(BIN)/python -m pytest -q -p no:cacheprovider -m slow $(1) > $(SLOW_LOG) 2>&1 & slow=$$!; \
 	trap 'kill $$slow 2>/dev/null' INT TERM; \
 	nice -n $(QUICK_NICE) $(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup; quick=$$?; \
 	wait $$slow; slow=$$?; echo "--- the slow tests (run beside the quick ones) ---"; cat $(SLOW_LOG); \
