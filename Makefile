@@ -10,13 +10,16 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The lock pins every version (torch 2.14.1 + torchvision 0.29.1, as REFERENCE.md §6 says). uv installs
 	# that same set from PyPI in about 35 s here, pip in 2 min 44 s (6.9 GB, CUDA libraries included);
-	# pip does it where uv cannot be had.
+	# pip does it where uv cannot be had. --compile-bytecode: uv writes no .pyc files (pip does), and where
+	# PYTHONDONTWRITEBYTECODE is set (this machine) no import writes them either, so every process of the
+	# tests (each CLI run, Ray worker and helper) compiled torch, Ray and pandas from source again.
 	if $(BIN)/python -m pip install --quiet -c requirements.lock uv; then \
-	  $(BIN)/uv pip install --quiet --python $(BIN)/python -c requirements.lock -e ".[test]"; \
+	  $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c requirements.lock -e ".[test]"; \
 	else \
 	  $(BIN)/python -m pip install --quiet --upgrade pip && \
 	  $(BIN)/python -m pip install --quiet -c requirements.lock -e ".[test]"; \
 	fi
+	$(BIN)/python -m compileall -q bkdbench  # the editable package too (its .pyc beside the sources)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,7 +41,7 @@ demo: $(STAMP)
 # by the commit so successive commits rotate through them (SLOW_SHARD=K picks one); `make test-all`
 # runs every slow test. Exit status 5 ("no tests collected", e.g. with a -k in PYTEST_ADDOPTS) fails
 # neither.
-SLOW_SHARDS ?= 12
+SLOW_SHARDS ?= 16
 SLOW_SHARD ?= $(shell echo $$(( $$(git rev-list --count HEAD 2>/dev/null || echo 0) % $(SLOW_SHARDS) )))
 
 SLOW_LOG ?= .slow-tests.log

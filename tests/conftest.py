@@ -45,13 +45,10 @@ def pytest_collection_modifyitems(config, items):
 
 # --- slow tests: a core every run, the rest in rotating shards ----------------------------------
 
-# The slow tests every `make test` runs: one end-to-end run through Ray of `run` (packed and not,
-# mirrored to MLflow and W&B, nothing left to do the second time, the report in Chromium), of `sweep`
-# and of `ablate`. A file's name alone would mean all its tests.
+# The slow tests every `make test` runs: one end-to-end run through Ray of `run` (packed, mirrored to
+# MLflow, nothing left to do the second time, the report in Chromium), of `sweep` and of `ablate`. A file's name alone would mean all its tests.
 CORE_SLOW = ("test_suite_runner.py::test_mini_suite_then_nothing_to_do",
              "test_suite_runner.py::test_suite_through_ray_mirrors_every_trial_to_mlflow",
-             "test_suite_runner.py::test_suite_through_ray_mirrors_every_trial_to_wandb_offline",
-             "test_suite_runner.py::test_a_packed_suite_writes_the_rows_of_one_trial_per_run",
              "test_suite_runner.py::test_report_of_the_suites_own_rows",
              "test_suite_runner.py::test_local_run_starts_its_own_ray",
              "test_sweep.py::test_tiny_sweep_end_to_end", "test_sweep.py::test_sweep_report_reprints_the_sweep",
@@ -81,6 +78,8 @@ SLOW_SECONDS = {
     "test_cluster.py::test_a_driver_without_the_clusters_token_is_refused_clearly": 38,
     "test_cluster.py::test_full_storage_fails_clearly_and_keeps_rows": 37,
     "test_cluster.py::test_node_local_storage_is_refused": 17,
+    # the --pack 1 run mirrored to W&B and its two readers (the packed run they compare with is the core's)
+    "test_suite_runner.py": 90,
     "test_suite_runner.py::test_sigint_then_resume": 120,
     "test_suite_runner.py::test_resume_with_narrower_filters_then_full_resume": 93,
     "test_suite_runner.py::test_sigint_in_student_stage_then_resume": 83,

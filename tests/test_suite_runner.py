@@ -1,5 +1,5 @@
 """`bkdbench run` end to end through real Ray Tune on the embedded digits data: a five-method suite
-(packed and mirrored to MLflow, then one trial per run), a second invocation with nothing to do, Ctrl-C then --resume, and a diverging trial failing alone.
+(packed and mirrored to MLflow; then one trial per run, mirrored to W&B offline), a second invocation with nothing to do, Ctrl-C then --resume, and a diverging trial failing alone.
 
 Every run is a `bkdbench` subprocess with its own results folder; a driver that is interrupted is
 started in a session of its own so that SIGINT reaches it alone (like one Ctrl-C), and whatever
@@ -37,25 +37,32 @@ FIVE = ["ce", "reweight-cb", "balanced-softmax", "kd", "bkd"]
 
 @pytest.fixture(scope="module")
 def five(tmp_path_factory):
-    """digits IF 10, five methods, one seed, 3 epochs, run three times and read by several tests (one
-    set of Ray starts instead of one per test): ``--pack 4`` mirrored to MLflow, the same invocation
-    again (nothing to do), and ``--pack 1`` into a second results folder mirrored to W&B offline."""
+    """digits IF 10, five methods, one seed, 3 epochs, run twice and read by several tests (one set of
+    Ray starts instead of one per test): ``--pack 4`` mirrored to MLflow, then the same invocation
+    again (nothing to do). In every `make test` (conftest.CORE_SLOW)."""
     tmp = tmp_path_factory.mktemp("five")
     suite = write_suite(tmp / "mix.yaml", datasets=["digits"], imbalance=[10], methods=FIVE, seeds=1, epochs=3)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    packed, separate = tmp / "packed", tmp / "separate"
+    packed = tmp / "packed"
     args = ["run", "--suite", str(suite), "--results", str(packed), "--pack", "4", "--tracking", f"mlflow:{uri}"]
     first = run_logged(args, tmp / "packed.log", timeout=600)
     before = snapshot(packed)
     again = run_logged(args, tmp / "again.log", timeout=240)
-    wandb_dir = tmp / "wandb-dir"
+    return dict(suite=suite, mlflow=uri, packed=packed, first=first, again=again, before=before)
+
+
+@pytest.fixture(scope="module")
+def one_each(five):
+    """The same suite with ``--pack 1`` into a second results folder, mirrored to W&B offline; read
+    beside the packed run (a shard's tests, not the core's: the core keeps one `run` through Ray)."""
+    tmp = five["packed"].parent
+    separate, wandb_dir = tmp / "separate", tmp / "wandb-dir"
     with pytest.MonkeyPatch.context() as mp:  # start_cli passes this process's environment on
         for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(wandb_dir)), ("WANDB_SILENT", "true")):
             mp.setenv(name, value)
-        one_each = run_logged(["run", "--suite", str(suite), "--results", str(separate), "--pack", "1",
-                               "--tracking", "wandb:bkd-ray"], tmp / "separate.log", timeout=600)
-    return dict(suite=suite, mlflow=uri, packed=packed, separate=separate, first=first, again=again,
-                one_each=one_each, before=before, wandb_dir=wandb_dir)
+        out = run_logged(["run", "--suite", str(five["suite"]), "--results", str(separate), "--pack", "1",
+                          "--tracking", "wandb:bkd-ray"], tmp / "separate.log", timeout=600)
+    return dict(five, separate=separate, one_each=out, wandb_dir=wandb_dir)
 
 
 def test_mini_suite_then_nothing_to_do(five):
@@ -110,7 +117,7 @@ def test_suite_through_ray_mirrors_every_trial_to_mlflow(five):
     assert all(tensorboard_scalars(b)["train_loss"] for b in boards)
 
 
-def test_suite_through_ray_mirrors_every_trial_to_wandb_offline(five):
+def test_suite_through_ray_mirrors_every_trial_to_wandb_offline(one_each):
     """W&B offline through Ray: each trial (a process of its own, in a folder of its own) writes an
     offline run into WANDB_DIR, named and tagged after its run, with every epoch's loss and the row's
     final top-1 (the run files are decoded with W&B's own protobuf classes: helpers.wandb_files)."""
@@ -119,10 +126,10 @@ def test_suite_through_ray_mirrors_every_trial_to_wandb_offline(five):
 
     from helpers.wandb_files import offline_run
 
-    code, out = five["one_each"]
+    code, out = one_each["one_each"]
     assert code == 0, out
-    rows = rows_of(five["separate"]).set_index("run_id")
-    paths = glob.glob(str(five["wandb_dir"] / "wandb" / "offline-run-*" / "run-*.wandb"))
+    rows = rows_of(one_each["separate"]).set_index("run_id")
+    paths = glob.glob(str(one_each["wandb_dir"] / "wandb" / "offline-run-*" / "run-*.wandb"))
     runs = [offline_run(Path(p)) for p in paths]
     assert len(runs) == 5, paths
     by_id = {next(t.split(":", 1)[1] for t in r["tags"] if t.startswith("run_id:")): r for r in runs}
@@ -387,18 +394,18 @@ PACK_COLUMNS = ("run_id", "status", "method", "params", "seed", "teacher_run_id"
                 "few", "top1_best_epoch", "best_epoch", "nll", "ece", "suite")
 
 
-def test_a_packed_suite_writes_the_rows_of_one_trial_per_run(five):
+def test_a_packed_suite_writes_the_rows_of_one_trial_per_run(one_each):
     """Five methods of one seed: with ``--pack 4`` CE, CB re-weighting and Balanced Softmax share a trial
     beside the teacher stage and KD and BKD share one after it (2 trials); ``--pack 1`` trains 5 trials.
     On CPU a pack runs each member's exact operations, so every row is the same number for number."""
     got = {}
     for name, key in (("packed", "first"), ("separate", "one_each")):
-        code, out = five[key]
+        code, out = one_each[key]
         assert code == 0, out
         trials = re.search(r"trained 5 run\(s\) in [\d.]+ s \((\d+) Ray trials\)", " ".join(out.split()))
         assert trials and int(trials.group(1)) == (2 if name == "packed" else 5), out
         assert re.search(r"time: planning [\d.]+ s · Ray start [\d.]+ s · teachers [\d.]+ s · students", " ".join(out.split())), out
-        got[name] = rows_of(five[name]).set_index("run_id", drop=False).sort_index()
+        got[name] = rows_of(one_each[name]).set_index("run_id", drop=False).sort_index()
     packed, separate = got["packed"], got["separate"]
     assert len(packed) == 5 and list(packed.run_id) == list(separate.run_id)
     for col in PACK_COLUMNS:
