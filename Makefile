@@ -34,7 +34,8 @@ demo: $(STAMP)
 # test waits on Ray starts and worker spawns about half its time (vmstat: ~47 % idle with the slow
 # tests alone on 2 cores), which the quick ones fill. The quick ones run at a lower priority (nice):
 # the slow ones are the chain whose length the run waits for, and at equal priority the quick ones'
-# processes starved it (the tiny ablation, 77 s alone, ran past its 300-s limit). Ray starts its
+# processes starved it (the tiny ablation, 77 s alone, ran past its 300-s limit). On a machine busy
+# with other work, `QUICK_NICE=0 make test`: a niced lane yields to every other process there. Ray starts its
 # workers at nice 15 (its worker_niceness), below the quick tests: RAY_worker_niceness=0 keeps the slow
 # lane's trials ahead of them. The slow tests' output goes to a file and is shown once both are done. `make test` (CI) runs the core of the slow tests (conftest.CORE_SLOW: run, sweep
 # and ablate end to end) and one of SLOW_SHARDS shards of the others, balanced by measured time, picked
