@@ -31,17 +31,17 @@ demo: $(STAMP)
 
 # The quick tests on both cores (pytest-xdist; conftest keeps a file's tests in one worker, so its
 # module fixtures run once) and, beside them, the Ray end-to-end ones (`slow`) one at a time: a slow
-# test waits on Ray starts and worker spawns about half its time (vmstat: ~47 % idle with the slow
-# tests alone on 2 cores), which the quick ones fill. The quick ones run at a lower priority (nice):
-# the slow ones are the chain whose length the run waits for, and at equal priority the quick ones'
-# processes starved it (the tiny ablation, 77 s alone, ran past its 300-s limit). On a machine busy
-# with other work, `QUICK_NICE=0 make test`: a niced lane yields to every other process there. Ray starts its
-# workers at nice 15 (its worker_niceness), below the quick tests: RAY_worker_niceness=0 keeps the slow
-# lane's trials ahead of them. The slow tests' output goes to a file and is shown once both are done. `make test` (CI) runs the core of the slow tests (conftest.CORE_SLOW: run, sweep
-# and ablate end to end) and one of SLOW_SHARDS shards of the others, balanced by measured time, picked
-# by the commit so successive commits rotate through them (SLOW_SHARD=K picks one); `make test-all`
-# runs every slow test. Exit status 5 ("no tests collected", e.g. with a -k in PYTEST_ADDOPTS) fails
-# neither.
+# test waits on Ray starts and worker spawns part of its time, which the quick ones fill. The quick
+# ones run at a lower priority (nice): the slow ones are the chain whose length the run waits for, and
+# at equal priority the quick ones' processes starved it (the tiny ablation, 77 s alone, ran past its
+# 300-s limit). Ray starts its workers at nice 15 (its worker_niceness), below the quick tests:
+# RAY_worker_niceness=0 keeps the slow lane's trials ahead of them. On a machine busy with other work,
+# `QUICK_NICE=0 make test`: a niced lane yields to every other process there. The slow tests' output
+# goes to a file and is shown once both are done. `make test` (CI) runs the core of the slow tests
+# (conftest.CORE_SLOW: run, sweep and ablate end to end) and one of SLOW_SHARDS shards of the others,
+# balanced by measured time, picked by the commit so successive commits rotate through them
+# (SLOW_SHARD=K picks one); `make test-all` runs every slow test. Exit status 5 ("no tests collected",
+# e.g. with a -k in PYTEST_ADDOPTS) fails neither.
 SLOW_SHARDS ?= 16
 SLOW_SHARD ?= $(shell echo $$(( $$(git rev-list --count HEAD 2>/dev/null || echo 0) % $(SLOW_SHARDS) )))
 

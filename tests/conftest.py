@@ -46,7 +46,8 @@ def pytest_collection_modifyitems(config, items):
 # --- slow tests: a core every run, the rest in rotating shards ----------------------------------
 
 # The slow tests every `make test` runs: one end-to-end run through Ray of `run` (packed, mirrored to
-# MLflow, nothing left to do the second time, the report in Chromium), of `sweep` and of `ablate`. A file's name alone would mean all its tests.
+# MLflow, nothing left to do the second time, the report in Chromium), of `sweep` and of `ablate`. A
+# file's name alone would mean all its tests.
 CORE_SLOW = ("test_suite_runner.py::test_mini_suite_then_nothing_to_do",
              "test_suite_runner.py::test_suite_through_ray_mirrors_every_trial_to_mlflow",
              "test_suite_runner.py::test_report_of_the_suites_own_rows",

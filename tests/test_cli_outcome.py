@@ -45,30 +45,14 @@ def test_nothing_failed_returns():
 def test_sweep_exits_1_naming_a_final_run_that_failed(tmp_path, monkeypatch):
     """The search and the finals are stood in for (the real ones run in test_sweep.py); what is checked
     is that a failed final run is named and the command ends with exit 1, after the report."""
-    import contextlib
-
-    import optuna
     from typer.testing import CliRunner
 
     from bkdbench.cli import app
-    from bkdbench.orchestrate import ray_session
-    from bkdbench.orchestrate.sweeps import driver as sweep
+    from helpers.sweeps import stand_in_search
 
-    monkeypatch.setattr(ray_session, "ray_session", lambda *a, **k: contextlib.nullcontext({}))
-
-    def fake_search(cfg, space_def, base, root, **kwargs):
-        study = sweep.open_study(cfg.sweep_id, sweep.sweep_dir(root, cfg.sweep_id), None)
-        study.add_trial(optuna.trial.create_trial(params={"gamma": 1.5}, value=61.0,
-                                                  distributions={"gamma": optuna.distributions.FloatDistribution(0, 5)}))
-        return study
-
-    def fake_finals(base, best_params, root, sweep_id, seeds, outcome=None, **kwargs):
-        outcome.update({"aaaa000011112222": {"status": "failed", "error": "training loss became nan at epoch 3"},
-                        "bbbb000011112222": {"status": "finished"}})
-        return {"tuned": ["aaaa000011112222"], "default": ["bbbb000011112222"]}
-
-    monkeypatch.setattr(sweep, "run_search", fake_search)
-    monkeypatch.setattr(sweep, "run_finals", fake_finals)
+    stand_in_search(monkeypatch, finals={"tuned": ["aaaa000011112222"], "default": ["bbbb000011112222"]},
+                    final_outcome={"aaaa000011112222": {"status": "failed", "error": "training loss became nan at epoch 3"},
+                                   "bbbb000011112222": {"status": "finished"}})
     result = CliRunner().invoke(app, ["sweep", "focal", "--dataset", "digits", "--imbalance", "10", "--trials", "1",
                                       "--epochs", "1", "--results", str(tmp_path / "results")])
     assert result.exit_code == 1, result.output

@@ -1,5 +1,6 @@
 """`bkdbench run` end to end through real Ray Tune on the embedded digits data: a five-method suite
-(packed and mirrored to MLflow; then one trial per run, mirrored to W&B offline), a second invocation with nothing to do, Ctrl-C then --resume, and a diverging trial failing alone.
+(packed and mirrored to MLflow; then one trial per run, mirrored to W&B offline), a second invocation
+with nothing to do, Ctrl-C then --resume, and a diverging trial failing alone.
 
 Every run is a `bkdbench` subprocess with its own results folder; a driver that is interrupted is
 started in a session of its own so that SIGINT reaches it alone (like one Ctrl-C), and whatever

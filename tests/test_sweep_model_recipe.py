@@ -4,39 +4,17 @@ and an unknown name exits 2 before anything is written. Ray and Optuna's search 
 real ones run in test_sweep.py and test_sweep_sh.py)."""
 from __future__ import annotations
 
-import contextlib
-
-import optuna
 import pytest
 from typer.testing import CliRunner
 
 from bkdbench.cli import app
 from helpers.files import nothing_written
+from helpers.sweeps import stand_in_search
 
 
 @pytest.fixture
 def seen(monkeypatch):
-    """Stands in for Ray, the search and the finals; records the spec and config each was given."""
-    from bkdbench.orchestrate import ray_session
-    from bkdbench.orchestrate.sweeps import driver as sweep
-
-    seen: dict = {}
-    monkeypatch.setattr(ray_session, "ray_session", lambda *a, **k: contextlib.nullcontext({}))
-
-    def fake_search(cfg, space_def, base, root, **kwargs):
-        seen.update(cfg=cfg, search_base=base)
-        study = sweep.open_study(cfg.sweep_id, sweep.sweep_dir(root, cfg.sweep_id), None)
-        study.add_trial(optuna.trial.create_trial(params={"gamma": 1.5}, value=61.0,
-                                                  distributions={"gamma": optuna.distributions.FloatDistribution(0, 5)}))
-        return study
-
-    def fake_finals(base, best_params, root, sweep_id, seeds, outcome=None, **kwargs):
-        seen.update(final_base=base)
-        return {"tuned": [], "default": []}
-
-    monkeypatch.setattr(sweep, "run_search", fake_search)
-    monkeypatch.setattr(sweep, "run_finals", fake_finals)
-    return seen
+    return stand_in_search(monkeypatch)
 
 
 def _sweep(results, *extra):

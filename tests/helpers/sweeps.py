@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 import numpy as np
 import optuna
@@ -36,6 +37,37 @@ def assert_numbering(trials) -> None:
 
 
 POISON_N = 7  # a test-split size no other split has, so a spy can tell it apart
+
+
+def stand_in_search(monkeypatch, *, finals: Optional[dict] = None, final_outcome: Optional[dict] = None) -> dict:
+    """Ray, the search and the final runs stood in for, so that `bkdbench sweep` runs in process: the
+    search adds one COMPLETE trial (gamma 1.5, validation 61 %) to the sweep's real study; the finals
+    return ``finals`` (default: none) and report ``final_outcome`` (run id -> status, error) to the
+    CLI. Returns what each was given: ``cfg`` and ``search_base``, then ``final_base``."""
+    import contextlib
+
+    from bkdbench.orchestrate import ray_session
+    from bkdbench.orchestrate.sweeps import driver
+
+    seen: dict = {}
+    monkeypatch.setattr(ray_session, "ray_session", lambda *a, **k: contextlib.nullcontext({}))
+
+    def search(cfg, space_def, base, root, **kwargs):
+        seen.update(cfg=cfg, search_base=base)
+        study = driver.open_study(cfg.sweep_id, driver.sweep_dir(root, cfg.sweep_id), None)
+        study.add_trial(optuna.trial.create_trial(params={"gamma": 1.5}, value=61.0,
+                                                  distributions={"gamma": optuna.distributions.FloatDistribution(0, 5)}))
+        return study
+
+    def run_finals(base, best_params, root, sweep_id, seeds, outcome=None, **kwargs):
+        seen.update(final_base=base)
+        if outcome is not None:
+            outcome.update(final_outcome or {})
+        return finals or {"tuned": [], "default": []}
+
+    monkeypatch.setattr(driver, "run_search", search)
+    monkeypatch.setattr(driver, "run_finals", run_finals)
+    return seen
 
 
 def poison_test_split(monkeypatch):
