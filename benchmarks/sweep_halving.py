@@ -38,6 +38,8 @@ def sweep(method: str, scheduler: str, args) -> dict:
     for flag in ("epochs", "model", "recipe", "data_dir", "min_epochs"):
         if getattr(args, flag):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if scheduler == "sh" and args.brackets > 1:
+        cmd += ["--brackets", str(args.brackets)]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -60,8 +62,10 @@ def summarise(run: dict, args) -> dict:
     rows, _ = read_rows(Path(args.results) / "leaderboard")
     tuned = rows[rows.run_id.isin(record["final_runs"]["tuned"]) & (rows.status == "finished")].sort_values("seed")
     return {**run, "scheduler": record["config"]["scheduler"], "rungs": record["config"].get("rungs"),
-            "trials": len(trials), "epochs_trained": trained, "full_budget_epochs": len(trials) * epochs,
-            "fraction": round(trained / (len(trials) * epochs), 4), "best_params": record["best_params"],
+            "brackets": record["config"].get("brackets", 1), "trials": len(trials), "epochs_trained": trained,
+            "full_budget_epochs": len(trials) * epochs, "fraction": round(trained / (len(trials) * epochs), 4),
+            # against the full-budget sweep of --trials configurations (brackets add configurations)
+            "fraction_of_full_sweep": round(trained / (args.trials * epochs), 4), "best_params": record["best_params"],
             "best_val_top1": record["best_val_top1"], "rank_agreement": rank_agreement(study),
             "test_top1_by_seed": {int(s): float(v) for s, v in zip(tuned.seed, tuned.top1)}}
 
@@ -74,9 +78,10 @@ def bottom_vs_full(sh: dict, full: dict, args) -> dict:
     from bkdbench.orchestrate.sweeps.report import spearman
 
     low = {}
+    bottom = min(sh["rungs"])  # later Hyperband brackets start higher: not this rung
     for t in open_study(sh["sweep_id"], sweep_dir(args.results, sh["sweep_id"])).trials:
-        if t.intermediate_values:
-            low[json.dumps(t.params, sort_keys=True)] = t.intermediate_values[min(t.intermediate_values)]
+        if bottom in t.intermediate_values:
+            low[json.dumps(t.params, sort_keys=True)] = t.intermediate_values[bottom]
     pairs = [(low[k], t.value) for t in open_study(full["sweep_id"], sweep_dir(args.results, full["sweep_id"])).trials
              if t.state.name == "COMPLETE" and (k := json.dumps(t.params, sort_keys=True)) in low]
     return {"n": len(pairs), "spearman": spearman([a for a, _ in pairs], [b for _, b in pairs])}
@@ -118,6 +123,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--final-seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--brackets", type=int, default=1, help="the halving sweep's Hyperband brackets (sweep --brackets)")
     args = parser.parse_args()
     from bkdbench.provenance import git_sha
 
@@ -138,8 +144,9 @@ def main() -> None:
         sh = res["sh"]
         rho = ", ".join(f"{p['low']}→{p['high']}: {p['spearman'] if p['spearman'] is None else round(p['spearman'], 2)}"
                         f" (n={p['n']})" for p in sh["rank_agreement"])
-        print(f"{method}: sh trained {sh['epochs_trained']} of {sh['full_budget_epochs']} epochs "
-              f"({sh['fraction']:.2f}); rungs {sh['rungs']}; Spearman {rho}; best val {sh['best_val_top1']:.1f}")
+        print(f"{method}: sh ({sh['brackets']} bracket(s), {sh['trials']} configurations) trained "
+              f"{sh['epochs_trained']} of {sh['full_budget_epochs']} epochs ({sh['fraction']:.2f}; "
+              f"{sh['fraction_of_full_sweep']:.2f} of {args.trials} full-budget trials); rungs {sh['rungs']}; Spearman {rho}; best val {sh['best_val_top1']:.1f}")
         if "bottom_vs_full" in res:
             print(f"  bottom rung vs the full-budget sweep, same configurations: {res['bottom_vs_full']}")
         if "paired_test" in res:
