@@ -76,6 +76,45 @@ def test_a_short_rung_is_the_same_run_with_fewer_epochs():
     assert [recipe.lr_at(e, 8) for e in (5, 6, 7)] == pytest.approx([0.05, 0.0005, 0.000005])
 
 
+def test_a_rung_below_the_floor_says_what_it_leaves_out():
+    # cpu-short at 10 epochs (drops at 0.8 and 0.9 of the budget, cb_start 0.8), rungs of 2, 3 and 10:
+    # 2 epochs → drops at round(1.6) = 2 and round(1.8) = 2, weights from round(1.6) = 2: none inside epochs 0-1;
+    # 3 epochs → drops at round(2.4) = 2 and round(2.7) = 3 (past the end), weights from round(2.4) = 2
+    spec = make_spec("digits", 50, "bkd", epochs=10, recipe="cpu-short")
+    assert halving.rung_caveats(spec, [2, 3, 10]) == [
+        "the 2-epoch rung: neither learning-rate drop falls inside it (epochs 2 and 2); "
+        "class-balanced weighting never switches on (cb_start 0.8: epoch 2)",
+        "the 3-epoch rung: its second learning-rate drop falls past its end (epoch 3)"]
+    # 7 of small's 40 epochs: both drops on round(5.6) = round(6.3) = 6; the floor's 8: 6 and 7, weights from 6
+    assert halving.rung_caveats(make_spec("digits", 50, "bkd", epochs=40), [7, 13, 40]) == [
+        "the 7-epoch rung: its learning-rate drops fall on epochs 6 and 6"]
+    assert halving.rung_caveats(make_spec("digits", 50, "bkd", epochs=40), [8, 13, 40]) == []
+    # plain KD defers nothing: only the schedule's drops are named
+    assert halving.rung_caveats(make_spec("digits", 50, "kd", epochs=10, recipe="cpu-short"), [2, 10]) == [
+        "the 2-epoch rung: neither learning-rate drop falls inside it (epochs 2 and 2)"]
+
+
+def test_the_plan_line_says_what_a_rung_below_the_floor_leaves_out(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bkdbench.cli import app
+    from helpers.sweeps import stand_in_search
+
+    stand_in_search(monkeypatch)
+    args = ["sweep", "ldam-drw", "--dataset", "digits", "--imbalance", "10", "--trials", "1", "--scheduler", "sh",
+            "--recipe", "cpu-short", "--epochs", "10"]
+    short = CliRunner().invoke(app, [*args, "--min-epochs", "2", "--results", str(tmp_path / "a")])
+    assert short.exit_code == 0, short.output
+    text = " ".join(short.output.split())
+    assert "rungs of 2, 3, 10 epochs" in text
+    assert ("the 2-epoch rung: neither learning-rate drop falls inside it (epochs 2 and 2); class-balanced "
+            "weighting never switches on (cb_start 0.8: epoch 2)") in text
+    assert "this recipe's floor: 8 epochs" in text
+    floor = CliRunner().invoke(app, [*args, "--results", str(tmp_path / "b")])  # rungs of 8 and 10: no note
+    assert floor.exit_code == 0, floor.output
+    assert "rungs of 8, 10 epochs" in " ".join(floor.output.split()) and "note:" not in floor.output
+
+
 @pytest.mark.parametrize("method,params,budget,name,epoch", [
     ("ldam-drw", {"cb_start": 32}, 8, "cb_start", 6),  # epoch 32 of 40 = 0.8 → round(6.4) = 6
     ("ldam-drw", {"cb_start": 32}, 13, "cb_start", 10),  # 0.8·13 = 10.4 → 10

@@ -121,7 +121,7 @@ def sweep(
             check_writable(folder)
         check_data([base], data_dir)
         note_reference_split([base], data_dir)
-        from bkdbench.orchestrate.sweeps.halving import bracket_plan, min_rung_epochs, rung_budgets
+        from bkdbench.orchestrate.sweeps.halving import bracket_plan, min_rung_epochs, rung_budgets, rung_caveats
         from bkdbench.orchestrate.sweeps.driver import choose_scheduler
 
         scheduler, why = choose_scheduler(scheduler, base, space_def, pack=pack, workers=workers_per_trial)
@@ -173,6 +173,9 @@ def sweep(
                   + (f"; {brackets} brackets of " + ", ".join(f"{n} from {b[0]} epochs" for n, b in
                                                              bracket_plan(trials, budgets, eta, brackets))
                      if brackets > 1 else ""))
+    if scheduler == "sh" and (caveats := rung_caveats(base, budgets)):
+        console.print(f"note: a short rung trains another schedule than the full run and may rank configurations "
+                      f"differently (this recipe's floor: {min_rung_epochs(base.recipe)} epochs): " + "; ".join(caveats))
     started = time.perf_counter()
     kwargs = dict(cpus_per_trial=cpus_per_trial, data_dir=data_dir, workers=workers_per_trial)
     try:

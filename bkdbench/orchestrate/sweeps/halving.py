@@ -112,6 +112,34 @@ def scaled_spec(spec: RunSpec, budget: int) -> RunSpec:
     return spec.model_copy(update={"epochs": budget, "params": validate_params(spec.method, **params)})
 
 
+def rung_caveats(spec: RunSpec, budgets: list[int]) -> list[str]:
+    """What a rung shorter than the recipe's floor (``--min-epochs`` below ``min_rung_epochs``) leaves
+    out of the full run's schedule: a learning-rate drop that shares an epoch with the other or falls
+    past the end, and a class-balanced part (``cb_start``) that never switches on. Such a rung ranks
+    configurations by a different run, which the plan line says before any work."""
+    from ...methods.registry import resolve_cb_epoch
+
+    recipe, notes = get_recipe(spec.recipe), []
+    for budget in (b for b in budgets if b < spec.epochs):
+        short, lost = scaled_spec(spec, budget), []
+        if recipe.schedule == "step":
+            _, m1, m2 = recipe.milestones(budget)
+            if m1 >= budget:
+                lost.append(f"neither learning-rate drop falls inside it (epochs {m1} and {m2})")
+            elif m2 >= budget:
+                lost.append(f"its second learning-rate drop falls past its end (epoch {m2})")
+            elif not 0 < m1 < m2:
+                lost.append(f"its learning-rate drops fall on epochs {m1} and {m2}")
+        cb = short.params.get("cb_start")
+        if method_class(spec.method).deferred_part(dict(spec.params), spec.epochs) and cb is not None \
+                and resolve_cb_epoch(cb, budget) >= budget:
+            lost.append(f"class-balanced weighting never switches on (cb_start {cb:g}: epoch "
+                        f"{resolve_cb_epoch(cb, budget)})")
+        if lost:
+            notes.append(f"the {budget}-epoch rung: " + "; ".join(lost))
+    return notes
+
+
 # --- rung records -------------------------------------------------------------------------------
 
 def record_location(folder: "Location | str", run_id: str) -> Location:
