@@ -115,6 +115,36 @@ def test_the_plan_line_says_what_a_rung_below_the_floor_leaves_out(tmp_path, mon
     assert "rungs of 8, 10 epochs" in " ".join(floor.output.split()) and "note:" not in floor.output
 
 
+def test_halving_epochs():
+    assert halving.halving_epochs(16, [8, 13, 40]) == 16 * 8 + 5 * 13 + 1 * 40 == 233
+    assert halving.halving_epochs(16, [22, 67, 200]) == 16 * 22 + 5 * 67 + 1 * 200 == 887
+    assert halving.halving_epochs(16, [8, 10]) == 16 * 8 + 5 * 10 == 178
+    # Hyperband, 3 brackets (docs/protocol.md): 233 + 8 from 13 epochs (8·13 + 2·40) + 6 at 40
+    assert halving.halving_epochs(16, [8, 13, 40], brackets=3) == 233 + 8 * 13 + 2 * 40 + 6 * 40 == 657
+
+
+@pytest.mark.parametrize("extra,scheduler,says", [
+    # cpu-short at 10 epochs: rungs of 8 and 10 would cost 16·8 + 5·10 = 178 epochs, more than 16·10 = 160
+    (["--recipe", "cpu-short", "--epochs", "10"], "asha", "would train 178 epochs, no fewer than 16 full-budget "
+                                                          "trials (160), so ASHA"),
+    (["--recipe", "cpu-short", "--epochs", "10", "--pack", "2"], "none", "so every trial trains the full budget"),
+    (["--epochs", "40"], "sh", "rungs of 8, 13, 40 epochs"),  # 233 of 640
+    (["--recipe", "cpu-short", "--epochs", "10", "--scheduler", "sh"], "sh", "rungs of 8, 10 epochs"),  # as asked
+])
+def test_auto_halves_only_where_halving_trains_fewer_epochs(tmp_path, monkeypatch, extra, scheduler, says):
+    from typer.testing import CliRunner
+
+    from bkdbench.cli import app
+    from helpers.sweeps import stand_in_search
+
+    seen = stand_in_search(monkeypatch)
+    result = CliRunner().invoke(app, ["sweep", "ldam-drw", "--dataset", "digits", "--imbalance", "10", "--trials", "16",
+                                      *extra, "--results", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"].scheduler == scheduler
+    assert says in " ".join(result.output.split())
+
+
 @pytest.mark.parametrize("method,params,budget,name,epoch", [
     ("ldam-drw", {"cb_start": 32}, 8, "cb_start", 6),  # epoch 32 of 40 = 0.8 → round(6.4) = 6
     ("ldam-drw", {"cb_start": 32}, 13, "cb_start", 10),  # 0.8·13 = 10.4 → 10

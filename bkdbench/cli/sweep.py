@@ -121,11 +121,20 @@ def sweep(
             check_writable(folder)
         check_data([base], data_dir)
         note_reference_split([base], data_dir)
-        from bkdbench.orchestrate.sweeps.halving import bracket_plan, min_rung_epochs, rung_budgets, rung_caveats
+        from bkdbench.orchestrate.sweeps.halving import (bracket_plan, halving_epochs, min_rung_epochs, rung_budgets,
+                                                          rung_caveats)
         from bkdbench.orchestrate.sweeps.driver import choose_scheduler
 
+        asked = scheduler
         scheduler, why = choose_scheduler(scheduler, base, space_def, pack=pack, workers=workers_per_trial)
         budgets = rung_budgets(base.epochs, eta, rungs, min_epochs or min_rung_epochs(base.recipe))
+        cost = halving_epochs(trials, budgets, eta)
+        if asked == "auto" and scheduler == "sh" and brackets == 1 and cost >= trials * base.epochs:
+            # a budget too short for the floor leaves rungs that cost more than they save (cpu-short: 8, 10)
+            scheduler = "none" if pack > 1 else "asha"
+            why += (f"; but halving over rungs of {', '.join(map(str, budgets))} epochs would train {cost} epochs, "
+                    f"no fewer than {trials} full-budget trials ({trials * base.epochs}), so "
+                    + ("every trial trains the full budget" if pack > 1 else "ASHA, whose first rung waits for the switch"))
         if brackets > 1:
             if scheduler != "sh":
                 raise ValueError(f"--brackets is for successive halving; this sweep's scheduler is {scheduler}")
