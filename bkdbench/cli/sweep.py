@@ -292,13 +292,9 @@ def _search_runs(trials: int, scheduler: str, budgets: list[int], eta: int, brac
     of each bracket."""
     if scheduler != "sh":
         return trials
-    from bkdbench.orchestrate.sweeps.halving import bracket_plan, keep_count
+    from bkdbench.orchestrate.sweeps.halving import rung_runs
 
-    total = 0
-    for n, rungs in bracket_plan(trials, budgets, eta, brackets):
-        for _ in rungs:
-            total, n = total + n, keep_count(n, eta)
-    return total
+    return sum(n for n, _ in rung_runs(trials, budgets, eta, brackets))
 
 
 def _fmt(v) -> str:

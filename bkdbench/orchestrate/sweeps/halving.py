@@ -97,14 +97,20 @@ def bracket_plan(trials: int, budgets: list[int], eta: int = DEFAULT_ETA, bracke
     return [(max(1, -(-trials * k // ((k - b) * eta ** b))), budgets[b:]) for b in range(brackets)]  # exact ceil
 
 
-def halving_epochs(trials: int, budgets: list[int], eta: int = DEFAULT_ETA, brackets: int = 1) -> int:
-    """Epochs a halving search trains: each bracket's configurations at its first budget, the best
-    ``1/eta`` of them at the next, and so on (16 trials at 8, 13, 40: 16·8 + 5·13 + 1·40 = 233)."""
-    total = 0
+def rung_runs(trials: int, budgets: list[int], eta: int = DEFAULT_ETA, brackets: int = 1) -> list[tuple[int, int]]:
+    """(configurations, budget) of every rung a halving search trains: each bracket's configurations at
+    its first budget, the best ``1/eta`` of them at the next, and so on."""
+    runs = []
     for n, rungs in bracket_plan(trials, budgets, eta, brackets):
         for budget in rungs:
-            total, n = total + n * budget, keep_count(n, eta)
-    return total
+            runs.append((n, budget))
+            n = keep_count(n, eta)
+    return runs
+
+
+def halving_epochs(trials: int, budgets: list[int], eta: int = DEFAULT_ETA, brackets: int = 1) -> int:
+    """Epochs a halving search trains (16 trials at 8, 13, 40: 16·8 + 5·13 + 1·40 = 233)."""
+    return sum(n * budget for n, budget in rung_runs(trials, budgets, eta, brackets))
 
 
 def scaled_spec(spec: RunSpec, budget: int) -> RunSpec:
