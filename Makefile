@@ -35,8 +35,10 @@ demo: $(STAMP)
 # ones run at a lower priority (nice): the slow ones are the chain whose length the run waits for, and
 # at equal priority the quick ones' processes starved it (the tiny ablation, 77 s alone, ran past its
 # 300-s limit). Ray starts its workers at nice 15 (its worker_niceness), below the quick tests:
-# RAY_worker_niceness=0 keeps the slow lane's trials ahead of them. On a machine busy with other work,
-# `QUICK_NICE=0 make test`: a niced lane yields to every other process there. The slow tests' output
+# RAY_worker_niceness=0 keeps the slow lane's trials ahead of them. Nice ranks processes of one
+# session only where the kernel groups by session (sched_autogroup_enabled=1): there other sessions'
+# work shares the CPU session by session whatever its nice. Where it does not, or where other work runs
+# in make's own session, a niced lane yields to all of it: `QUICK_NICE=0 make test`. The slow tests' output
 # goes to a file and is shown once both are done. `make test` (CI) runs the core of the slow tests
 # (conftest.CORE_SLOW: run, sweep and ablate end to end) and one of SLOW_SHARDS shards of the others,
 # balanced by measured time, picked by the commit so successive commits rotate through them
