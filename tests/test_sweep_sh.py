@@ -18,6 +18,7 @@ from bkdbench.orchestrate.sweeps.driver import SweepConfig, choose_scheduler, sp
 from bkdbench.orchestrate.sweeps.halving import (BRACKET, bracket_plan, keep_count, min_rung_epochs, promote,
                                                  rung_budgets, scaled_spec)
 from bkdbench.orchestrate.sweeps.report import rank_agreement, spearman
+from bkdbench.orchestrate.sweeps.study import make_sampler
 from bkdbench.specs import make_spec
 from bkdbench.specs.recipes import get_recipe
 from bkdbench.specs.search_spaces import SearchSpace, load_space
@@ -268,6 +269,48 @@ def test_halving_tells_optuna_each_rung_and_a_resume_trains_only_what_is_missing
                                budgets=[3, 9, 27], eta=3) and len(trained) == len(first) + 3  # done: nothing more
     records = list((tmp_path / "results" / "sweeps" / cfg.sweep_id / "rungs").glob("*.json"))
     assert len(records) == 14 and {json.loads(p.read_text())["epochs"] for p in records} == {3, 9, 27}
+
+
+def test_a_later_driver_proposes_new_configurations(tmp_path, monkeypatch):
+    """``--resume --trials 8`` after a finished 4-configuration bracket: the new driver's sampler must
+    not replay the first driver's proposals (seeded alike, the random sampler proposed the same four
+    alphas again, and they were trained twice)."""
+    space = SearchSpace(method="bkd", params={"alpha": {"type": "float", "low": 0.1, "high": 10.0}})
+    file = tmp_path / "space.yaml"
+    file.write_text("x")
+    base = make_spec("digits", 10, "bkd", epochs=9)
+    cfg = SweepConfig(method="bkd", dataset="digits", imbalance=10.0, space_file=str(file), space_hash=space_hash(file),
+                      sampler="random", scheduler="sh", epochs=9, rungs=(3, 9), eta=3)
+    trained = []
+
+    def fake_rung(cfg, specs, results, folder, budget, **kwargs):
+        for spec in {s.run_id: s for s in specs.values()}.values():
+            if halving.read_record(folder, spec.run_id) is None:
+                trained.append(spec.run_id)
+                halving.write_record(folder, spec, fake_score(spec.params, budget), "finished", 0.0)
+
+    monkeypatch.setattr(halving, "_train_rung", fake_rung)
+    run = lambda n: halving.run_halving(cfg, space, base, tmp_path / "results", trials=n, concurrency=2,  # noqa: E731
+                                        budgets=[3, 9], eta=3)
+    run(4)
+    study = run(8)
+    alphas = [[t.params["alpha"] for t in study.get_trials() if t.user_attrs[BRACKET] == b] for b in (0, 1)]
+    assert len(alphas[0]) == len(alphas[1]) == 4 and not set(alphas[0]) & set(alphas[1])
+    assert len(trained) == len(set(trained)) == 2 * (4 + 1)  # 4 at 3 epochs, the best 1 at 9, twice
+
+
+def test_a_resumed_sampler_is_reseeded_and_a_first_one_is_not():
+    def first_four(sampler):
+        study = optuna.create_study(sampler=sampler)
+        return [study.ask({"a": optuna.distributions.FloatDistribution(0, 1)}).params["a"] for _ in range(4)]
+
+    for name in ("tpe", "random"):
+        assert first_four(make_sampler(name, 7)) == first_four(optuna.samplers.RandomSampler(seed=7))  # TPE starts at random
+        assert first_four(make_sampler(name, 7, resumed=0)) == first_four(make_sampler(name, 7))
+        resumed = first_four(make_sampler(name, 7, resumed=4))
+        assert not set(resumed) & set(first_four(make_sampler(name, 7)))
+        assert resumed == first_four(make_sampler(name, 7, resumed=4))  # still deterministic
+        assert resumed != first_four(make_sampler(name, 7, resumed=5))
 
 
 def test_bracket_sizes_are_hyperbands():

@@ -168,7 +168,8 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
     remaining = trials - counted_trials(study)
     if remaining <= 0:
         return study
-    searcher_args = dict(space=space.optuna_space(), metric=METRIC, mode="max", sampler=make_sampler(cfg.sampler, cfg.seed),
+    sampler = make_sampler(cfg.sampler, cfg.seed, resumed=len(study.trials))  # a resume proposes new configurations
+    searcher_args = dict(space=space.optuna_space(), metric=METRIC, mode="max", sampler=sampler,
                          study_name=cfg.sweep_id, storage=study_storage(folder, storage_url))
     trial_fn, samples, events = search_trial, remaining, on_event
     if packed:

@@ -268,7 +268,8 @@ def run_halving(cfg, space, base: RunSpec, results, *, trials: int, concurrency:
 
     folder = Location(results) / "sweeps" / cfg.sweep_id  # driver.sweep_dir (imported from there it is a circle)
     study = optuna.create_study(study_name=cfg.sweep_id, storage=study_storage(folder, storage_url),
-                                direction="maximize", load_if_exists=True, sampler=make_sampler(cfg.sampler, cfg.seed))
+                                direction="maximize", load_if_exists=True)
+    study.sampler = make_sampler(cfg.sampler, cfg.seed, resumed=len(study.trials))  # new configurations
     plan = bracket_plan(trials, budgets, eta, brackets) if brackets > 1 else None
     set_listener(on_event)
     while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import optuna
 from ray import tune
 from ray.tune.result import TRAINING_ITERATION
@@ -17,7 +18,13 @@ METRIC = "val_top1"  # sweeps optimise balanced validation top-1, never a test n
 SAMPLERS = ("tpe", "gp", "cmaes", "random")
 
 
-def make_sampler(name: str, seed: int):
+def make_sampler(name: str, seed: int, resumed: int = 0):
+    """The sweep's sampler. A driver that resumes a study holding ``resumed`` trials seeds it from
+    (seed, resumed): seeded as the first driver was, it proposed that driver's configurations again
+    (TPE's random start-up replays its generator), and they were trained twice; a resumed 16-trial
+    CIFAR-10 sweep retrained its 4 finished configurations so. A first driver keeps ``seed`` itself."""
+    if resumed:
+        seed = int(np.random.SeedSequence([seed, resumed]).generate_state(1)[0])
     if name == "tpe":  # constant liar: parallel trials do not all pile onto the same point
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     if name == "gp":
