@@ -82,8 +82,11 @@ def bottom_vs_full(sh: dict, full: dict, args) -> dict:
     for t in open_study(sh["sweep_id"], sweep_dir(args.results, sh["sweep_id"])).trials:
         if bottom in t.intermediate_values:
             low[json.dumps(t.params, sort_keys=True)] = t.intermediate_values[bottom]
-    pairs = [(low[k], t.value) for t in open_study(full["sweep_id"], sweep_dir(args.results, full["sweep_id"])).trials
-             if t.state.name == "COMPLETE" and (k := json.dumps(t.params, sort_keys=True)) in low]
+    high = {}  # one score a configuration: a sweep resumed before make_sampler reseeded could repeat one
+    for t in open_study(full["sweep_id"], sweep_dir(args.results, full["sweep_id"])).trials:
+        if t.state.name == "COMPLETE" and (k := json.dumps(t.params, sort_keys=True)) in low:
+            high.setdefault(k, t.value)
+    pairs = [(low[k], v) for k, v in high.items()]
     return {"n": len(pairs), "spearman": spearman([a for a, _ in pairs], [b for _, b in pairs])}
 
 
