@@ -209,6 +209,9 @@ def test_resume_continues_numbering(tmp_path):
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
                 assert study[t.number].state == t.state and study[t.number].value == t.value
         assert len(study) == TARGET + len(running)
+        # the resumed sampler proposes new configurations: seeded as the first driver's, TPE's random
+        # start-up proposed the interrupted driver's ones again and they trained twice
+        assert len({json.dumps(t.params, sort_keys=True) for t in study}) == len(study), [t.params for t in study]
         assert json.loads((results / "sweeps" / sweep_id / "sweep.json").read_text())["trials"] == TARGET
 
         # A finished sweep: more --trials with --resume extends it, numbering on.
