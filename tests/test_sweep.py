@@ -350,3 +350,17 @@ def test_sweep_id_does_not_depend_on_how_the_space_path_is_spelled(monkeypatch, 
     assert absolute == relative
 
 
+def test_a_resumed_sampler_is_reseeded_and_a_first_one_is_not():
+    from bkdbench.orchestrate.sweeps.study import make_sampler
+
+    def first_four(sampler):
+        study = optuna.create_study(sampler=sampler)
+        return [study.ask({"a": optuna.distributions.FloatDistribution(0, 1)}).params["a"] for _ in range(4)]
+
+    for name in ("tpe", "random"):
+        assert first_four(make_sampler(name, 7)) == first_four(optuna.samplers.RandomSampler(seed=7))  # TPE starts at random
+        assert first_four(make_sampler(name, 7, resumed=0)) == first_four(make_sampler(name, 7))
+        resumed = first_four(make_sampler(name, 7, resumed=4))
+        assert not set(resumed) & set(first_four(make_sampler(name, 7)))
+        assert resumed == first_four(make_sampler(name, 7, resumed=4))  # still deterministic
+        assert resumed != first_four(make_sampler(name, 7, resumed=5))

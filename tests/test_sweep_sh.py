@@ -18,7 +18,6 @@ from bkdbench.orchestrate.sweeps.driver import SweepConfig, choose_scheduler, sp
 from bkdbench.orchestrate.sweeps.halving import (BRACKET, bracket_plan, keep_count, min_rung_epochs, promote,
                                                  rung_budgets, scaled_spec)
 from bkdbench.orchestrate.sweeps.report import rank_agreement, spearman
-from bkdbench.orchestrate.sweeps.study import make_sampler
 from bkdbench.specs import make_spec
 from bkdbench.specs.recipes import get_recipe
 from bkdbench.specs.search_spaces import SearchSpace, load_space
@@ -297,20 +296,6 @@ def test_a_later_driver_proposes_new_configurations(tmp_path, monkeypatch):
     alphas = [[t.params["alpha"] for t in study.get_trials() if t.user_attrs[BRACKET] == b] for b in (0, 1)]
     assert len(alphas[0]) == len(alphas[1]) == 4 and not set(alphas[0]) & set(alphas[1])
     assert len(trained) == len(set(trained)) == 2 * (4 + 1)  # 4 at 3 epochs, the best 1 at 9, twice
-
-
-def test_a_resumed_sampler_is_reseeded_and_a_first_one_is_not():
-    def first_four(sampler):
-        study = optuna.create_study(sampler=sampler)
-        return [study.ask({"a": optuna.distributions.FloatDistribution(0, 1)}).params["a"] for _ in range(4)]
-
-    for name in ("tpe", "random"):
-        assert first_four(make_sampler(name, 7)) == first_four(optuna.samplers.RandomSampler(seed=7))  # TPE starts at random
-        assert first_four(make_sampler(name, 7, resumed=0)) == first_four(make_sampler(name, 7))
-        resumed = first_four(make_sampler(name, 7, resumed=4))
-        assert not set(resumed) & set(first_four(make_sampler(name, 7)))
-        assert resumed == first_four(make_sampler(name, 7, resumed=4))  # still deterministic
-        assert resumed != first_four(make_sampler(name, 7, resumed=5))
 
 
 def test_bracket_sizes_are_hyperbands():
