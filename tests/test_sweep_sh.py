@@ -223,34 +223,42 @@ class Killed(Exception):
     pass
 
 
-def test_halving_tells_optuna_each_rung_and_a_resume_trains_only_what_is_missing(tmp_path, monkeypatch):
+def faked_halving(tmp_path, monkeypatch, rungs: tuple, brackets: int = 1, kill=lambda trained, budget: False):
+    """A halving sweep of BKD's alpha on digits whose rung runs are faked: each run without a record
+    writes ``fake_score``'s. ``kill(trained, budget)``, true before a run, raises Killed there (once):
+    the driver dies mid-rung. Returns (cfg, run(trials) -> study, the (run id, budget) pairs trained)."""
     space = SearchSpace(method="bkd", params={"alpha": {"type": "float", "low": 0.1, "high": 10.0}})
     file = tmp_path / "space.yaml"
     file.write_text("x")
-    base = make_spec("digits", 10, "bkd", epochs=27)
+    base = make_spec("digits", 10, "bkd", epochs=rungs[-1])
     cfg = SweepConfig(method="bkd", dataset="digits", imbalance=10.0, space_file=str(file), space_hash=space_hash(file),
-                      sampler="random", scheduler="sh", epochs=27, rungs=(3, 9, 27), eta=3)
-    trained, kill_at = [], {"budget": 9, "after": 1}
+                      sampler="random", scheduler="sh", epochs=rungs[-1], rungs=rungs, eta=3, brackets=brackets)
+    trained, killed = [], []
 
     def fake_rung(cfg, specs, results, folder, budget, **kwargs):
         for spec in {s.run_id: s for s in specs.values()}.values():
             if halving.read_record(folder, spec.run_id) is not None:
                 continue
-            if budget == kill_at["budget"] and kill_at["after"] == 0:
-                kill_at["budget"] = None  # once
-                raise Killed  # the driver dies mid-rung
-            kill_at["after"] -= budget == kill_at["budget"]
+            if not killed and kill(trained, budget):
+                killed.append(budget)
+                raise Killed
             trained.append((spec.run_id, budget))
             halving.write_record(folder, spec, fake_score(spec.params, budget), "finished", 0.0)
 
     monkeypatch.setattr(halving, "_train_rung", fake_rung)
-    run = lambda: halving.run_halving(cfg, space, base, tmp_path / "results", trials=10, concurrency=2,  # noqa: E731
-                                      budgets=[3, 9, 27], eta=3)
+    run = lambda trials: halving.run_halving(cfg, space, base, tmp_path / "results", trials=trials,  # noqa: E731
+                                             concurrency=2, budgets=list(rungs), eta=3, brackets=brackets)
+    return cfg, run, trained
+
+
+def test_halving_tells_optuna_each_rung_and_a_resume_trains_only_what_is_missing(tmp_path, monkeypatch):
+    cfg, run, trained = faked_halving(tmp_path, monkeypatch, (3, 9, 27),  # dies before the second 9-epoch run
+                                      kill=lambda trained, budget: budget == 9 and [b for _, b in trained].count(9) == 1)
     with pytest.raises(Killed):
-        run()
+        run(10)
     first = list(trained)
     assert [b for _, b in first] == [3] * 10 + [9]  # every bottom-rung run and one of the 3 promoted ones
-    study = run()  # resumed: the same bracket, only the rung runs without a record
+    study = run(10)  # resumed: the same bracket, only the rung runs without a record
     again = trained[len(first):]
     assert [b for _, b in again] == [9, 9, 27] and not {r for r, _ in again} & {r for r, _ in first}
 
@@ -264,8 +272,7 @@ def test_halving_tells_optuna_each_rung_and_a_resume_trains_only_what_is_missing
     assert all(sorted(t.intermediate_values) == [3] for t in by_alpha[3:])
     assert by_alpha[0].value == fake_score(by_alpha[0].params, 27)
     assert [t.user_attrs["epochs_trained"] for t in by_alpha] == [39, 12, 12] + [3] * 7  # 3 + 9 + 27, 3 + 9, 3
-    assert halving.run_halving(cfg, space, base, tmp_path / "results", trials=10, concurrency=2,
-                               budgets=[3, 9, 27], eta=3) and len(trained) == len(first) + 3  # done: nothing more
+    assert run(10) and len(trained) == len(first) + 3  # done: nothing more
     records = list((tmp_path / "results" / "sweeps" / cfg.sweep_id / "rungs").glob("*.json"))
     assert len(records) == 14 and {json.loads(p.read_text())["epochs"] for p in records} == {3, 9, 27}
 
@@ -274,28 +281,13 @@ def test_a_later_driver_proposes_new_configurations(tmp_path, monkeypatch):
     """``--resume --trials 8`` after a finished 4-configuration bracket: the new driver's sampler must
     not replay the first driver's proposals (seeded alike, the random sampler proposed the same four
     alphas again, and they were trained twice)."""
-    space = SearchSpace(method="bkd", params={"alpha": {"type": "float", "low": 0.1, "high": 10.0}})
-    file = tmp_path / "space.yaml"
-    file.write_text("x")
-    base = make_spec("digits", 10, "bkd", epochs=9)
-    cfg = SweepConfig(method="bkd", dataset="digits", imbalance=10.0, space_file=str(file), space_hash=space_hash(file),
-                      sampler="random", scheduler="sh", epochs=9, rungs=(3, 9), eta=3)
-    trained = []
-
-    def fake_rung(cfg, specs, results, folder, budget, **kwargs):
-        for spec in {s.run_id: s for s in specs.values()}.values():
-            if halving.read_record(folder, spec.run_id) is None:
-                trained.append(spec.run_id)
-                halving.write_record(folder, spec, fake_score(spec.params, budget), "finished", 0.0)
-
-    monkeypatch.setattr(halving, "_train_rung", fake_rung)
-    run = lambda n: halving.run_halving(cfg, space, base, tmp_path / "results", trials=n, concurrency=2,  # noqa: E731
-                                        budgets=[3, 9], eta=3)
+    _, run, trained = faked_halving(tmp_path, monkeypatch, (3, 9))
     run(4)
     study = run(8)
     alphas = [[t.params["alpha"] for t in study.get_trials() if t.user_attrs[BRACKET] == b] for b in (0, 1)]
     assert len(alphas[0]) == len(alphas[1]) == 4 and not set(alphas[0]) & set(alphas[1])
-    assert len(trained) == len(set(trained)) == 2 * (4 + 1)  # 4 at 3 epochs, the best 1 at 9, twice
+    runs = [r for r, _ in trained]
+    assert len(runs) == len(set(runs)) == 2 * (4 + 1)  # 4 at 3 epochs, the best 1 at 9, twice
 
 
 def test_bracket_sizes_are_hyperbands():
@@ -313,31 +305,12 @@ def test_bracket_sizes_are_hyperbands():
 def test_brackets_run_in_order_and_a_resume_finishes_the_open_one(tmp_path, monkeypatch):
     """Three brackets over rungs of 3, 9 and 27 epochs with 9 configurations first: 9 → 3 → 1, then
     5 from 9 epochs → 1, then 3 at 27; the driver dies in the second bracket's first rung and resumes."""
-    space = SearchSpace(method="bkd", params={"alpha": {"type": "float", "low": 0.1, "high": 10.0}})
-    file = tmp_path / "space.yaml"
-    file.write_text("x")
-    base = make_spec("digits", 10, "bkd", epochs=27)
-    cfg = SweepConfig(method="bkd", dataset="digits", imbalance=10.0, space_file=str(file), space_hash=space_hash(file),
-                      sampler="random", scheduler="sh", epochs=27, rungs=(3, 9, 27), eta=3, brackets=3)
-    trained, kill = [], {"at": 9 + 3 + 1 + 2}  # bracket 0's 13 rung runs, then 2 of bracket 1's first 5
-
-    def fake_rung(cfg, specs, results, folder, budget, **kwargs):
-        for spec in {s.run_id: s for s in specs.values()}.values():
-            if halving.read_record(folder, spec.run_id) is not None:
-                continue
-            if len(trained) == kill["at"]:
-                kill["at"] = None
-                raise Killed
-            trained.append((spec.run_id, budget))
-            halving.write_record(folder, spec, fake_score(spec.params, budget), "finished", 0.0)
-
-    monkeypatch.setattr(halving, "_train_rung", fake_rung)
-    run = lambda: halving.run_halving(cfg, space, base, tmp_path / "results", trials=9, concurrency=2,  # noqa: E731
-                                      budgets=[3, 9, 27], eta=3, brackets=3)
+    _, run, trained = faked_halving(tmp_path, monkeypatch, (3, 9, 27), brackets=3,  # bracket 0's 13 rung runs,
+                                    kill=lambda trained, budget: len(trained) == 9 + 3 + 1 + 2)  # then 2 of 5
     with pytest.raises(Killed):
-        run()
+        run(9)
     assert [b for _, b in trained] == [3] * 9 + [9] * 3 + [27] + [9] * 2
-    study = run()
+    study = run(9)
     assert [b for _, b in trained] == [3] * 9 + [9] * 3 + [27] + [9] * 5 + [27] + [27] * 3  # none twice
     assert len({r for r, _ in trained}) == len(trained)
     trials = study.get_trials()
@@ -347,7 +320,7 @@ def test_brackets_run_in_order_and_a_resume_finishes_the_open_one(tmp_path, monk
     assert sorted(t.user_attrs[BRACKET] for t in complete) == [0, 1, 2, 2, 2]  # one per halving, all of the last
     assert all(max(t.intermediate_values) == 27 for t in complete)
     assert all(min(t.intermediate_values) == 9 for t in trials if t.user_attrs[BRACKET] == 1)
-    assert run() and len(trained) == 9 + 3 + 1 + 5 + 1 + 3  # every bracket done: nothing more
+    assert run(9) and len(trained) == 9 + 3 + 1 + 5 + 1 + 3  # every bracket done: nothing more
 
 
 def test_the_sweep_id_holds_the_rungs_and_an_older_sweep_keeps_its_id():
