@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from bkdbench.cli import app
 from bkdbench.data import DataError, dataset_info, decode, imagefolder, load_longtail, longtail_counts
+from bkdbench.data.splits import validation_count
 from bkdbench.specs import SpecError, make_spec, spec_columns
 from bkdbench.specs.suites import load_suite
 from bkdbench.training.train import train
@@ -178,6 +179,7 @@ def test_shot_split_uses_the_counts_kept(tmp_path):
     # kept 25 and 5; V = max(1, 25 // 10) = 2 and the head has no unused image: it gives 2 of its kept
     assert data.class_counts == [23, 5]
     assert data.shots == {"many": [], "medium": [0], "few": [1]}
+    assert validation_count(dataset_info("imagefolder", tmp_path), 5, data_dir=tmp_path) == 2 + 2  # what a sweep says
 
 
 def test_val_folder_is_the_validation_split(tmp_path):
@@ -185,6 +187,7 @@ def test_val_folder_is_the_validation_split(tmp_path):
     data = load_longtail("imagefolder", 2, data_dir=tmp_path)
     assert data.class_counts == [10, 7, 5]
     assert data.val_y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert validation_count(dataset_info("imagefolder", tmp_path), 2, data_dir=tmp_path) == 3 * 3
     np.testing.assert_array_equal(data.val_x[4], written["val/b/001.png"].transpose(2, 0, 1))
 
 
@@ -198,6 +201,8 @@ def test_natural_keeps_every_image_and_records_its_own_imbalance(tmp_path):
         make_spec("imagefolder", 10, profile="natural", data_dir=tmp_path)
     data = load_longtail("imagefolder", spec.imbalance_factor, spec.profile, data_dir=tmp_path)
     assert data.class_counts == [10, 4, 3] and len(data.train_y) == 17
+    assert validation_count(dataset_info("imagefolder", tmp_path), spec.imbalance_factor, "natural",
+                            data_dir=tmp_path) == 1 + 1 + 2
     assert data.val_y.tolist() == [0, 1, 2, 2]
 
 

@@ -146,6 +146,15 @@ def test_sweep_report_in_chromium(results, tmp_path):
     assert {r[0] for r in page.tables["runs"]} == set(ids["sweep"]["tuned"] + ids["sweep"]["default"])
 
 
+def test_the_sweep_section_says_which_trials_its_validation_split_cannot_order(results, tmp_path):
+    root, _ = results
+    text = " ".join(report(root, tmp_path / "noise", "--sweep", SWEEP).read_text().split())
+    # the best, 66.5 % on 100 images: sqrt(0.665 · 0.335 / 100) = 4.720 points, 2·sqrt(2)·4.720 = 13.35:
+    # 63, 61 and 58 (3.5, 5.5 and 8.5 below) are all inside
+    assert ("validation noise (100 images): the best scored 66.5 % ± 4.7 (one standard error) and 3 of the other 3 "
+            "lie within 13.3 points of it") in text
+
+
 def test_rows_without_history_still_read_and_report(tmp_path):
     """A row written before the history column existed reads back (history null) and the page says
     why it has no curves."""

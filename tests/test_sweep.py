@@ -126,6 +126,7 @@ def test_sweep_report_reprints_the_sweep(tiny_sweep, monkeypatch):
     assert "trials: 6 complete" in out
     assert "alpha" in out and "temperature" in out
     assert "tuned" in out and "default" in out
+    assert "validation noise (100 images): the best scored" in out  # digits IF 10: 10 classes × 10 images
     study = load_study(tiny_sweep.results, tiny_sweep.sweep_id)
     best = max(study.trials, key=lambda t: t.value)
     assert f"{best.value:.4g}" in out

@@ -121,6 +121,11 @@ def sweep(
             check_writable(folder)
         check_data([base], data_dir)
         note_reference_split([base], data_dir)
+        from bkdbench.data import dataset_info
+        from bkdbench.data.splits import validation_count
+
+        val_images = validation_count(dataset_info(base.dataset, data_dir, base.image_size), base.imbalance_factor,
+                                      base.profile, base.data_seed, data_dir, base.split)
         from bkdbench.orchestrate.sweeps.halving import (bracket_plan, halving_epochs, min_rung_epochs, rung_budgets,
                                                           rung_caveats)
         from bkdbench.orchestrate.sweeps.driver import choose_scheduler
@@ -174,7 +179,8 @@ def sweep(
              f"pass --resume to continue or extend it (--trials N sets the total)")
     console.print(f"sweep [bold]{cfg.sweep_id}[/]: {method} on {dataset}-LT IF{imbalance:g} ({base.model}, recipe "
                   f"{base.recipe}, {base.epochs} epochs), {trials} trials, "
-                  f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1"
+                  f"{concurrency} at once, sampler {sampler}, scheduler {scheduler}, objective: balanced validation top-1 "
+                  f"on {val_images} images (one score's standard error: up to {50 / math.sqrt(val_images):.1f} points)"
                   + (f"; packs of {pack} configurations per Ray trial" if pack > 1 else ""))
     console.print(f"scheduler {scheduler}: {why}"
                   + (f"; rungs of {', '.join(map(str, budgets))} epochs (the recipe compressed to each), the best "
@@ -221,7 +227,7 @@ def sweep(
     wall = time.perf_counter() - started
     save_sweep_record(root, cfg, {"trials": trials, "best_params": best_params, "best_trial": best.number,
                                   "best_val_top1": best.value, "final_runs": finals, "wall_seconds": wall,
-                                  "optuna_storage": optuna_storage, "pack": pack})
+                                  "optuna_storage": optuna_storage, "pack": pack, "val_images": val_images})
     console.print(f"sweep finished in {wall:.0f} s")
     _report(root, cfg.sweep_id, optuna_storage)
     failed, crashed = failed_runs(final_outcome)  # the search's own failures are trials (FAIL), not runs
@@ -265,12 +271,15 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
         saver = "successive halving" if record["config"].get("scheduler") == "sh" else "early stopping"
         console.print(f"epochs trained: {sum(trained)} of {full} for {len(trained)} full-length trials "
                       f"({saver} saved {full - sum(trained)}, {100 * (full - sum(trained)) / full:.0f}%)")
-    from bkdbench.orchestrate.sweeps.report import rank_agreement
+    from bkdbench.orchestrate.sweeps.report import noise_note, rank_agreement, search_noise
 
     for pair in rank_agreement(study):
         rho = "–" if pair["spearman"] is None else f"{pair['spearman']:+.2f}"
         console.print(f"rank agreement, {pair['low']} → {pair['high']} epochs: Spearman {rho} over the "
                       f"{pair['n']} configurations that ran both (validation top-1)")
+
+    if record.get("val_images"):  # sweeps from before it was recorded have none
+        console.print(noise_note(search_noise(study, record["val_images"]), record["val_images"]))
 
     board, _ = read_rows(leaderboard_dir(root))
     test = Table(title=f"test set (last epoch), best config vs defaults, {len(record['final_runs']['tuned'])} seeds")

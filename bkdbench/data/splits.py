@@ -97,20 +97,10 @@ def load_longtail(
     check_profile(info, profile)
     arrays = info.load(Path(data_dir) if data_dir else None)
     targets = arrays.train_y
-    if profile == NATURAL:
-        _need_own_validation(info, arrays, data_dir)
-        kept = np.arange(len(targets), dtype=np.int64)
-    else:
-        _check_enough(info, arrays, imbalance_factor, profile, data_dir)
-        kept = longtail_indices(targets, imbalance_factor, profile, data_seed, n_max=info.n_max)
-    if arrays.val_x is not None:
+    kept, val = _split_indices(info, arrays, imbalance_factor, profile, data_seed, data_dir, split)
+    if val is None:
         val_x, val_y = arrays.val_x, arrays.val_y
     else:
-        unused = unused_indices(targets, imbalance_factor, profile, data_seed, n_max=info.n_max)
-        if split == EVERY_CLASS:
-            kept, val = every_class_split(targets, kept, unused, info.val_per_class)
-        else:
-            val = validation_indices(unused, info.val_per_class)
         val_x, val_y = arrays.train_x[val], targets[val]
     num_classes = len(arrays.classes)
     return LongTailData(
@@ -125,6 +115,34 @@ def load_longtail(
         class_counts=np.bincount(targets[kept], minlength=num_classes).tolist(),
         classes=arrays.classes,
     )
+
+
+def _split_indices(info: DatasetInfo, arrays: ImageArrays, imbalance_factor: float, profile: str, data_seed: int,
+                   data_dir, split: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(kept training indices, validation indices into the training set, or None for the dataset's own
+    validation split): the labels alone decide, no image is read."""
+    targets = arrays.train_y
+    if profile == NATURAL:
+        _need_own_validation(info, arrays, data_dir)
+        kept = np.arange(len(targets), dtype=np.int64)
+    else:
+        _check_enough(info, arrays, imbalance_factor, profile, data_dir)
+        kept = longtail_indices(targets, imbalance_factor, profile, data_seed, n_max=info.n_max)
+    if arrays.val_x is not None:
+        return kept, None
+    unused = unused_indices(targets, imbalance_factor, profile, data_seed, n_max=info.n_max)
+    if split == EVERY_CLASS:
+        return every_class_split(targets, kept, unused, info.val_per_class)
+    return kept, validation_indices(unused, info.val_per_class)
+
+
+def validation_count(info: DatasetInfo, imbalance_factor: float, profile: str = "exp", data_seed: int = 0,
+                     data_dir: Optional[Path] = None, split: str = EVERY_CLASS) -> int:
+    """Images in the validation split ``load_longtail`` gives (what a sweep's scores are measured on)."""
+    check_split(split)
+    arrays = info.load(Path(data_dir) if data_dir else None)
+    _, val = _split_indices(info, arrays, imbalance_factor, profile, data_seed, data_dir, split)
+    return len(arrays.val_y) if val is None else len(val)
 
 
 def kept_class_counts(info: DatasetInfo, imbalance_factor: float, profile: str = "exp",

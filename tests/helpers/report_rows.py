@@ -89,6 +89,7 @@ def write_sweep(root) -> dict[str, list[str]]:
     record = {"config": {"method": "bkd", "dataset": "digits", "imbalance": 10.0, "sampler": "tpe", "scheduler": "asha",
                          "epochs": 3, "seed": 0, "data_seed": 0, "space_file": "x", "space_hash": "y"},
               "sweep_id": SWEEP, "trials": len(SWEEP_TRIALS), "best_params": {"alpha": 1.0, "temperature": 4.0},
-              "best_trial": 1, "best_val_top1": 66.5, "final_runs": finals, "optuna_storage": None}
+              "best_trial": 1, "best_val_top1": 66.5, "final_runs": finals, "optuna_storage": None,
+              "val_images": 100}
     (folder / "sweep.json").write_text(json.dumps(record))
     return finals

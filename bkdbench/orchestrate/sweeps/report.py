@@ -51,6 +51,20 @@ def _ranks(values: list[float]) -> list[float]:
     return ranks
 
 
+def validation_noise(best: float, others: list[float], images: int) -> dict:
+    """How finely ``images`` validation images can order configurations near ``best`` (top-1, %).
+
+    ``se``: the standard error of one balanced validation score there, sqrt(p(1 - p) / images) in
+    points (with equal images per class; where per-class accuracies differ it is an upper bound, since
+    p(1 - p) is concave). Two configurations' scores differ by noise alone with standard error
+    sqrt(2)·se, so ``close`` counts the ``others`` within ``margin`` = 2·sqrt(2)·se of the best: the
+    validation split cannot order them, and the best is one of them by chance as much as by merit."""
+    p = min(max(best / 100, 0.0), 1.0)
+    se = 100 * math.sqrt(p * (1 - p) / images)
+    margin = 2 * math.sqrt(2) * se
+    return {"images": images, "best": best, "se": se, "margin": margin, "close": sum(best - v <= margin for v in others)}
+
+
 def rung_scores(study: optuna.Study) -> dict[int, dict[int, float]]:
     """Successive halving's scores: trial number → {budget in epochs: validation top-1} (its
     intermediate values; ``halving`` reports each rung at step = budget). Empty for other schedulers."""
@@ -71,6 +85,36 @@ def rank_agreement(study: optuna.Study) -> list[dict]:
         pairs.append({"low": low, "high": high, "n": len(both),
                       "spearman": spearman([s[low] for s in both], [s[high] for s in both])})
     return pairs
+
+
+def search_noise(study: optuna.Study, images: int) -> list[dict]:
+    """``validation_noise`` of each rung's best against the rung's other configurations (successive
+    halving: is a promotion decided by more than noise?), or of the best against the other complete
+    trials (every other scheduler, whose complete trials ran the full budget); ``budget`` is None there."""
+    scores = rung_scores(study)
+    if scores:
+        groups = {b: [s[b] for s in scores.values() if b in s] for b in sorted({b for s in scores.values() for b in s})}
+    else:
+        groups = {None: [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]}
+    out = []
+    for budget, values in groups.items():
+        if values:
+            ordered = sorted(values, reverse=True)
+            out.append({"budget": budget, "n": len(values), **validation_noise(ordered[0], ordered[1:], images)})
+    return out
+
+
+def noise_note(groups: list[dict], images: int) -> str:
+    """``search_noise`` in words: for `sweep report` and the sweep's section of `bkdbench report`."""
+    parts = [(f"at {g['budget']} epochs " if g["budget"] is not None else "")
+             + f"the best scored {g['best']:.1f} % ± {g['se']:.1f} (one standard error)"
+             + (f" and {g['close']} of the other {g['n'] - 1} lie within {g['margin']:.1f} points of it" if g["n"] > 1 else "")
+             for g in groups]
+    line = f"validation noise ({images} images): " + "; ".join(parts)
+    if any(g["close"] for g in groups):
+        line += ("; within 2·√2 standard errors this split cannot order configurations (more validation images "
+                 "narrow it, e.g. an image folder's own val/)")
+    return line
 
 
 def plot_rungs(study: optuna.Study, folder: Path) -> Optional[Path]:
@@ -198,6 +242,8 @@ def sweep_section(root, record: dict, folder: Path):
     if agreement:
         section.notes.append("Successive halving: Spearman correlation of the validation scores of the configurations "
                              "that ran both rungs, " + "; ".join(agreement) + ".")
+    if record.get("val_images"):  # sweeps from before it was recorded have none
+        section.notes.append(noise_note(search_noise(study, record["val_images"]), record["val_images"]) + ".")
     titles = {"val-accuracy.png": "validation accuracy per trial over the first two parameters (★ best)",
               "history.png": "objective over trials", "importances.png": "parameter importances (Optuna)",
               "rungs.png": "successive halving: validation accuracy by budget, promoted configurations joined"}
