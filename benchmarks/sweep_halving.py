@@ -52,7 +52,7 @@ def sweep(method: str, scheduler: str, args) -> dict:
 def summarise(run: dict, args) -> dict:
     from bkdbench.leaderboard.store import read_rows
     from bkdbench.orchestrate.sweeps.driver import load_sweep_record, open_study, sweep_dir
-    from bkdbench.orchestrate.sweeps.report import rank_agreement
+    from bkdbench.orchestrate.sweeps.report import rank_agreement, search_noise
 
     record = load_sweep_record(args.results, run["sweep_id"])
     study = open_study(run["sweep_id"], sweep_dir(args.results, run["sweep_id"]))
@@ -67,6 +67,8 @@ def summarise(run: dict, args) -> dict:
             # against the full-budget sweep of --trials configurations (brackets add configurations)
             "fraction_of_full_sweep": round(trained / (args.trials * epochs), 4), "best_params": record["best_params"],
             "best_val_top1": record["best_val_top1"], "rank_agreement": rank_agreement(study),
+            "val_images": record.get("val_images"), "search_noise": search_noise(study, record["val_images"])
+            if record.get("val_images") else None,
             "test_top1_by_seed": {int(s): float(v) for s, v in zip(tuned.seed, tuned.top1)}}
 
 

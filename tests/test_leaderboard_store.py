@@ -39,8 +39,9 @@ def make_row(run_id, **overrides):
 def test_schema_has_exactly_the_documented_columns():
     assert store.SCHEMA_VERSION == 1
     # the 38 of DESIGN.md plus the shot thresholds, `extra`, `data_key`, `history`, `split`, `workers`, `pretrained`,
-    # the reproduction provenance (`resize` ... `select`, docs/published.md), the foundation three, `plugins`
-    assert len(store.COLUMNS) == 56
+    # the reproduction provenance (`resize` ... `select`, docs/published.md), the foundation three, `plugins`,
+    # `val_per_class`
+    assert len(store.COLUMNS) == 57
     assert store.SCHEMA.field("split").type == pa.string() and store.SCHEMA.field("split").nullable
     assert store.COLUMNS.index("split") == 43  # added late and nullable: older files read back (as "reference")
     assert store.COLUMNS[44] == "workers" and store.SCHEMA.field("workers").nullable  # null: one process
@@ -50,6 +51,7 @@ def test_schema_has_exactly_the_documented_columns():
     assert store.COLUMNS[52:55] == ("weights", "seen_in1k", "teacher")  # foundation runs only (docs/foundation.md)
     assert all(store.SCHEMA.field(c).nullable for c in store.COLUMNS[52:55]) and store.SCHEMA.field("seen_in1k").type == pa.bool_()
     assert store.COLUMNS[55] == "plugins" and store.SCHEMA.field("plugins").nullable  # null: built-in parts only
+    assert store.COLUMNS[56] == "val_per_class" and store.SCHEMA.field("val_per_class").nullable  # null: the dataset's V
     assert store.SCHEMA.field("many_threshold").type == pa.int64()
     assert store.SCHEMA.field("per_class_acc").type == pa.list_(pa.float64())
     assert store.SCHEMA.field("class_counts").type == pa.list_(pa.int64())

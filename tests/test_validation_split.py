@@ -17,10 +17,10 @@ import typer
 from typer.testing import CliRunner
 
 from bkdbench.data import load_longtail
-from bkdbench.data.splits import classes_without_validation, kept_class_counts
+from bkdbench.data.splits import classes_without_validation, kept_class_counts, validation_count
 from bkdbench.data.registry import get_dataset
 from bkdbench.leaderboard.store import read_rows, write_row
-from bkdbench.specs import make_spec, spec_columns
+from bkdbench.specs import SpecError, make_spec, spec_columns
 from bkdbench.specs.suites import SuiteError, load_suite
 from cifar_files import image_ids, read_labels
 
@@ -245,3 +245,115 @@ def test_reference_split_note_names_the_uncovered_classes_once(cifar_root, capsy
     note_reference_split([make_spec("digits", 10, split="reference")])  # digits: every class has some
     captured = capsys.readouterr()
     assert "--split reference" not in captured.out + captured.err
+
+
+# ---------------------------------------------------------------- --val-per-class: a larger validation split
+
+
+def test_cifar10_if100_with_200_validation_images_a_class(cifar_root, reference_longtail):
+    labels = read_labels(cifar_root / "cifar-10-batches-py", CIFAR10_FILES, b"labels")
+    data = load_longtail("cifar10", 100, data_dir=cifar_root, val_per_class=200)
+    # the head (no unused image) gives its last 200 kept ones; every other class its first 200 unused
+    assert len(data.train_y) == 12406 - 200 and data.class_counts == [4800] + CIFAR10_IF100[1:]
+    np.testing.assert_array_equal(np.bincount(data.val_y, minlength=10), [200] * 10)
+    exp_train, exp_val = expected_every_class(labels, CIFAR10_IF100, 200, 0, reference_longtail)
+    np.testing.assert_array_equal(image_ids(data.train_x)[1], exp_train)
+    np.testing.assert_array_equal(image_ids(data.val_x)[1], exp_val)
+    info = get_dataset("cifar10")
+    assert kept_class_counts(info, 100, "exp", cifar_root, val_per_class=200) == [4800] + CIFAR10_IF100[1:]
+    assert validation_count(info, 100, "exp", 0, cifar_root, val_per_class=200) == 2000
+    assert validation_count(info, 100, "exp", 0, cifar_root) == 200  # the default: 20 a class
+    # at most the unused images plus half the kept ones: the head has 0 + 5000 // 2 = 2500
+    make_spec("cifar10", 100, data_dir=cifar_root, val_per_class=2500)
+    with pytest.raises(SpecError, match="choose at most 2500"):
+        make_spec("cifar10", 100, data_dir=cifar_root, val_per_class=2501)
+
+
+def test_the_dataset_s_own_v_names_the_same_run_and_another_v_another():
+    default = make_spec("digits", 10, "bkd")
+    assert make_spec("digits", 10, "bkd", val_per_class=10).run_id == default.run_id  # digits' own V
+    assert "val_per_class" not in default.canonical_json() and spec_columns(default)["val_per_class"] is None
+    larger = make_spec("digits", 10, "bkd", val_per_class=30)
+    assert larger.run_id != default.run_id and larger.val_per_class == 30
+    assert json.loads(larger.canonical_json())["val_per_class"] == 30 and spec_columns(larger)["val_per_class"] == 30
+    # digits' class 0 has 128 images and keeps 100 at IF 10, so 28 unused: V = 30 moves 2 of its kept ones
+    assert load_longtail("digits", 10, val_per_class=30).class_counts == [98, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+
+
+@pytest.mark.parametrize("method", ["bkd", "cbd", "ssd-lt", "crt"])
+def test_teachers_share_their_students_validation_images(method):
+    student = make_spec("digits", 10, method, val_per_class=30, epochs=2)
+    assert student.prerequisites and all(t.val_per_class == 30 for t in student.prerequisites)
+
+
+def test_a_given_teacher_must_share_the_validation_images():
+    teacher = make_spec("digits", 10, val_per_class=30)
+    assert make_spec("digits", 10, "kd", teacher=teacher, val_per_class=30).teacher == teacher
+    with pytest.raises(SpecError, match=r"'every-class' \(30 a class\) validation split, the student uses 'every-class'"):
+        make_spec("digits", 10, "kd", teacher=teacher)
+
+
+def test_a_v_that_cannot_apply_is_refused(tmp_path):
+    # digits at IF 10: class 0 keeps 100 of 128 (28 unused), so at most 28 + 50 = 78; class 1 keeps 77 of
+    # 132 (55 unused): 55 + 38 = 93
+    make_spec("digits", 10, val_per_class=78)
+    with pytest.raises(SpecError, match=r"class 0 \(0\) has 28 unused training images, so 51 of its 100 kept ones "
+                                        r"would move to validation, more than half; choose at most 78"):
+        make_spec("digits", 10, val_per_class=79)
+    assert make_spec("digits", 10, val_per_class=500, split="reference").val_per_class == 500  # moves nothing
+    with pytest.raises(SpecError, match="an integer >= 1"):
+        make_spec("digits", 10, val_per_class=0)
+    from test_imagefolder import balanced, write_folder
+
+    write_folder(tmp_path, balanced(10, 2, val=3))
+    with pytest.raises(SpecError, match="has a validation split of its own"):
+        make_spec("imagefolder", 2, data_dir=tmp_path, val_per_class=5)
+
+
+def test_cli_val_per_class_option(tmp_path):
+    from bkdbench.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--val-per-class", "79", "--results", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "choose at most 78" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+    for command in (["train"], ["run"], ["sweep", "bkd"], ["ablate", "bkd"]):
+        assert "--val-per-class" in " ".join(CliRunner().invoke(app, [*command, "--help"]).output.split())
+
+
+def test_suite_val_per_class_key_and_override(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ndatasets: [digits]\nimbalance: [10]\nmethods: [ce, bkd]\nseeds: 1\nval_per_class: 30\n")
+    suite = load_suite(str(path))
+    assert {s.val_per_class for s in suite.expand()} == {30}
+    assert {s.val_per_class for s in suite.expand(val_per_class=40)} == {40}
+    assert suite.expand()[0].run_id == make_spec("digits", 10, "ce", seed=0, val_per_class=30).run_id
+    bad = tmp_path / "b.yaml"
+    bad.write_text("name: b\ndatasets: [digits]\nimbalance: [10]\nmethods: [ce]\nval_per_class: 0\n")
+    with pytest.raises(SuiteError, match="val_per_class"):
+        load_suite(str(bad))
+
+
+def test_leaderboard_keeps_another_v_apart_and_retrains_it_by_command(tmp_path):
+    from bkdbench.leaderboard.aggregate import with_labels
+    from bkdbench.leaderboard.tables import run_records
+
+    board = tmp_path / "leaderboard"
+    specs = [make_spec("digits", 10), make_spec("digits", 10, val_per_class=30)]
+    for spec in specs:
+        write_row(board, {**spec_columns(spec), "status": "finished", "top1": 50.0})
+    rows, _ = read_rows(board)
+    labels = dict(zip(rows.run_id, with_labels(rows).label))
+    assert labels == {specs[0].run_id: "ce", specs[1].run_id: "ce (val_per_class=30)"}  # two cells, not two seeds
+    commands = {r["run_id"]: r["command"] for r in run_records(rows)}
+    assert "--val-per-class" not in commands[specs[0].run_id]
+    assert commands[specs[1].run_id].endswith("--val-per-class 30") or "--val-per-class 30 " in commands[specs[1].run_id]
+
+
+def test_another_v_is_another_sweep():
+    from dataclasses import replace
+
+    from bkdbench.orchestrate.sweeps.driver import SweepConfig
+
+    cfg = SweepConfig(method="bkd", dataset="digits", imbalance=10.0, space_file="x.yaml", space_hash="abc")
+    assert replace(cfg, val_per_class=30).sweep_id != cfg.sweep_id
+    assert replace(cfg, val_per_class=None).sweep_id == cfg.sweep_id

@@ -13,7 +13,7 @@ from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.foundation import TeacherOpt, WeightsOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
-from bkdbench.cli.options import (CheckpointEveryOpt, check_data, ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt,
+from bkdbench.cli.options import (CheckpointEveryOpt, check_data, ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt, ValPerClassOpt,
                                   TrackingOpt, note_reference_split, parse_imbalances, parse_split, parse_tracking,
                                   start_tracking, use_plugins, use_pretrained, use_splits)
 
@@ -46,6 +46,7 @@ def ablate(
     splits: Optional[Path] = SplitsOpt,
     pretrained: Optional[Path] = PretrainedOpt,
     split: Optional[str] = SplitOpt,
+    val_per_class: Optional[int] = ValPerClassOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = TrackingOpt,
     teacher: Optional[str] = TeacherOpt,
@@ -74,7 +75,7 @@ def ablate(
 
         use_weights(weights)
         specs = ablation_specs(method, settings, dataset, parse_imbalances(imbalance) or [], seeds, epochs, model, recipe,
-                               data_dir=data_dir, split=parse_split(split) or "every-class",
+                               data_dir=data_dir, split=parse_split(split) or "every-class", val_per_class=val_per_class,
                                teacher=parse_teacher(teacher) if teacher else None, weights=weights)
         if teacher and not any(s.teacher for s in specs):
             raise ValueError(f"--teacher is for distillation students (kd, bkd, dive, dkd, ...), not {method}")

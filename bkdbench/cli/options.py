@@ -12,6 +12,10 @@ DataDirOpt = typer.Option(None, "--data-dir", help="Folder holding the dataset f
 SplitOpt = typer.Option(None, "--split", help="How validation is drawn: every-class (default: V images in every class; "
                         "a class short of unused images, CIFAR's head, gives the last of its kept ones) or reference "
                         "(the reference training set exactly; classes without unused images have no validation).")
+ValPerClassOpt = typer.Option(None, "--val-per-class", help="Validation images per class, where they come from the "
+                              "training images (default: the dataset's own, 20 on CIFAR, 10 on digits). More images "
+                              "measure a configuration more finely (a sweep's report gives the noise); a class short of "
+                              "unused images gives its kept ones, as --split says. Part of each run's identity.")
 TrackingOpt = typer.Option(None, "--tracking", help="Mirror every run to mlflow[:URI] (default URI: $MLFLOW_TRACKING_URI, "
                            "else sqlite:///mlflow.db) or wandb[:PROJECT]. TensorBoard files are always written, under "
                            "<results>/experiments/tensorboard.")

@@ -11,7 +11,7 @@ from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures, trained_line
 from bkdbench.cli.live import LiveView
-from bkdbench.cli.options import (CheckpointEveryOpt, check_data, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, note_reference_split,
+from bkdbench.cli.options import (CheckpointEveryOpt, check_data, PluginOpt, PretrainedOpt, SplitOpt, SplitsOpt, TrackingOpt, ValPerClassOpt, note_reference_split,
                                   parse_imbalances, parse_split, parse_tracking, start_tracking, use_plugins, use_pretrained,
                                   use_splits)
 
@@ -62,6 +62,7 @@ def run(
     tracking: Optional[str] = TrackingOpt,
     pack: Optional[int] = typer.Option(None, "--pack", min=1, help=f"Runs per Ray trial, trained as one pack: runs of one seed (and teacher) that differ only in method or loss parameters share batches and the teacher's forward; each keeps the row it gets alone. Default: students of one teacher (KD, BKD, DKD), up to {AUTO_PACK} a trial; K: every packable run; 1: none."),
     split: Optional[str] = SplitOpt,
+    val_per_class: Optional[int] = ValPerClassOpt,
     select: str = typer.Option("last", "--select", help="Which epoch's weights each run keeps and reports: last "
                                "(default) or best-val (the best validation epoch, as Kang et al.)."),
     with_method: list[str] = typer.Option([], "--with-method", help="Also run this method (yours, from --plugin) on every "
@@ -95,7 +96,8 @@ def run(
         s = load_suite(suite).with_methods(with_method)
         methods = [*method, *with_method] if method else None  # --method filters the suite's, not the added ones
         specs = s.expand(datasets=dataset, imbalance=parse_imbalances(imbalance), methods=methods, seeds=seeds,
-                         epochs=epochs, data_dir=data_dir, split=parse_split(split), select=select)
+                         epochs=epochs, data_dir=data_dir, split=parse_split(split), select=select,
+                         val_per_class=val_per_class)
         if not specs:
             fail(_no_runs(s, dataset, parse_imbalances(imbalance), method))
         specs = use_pretrained(pretrained, specs, data_dir)

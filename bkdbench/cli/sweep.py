@@ -12,7 +12,7 @@ from bkdbench.cli.console import console, fail, note
 from bkdbench.cli.devices import DevicePlan, GpusOpt, PendingLines, WaitOpt
 from bkdbench.cli.live import LiveView
 from bkdbench.cli.outcome import exit_if_failed, failed_runs, name_failures
-from bkdbench.cli.options import (ModelOpt, check_data, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt, note_reference_split, parse_split, parse_tracking,
+from bkdbench.cli.options import (ModelOpt, check_data, PluginOpt, PretrainedOpt, RecipeOpt, SplitOpt, SplitsOpt, ValPerClassOpt, note_reference_split, parse_split, parse_tracking,
                                   start_tracking, use_plugins, use_pretrained, use_splits)
 
 
@@ -59,6 +59,7 @@ def sweep(
     splits: Optional[Path] = SplitsOpt,
     pretrained: Optional[Path] = PretrainedOpt,
     split: Optional[str] = SplitOpt,
+    val_per_class: Optional[int] = ValPerClassOpt,
     results: Optional[str] = typer.Option(None, "--results", "--storage", help="Results/storage: leaderboard, teachers, experiment state (default $BKDBENCH_RESULTS or ./results): a folder or a s3://, gs:// URI; on a cluster, a path every node mounts or a URI."),
     tracking: Optional[str] = typer.Option(None, "--tracking", help="Mirror the teacher, the search trials (not packed "
                                            "ones) and the final test runs to mlflow[:URI] or wandb[:PROJECT]."),
@@ -113,7 +114,8 @@ def sweep(
             method_class(method)  # an unknown name: its close matches and the methods there are
         space_def, space_file = load_space(method, str(space) if space else None)
         base = make_spec(dataset, imbalance, method, seed=seed, epochs=epochs, params=space_def.fixed, data_dir=data_dir,
-                         split=parse_split(split) or "every-class", model=model, recipe=recipe)
+                         split=parse_split(split) or "every-class", model=model, recipe=recipe,
+                         val_per_class=val_per_class)
         # the dataset's own model and recipe stay out of the sweep id (as before the options existed)
         default = make_spec(dataset, imbalance, method, seed=seed, data_dir=data_dir) if model or recipe else base
         base = use_pretrained(pretrained, [base], data_dir)[0]
@@ -125,7 +127,7 @@ def sweep(
         from bkdbench.data.splits import validation_count
 
         val_images = validation_count(dataset_info(base.dataset, data_dir, base.image_size), base.imbalance_factor,
-                                      base.profile, base.data_seed, data_dir, base.split)
+                                      base.profile, base.data_seed, data_dir, base.split, base.val_per_class)
         from bkdbench.orchestrate.sweeps.halving import (bracket_plan, halving_epochs, min_rung_epochs, rung_budgets,
                                                           rung_caveats)
         from bkdbench.orchestrate.sweeps.driver import choose_scheduler
@@ -159,6 +161,7 @@ def sweep(
     cfg = SweepConfig(method=method, dataset=dataset, imbalance=float(imbalance), space_file=str(space_file),
                       space_hash=space_hash(space_file), sampler=sampler, scheduler=scheduler, seed=seed,
                       epochs=base.epochs, data_seed=base.data_seed, split=base.split, data_key=base.data_key,
+                      val_per_class=base.val_per_class,
                       pretrained=base.pretrained, plugins=",".join(base.plugins) if base.plugins else None,
                       model=base.model if base.model != default.model else None,
                       recipe=base.recipe if base.recipe != default.recipe else None,

@@ -8,7 +8,7 @@ import typer
 
 from bkdbench.cli.console import check_device as _check_device, console, fail, note
 from bkdbench.cli.foundation import ClassNamesOpt, TeacherOpt, WeightsOpt
-from bkdbench.cli.options import (DataDirOpt, ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, ResultsOpt, SplitOpt, SplitsOpt, TrackingOpt, method_params,
+from bkdbench.cli.options import (DataDirOpt, ModelOpt, PluginOpt, PretrainedOpt, RecipeOpt, ResultsOpt, SplitOpt, SplitsOpt, ValPerClassOpt, TrackingOpt, method_params,
                                   note_reference_split, parse_split, parse_tracking, start_tracking, use_pretrained,
                                   use_plugins, use_splits)
 
@@ -46,6 +46,7 @@ def train(
     splits: Optional[Path] = SplitsOpt,
     pretrained: Optional[Path] = PretrainedOpt,
     split: Optional[str] = SplitOpt,
+    val_per_class: Optional[int] = ValPerClassOpt,
     select: str = typer.Option("last", "--select", help="Which epoch's weights the run keeps and reports: last "
                                "(default) or best-val (the best validation epoch, as Kang et al.; teachers too)."),
     results: Optional[str] = ResultsOpt,  # a str: Path would mangle a URI
@@ -83,7 +84,7 @@ def train(
     try:
         spec = _make_train_spec(dataset, imbalance, method, dict(
             seed=seed, data_seed=data_seed, profile=profile, data_dir=data_dir, image_size=image_size,
-            split=parse_split(split) or "every-class", select=select), model, recipe, epochs, params, weights, classnames,
+            split=parse_split(split) or "every-class", select=select, val_per_class=val_per_class), model, recipe, epochs, params, weights, classnames,
             teacher)
         if pretrained is not None and any(r.weights for r in (*spec.prerequisites, spec)):
             raise ValueError("--pretrained is for the other models; a foundation model starts from --weights FILE")

@@ -5,6 +5,7 @@ every training image of a set that is already long-tailed (an image folder), and
 is the set's own n_max / n_min, rounded to 2 decimals (``natural_imbalance``). Validation: the
 dataset's own split when it has one (an image folder's ``val/``), else up to ``val_per_class`` of
 the training images the subsample did not keep -- so ``natural``, which keeps them all, needs one.
+``val_per_class`` (a run's ``--val-per-class``; None: the dataset's own) overrides that V.
 Shot splits (many/medium/few) always come from the counts actually kept.
 
 Splits (``split``, part of a run's identity): ``every-class`` (the default) gives every class
@@ -91,13 +92,14 @@ def load_longtail(
     *,
     image_size: Optional[int] = None,
     split: str = EVERY_CLASS,
+    val_per_class: Optional[int] = None,
 ) -> LongTailData:
     check_split(split)
     info = dataset_info(dataset, data_dir, image_size)
     check_profile(info, profile)
     arrays = info.load(Path(data_dir) if data_dir else None)
     targets = arrays.train_y
-    kept, val = _split_indices(info, arrays, imbalance_factor, profile, data_seed, data_dir, split)
+    kept, val = _split_indices(info, arrays, imbalance_factor, profile, data_seed, data_dir, split, val_per_class)
     if val is None:
         val_x, val_y = arrays.val_x, arrays.val_y
     else:
@@ -118,9 +120,10 @@ def load_longtail(
 
 
 def _split_indices(info: DatasetInfo, arrays: ImageArrays, imbalance_factor: float, profile: str, data_seed: int,
-                   data_dir, split: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+                   data_dir, split: str, val_per_class: Optional[int] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """(kept training indices, validation indices into the training set, or None for the dataset's own
-    validation split): the labels alone decide, no image is read."""
+    validation split): the labels alone decide, no image is read. ``val_per_class``: V (None: the
+    dataset's own)."""
     targets = arrays.train_y
     if profile == NATURAL:
         _need_own_validation(info, arrays, data_dir)
@@ -131,22 +134,47 @@ def _split_indices(info: DatasetInfo, arrays: ImageArrays, imbalance_factor: flo
     if arrays.val_x is not None:
         return kept, None
     unused = unused_indices(targets, imbalance_factor, profile, data_seed, n_max=info.n_max)
+    per_class = val_per_class or info.val_per_class
     if split == EVERY_CLASS:
-        return every_class_split(targets, kept, unused, info.val_per_class)
-    return kept, validation_indices(unused, info.val_per_class)
+        return every_class_split(targets, kept, unused, per_class)
+    return kept, validation_indices(unused, per_class)
 
 
 def validation_count(info: DatasetInfo, imbalance_factor: float, profile: str = "exp", data_seed: int = 0,
-                     data_dir: Optional[Path] = None, split: str = EVERY_CLASS) -> int:
+                     data_dir: Optional[Path] = None, split: str = EVERY_CLASS, val_per_class: Optional[int] = None) -> int:
     """Images in the validation split ``load_longtail`` gives (what a sweep's scores are measured on)."""
     check_split(split)
     arrays = info.load(Path(data_dir) if data_dir else None)
-    _, val = _split_indices(info, arrays, imbalance_factor, profile, data_seed, data_dir, split)
+    _, val = _split_indices(info, arrays, imbalance_factor, profile, data_seed, data_dir, split, val_per_class)
     return len(arrays.val_y) if val is None else len(val)
 
 
+def check_val_per_class(info: DatasetInfo, imbalance_factor: float, profile: str, data_dir, split: str,
+                        per_class: int) -> None:
+    """Refuse a V of a run's own (``--val-per-class``) where it cannot apply (a dataset with a validation
+    split of its own) or where the every-class split would move more than half of a class's kept
+    training images to validation (it keeps at least one, so a large V would otherwise quietly make a
+    head class a few-shot one). Raises DataError."""
+    arrays = info.load(Path(data_dir) if data_dir else None)
+    if profile == NATURAL or arrays.val_x is not None:
+        raise DataError(f"--val-per-class: {info.name} has a validation split of its own (an image folder's val/, "
+                        "a benchmark's official list); it applies where validation comes from the training images")
+    if split != EVERY_CLASS:
+        return  # the reference split moves no training image: a class gives what it has unused
+    counts = longtail_counts(info.n_max, len(arrays.classes), imbalance_factor, profile)
+    sizes = np.bincount(arrays.train_y, minlength=len(counts)).tolist()
+    limit = min(size - n + n // 2 for size, n in zip(sizes, counts))  # unused images + half the kept ones
+    if per_class > limit:
+        label = min(range(len(counts)), key=lambda c: sizes[c] - counts[c] + counts[c] // 2)
+        unused = sizes[label] - counts[label]
+        raise DataError(f"--val-per-class {per_class}: class {label} ({arrays.classes[label]}) has {unused} unused "
+                        f"training images, so {per_class - unused} of its {counts[label]} kept ones would move to "
+                        f"validation, more than half; choose at most {limit} (or --split reference)")
+
+
 def kept_class_counts(info: DatasetInfo, imbalance_factor: float, profile: str = "exp",
-                      data_dir: Optional[Path] = None, split: str = EVERY_CLASS) -> list[int]:
+                      data_dir: Optional[Path] = None, split: str = EVERY_CLASS,
+                      val_per_class: Optional[int] = None) -> list[int]:
     """Training images per class that ``load_longtail`` keeps, without building the subsample: a
     method whose teachers depend on the counts (class subsets by shot) plans them from this."""
     check_split(split)
@@ -160,7 +188,7 @@ def kept_class_counts(info: DatasetInfo, imbalance_factor: float, profile: str =
     if arrays.val_x is not None:  # the dataset's own validation split: nothing moves
         return counts
     sizes = np.bincount(arrays.train_y, minlength=len(counts)).tolist()
-    return [n - short for n, short in zip(counts, validation_shortfall(sizes, counts, info.val_per_class))]
+    return [n - short for n, short in zip(counts, validation_shortfall(sizes, counts, val_per_class or info.val_per_class))]
 
 
 def classes_without_validation(info: DatasetInfo, imbalance_factor: float, profile: str = "exp",

@@ -56,9 +56,9 @@ def _params(row: Mapping) -> dict:
 # groups): different per imbalance factor by construction, so they tell rows apart only within a cell.
 DATA_DERIVED = frozenset({"groups"})
 # Not method parameters, but a different value is a different configuration (a smoke run, the other
-# validation split: its training set differs in the classes it takes validation images from; other
-# starting weights).
-SETUP = ("model", "epochs", "split", "pretrained", "select", "weights", "teacher")  # other weights / teacher: another cell
+# validation split, or another number of validation images per class: its training set differs in the
+# classes it takes validation images from; other starting weights).
+SETUP = ("model", "epochs", "split", "val_per_class", "pretrained", "select", "weights", "teacher")  # other weights / teacher: another cell
 
 
 def keyed_datasets(df: pd.DataFrame) -> pd.DataFrame:

@@ -29,6 +29,8 @@ Units:
 - ``split``: how the run's validation images were drawn, ``every-class`` (every class has V of
   them) or ``reference`` (the reference training set; a class without unused images has none).
   Added later: a row stored without it was a reference-split run and reads back as ``reference``.
+- ``val_per_class``: the V a run chose (``--val-per-class``); null for the dataset's own V, and in
+  rows stored before the column existed (which all used it).
 """
 from __future__ import annotations
 
@@ -116,6 +118,8 @@ SCHEMA = pa.schema([
     pa.field("teacher", pa.string()),
     # The outside code the run used (bkdbench.plugins): "module@digest", comma-separated; null: built in only.
     pa.field("plugins", pa.string()),
+    # Validation images per class where a run chose its own (--val-per-class); null: the dataset's V.
+    pa.field("val_per_class", pa.int64()),
 ])
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 LEGACY_SPLIT = "reference"  # the split of every row written before the ``split`` column existed

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bkdbench.leaderboard.aggregate import (
-    CELL, LOWER_IS_BETTER, REPLICATE, _finished, paired_difference, summarise)
+    CELL, LOWER_IS_BETTER, REPLICATE, _finished, _present, paired_difference, summarise)
 from bkdbench.leaderboard.render import DESCRIPTIONS, format_cell
 
 # The page's leaderboard columns, in order: the headline first, then the shot splits, validation and
@@ -140,6 +140,8 @@ def retrain_command(row) -> str:
     parts += ["--epochs", str(int(row["epochs"]))]
     if row.get("split") == "reference":  # the default is every-class
         parts += ["--split", "reference"]
+    if _present(row.get("val_per_class")):  # the default is the dataset's own V
+        parts += ["--val-per-class", str(int(row["val_per_class"]))]
     if row.get("select") == "best-val":  # the default keeps the last epoch
         parts += ["--select", "best-val"]
     plugins = row.get("plugins")

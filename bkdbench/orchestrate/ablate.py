@@ -74,16 +74,17 @@ def variants(method: str, grid: dict[str, list[Any]], preset: Optional[str]) -> 
 def ablation_specs(method: str, settings: list[dict], datasets: list[str], imbalances: list[float], seeds: int,
                    epochs: Optional[int] = None, model: Optional[str] = None,
                    recipe: Optional[str] = None, data_dir=None, split: str = "every-class",
-                   teacher: Optional[tuple[str, str]] = None, weights: Optional[str] = None) -> list[RunSpec]:
+                   teacher: Optional[tuple[str, str]] = None, weights: Optional[str] = None,
+                   val_per_class: Optional[int] = None) -> list[RunSpec]:
     """``teacher``: (model, method) of every student's teacher (``--teacher``; its own recipe, this budget),
     with ``weights`` for it when it is a foundation model."""
     def make(dataset, factor, setting, seed=0):
         given = None
         if teacher is not None:
             given = make_spec(dataset, factor, teacher[1], seed=seed, epochs=epochs, model=teacher[0], weights=weights,
-                              data_dir=data_dir, split=split)
+                              data_dir=data_dir, split=split, val_per_class=val_per_class)
         return make_spec(dataset, factor, method, seed=seed, epochs=epochs, model=model, recipe=recipe, params=setting,
-                         data_dir=data_dir, split=split, teacher=given)
+                         data_dir=data_dir, split=split, teacher=given, val_per_class=val_per_class)
 
     return [
         make(dataset, factor, resolved, seed)

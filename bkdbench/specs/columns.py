@@ -26,6 +26,7 @@ def spec_columns(spec: RunSpec) -> dict:
         "teacher_run_id": ",".join(t.run_id for t in spec.all_teachers) or None,
         **_foundation_columns(spec),
         "plugins": ",".join(spec.plugins) if spec.plugins else None,
+        "val_per_class": spec.val_per_class,
     }
 
 

@@ -18,7 +18,9 @@ and the folder's own n_max / n_min (2 decimals), so the IF column stays a number
 images in every class, a class short of unused images giving the last of its kept ones) or
 ``"reference"`` (the reference training set, index-identical; validation only from unused images).
 Teachers carry their student's split (make_spec builds them from the same values, and a teacher
-that saw the student's validation images leaks).
+that saw the student's validation images leaks). ``val_per_class`` (None: the dataset's own V) sets
+how many validation images each class gets where they come from the training images; the dataset's
+own V is stored as None, so it names the same run.
 
 ``PROTOCOL`` is part of every run id: it names the version of what a spec's fields mean and is
 bumped whenever the same spec would now train differently, so that a result of the old procedure is
@@ -83,6 +85,9 @@ class RunSpec(BaseModel):
     data_key: Optional[str] = None  # content hash of an image folder (None: a fixed dataset)
     image_size: Optional[int] = Field(None, gt=0)  # an image folder resized to N×N (None: as it is)
     split: Literal["every-class", "reference"] = "every-class"  # how validation is drawn (module docstring)
+    # Validation images per class where they come from the training images (--val-per-class); None: the
+    # dataset's own V (left out of the canonical JSON, so earlier run ids stay)
+    val_per_class: Optional[int] = Field(None, gt=0)
     pretrained: Optional[str] = Field(None, pattern=r"^[0-9a-f]{16}$")  # content key of the starting weights (models/pretrained.py)
     # Which epoch's weights the run keeps and reports: None = the last (default, left out of the canonical
     # JSON so earlier run ids stay), "best-val" = the best validation epoch (Kang et al.'s state_dict_best).
@@ -144,7 +149,7 @@ class RunSpec(BaseModel):
 
 
 _OMITTED_WHEN_NONE = ("data_key", "image_size", "teachers", "train_classes", "pretrained", "select", "weights",
-                      "plugins")  # fields added later: absent keeps older run ids unchanged
+                      "plugins", "val_per_class")  # fields added later: absent keeps older run ids unchanged
 PROTOCOL = 2  # see the module docstring: bump it (and RunSpec.protocol) when an unchanged spec would train differently
 
 
@@ -196,6 +201,7 @@ def make_spec(
     split: str = "every-class",
     select: Optional[str] = None,
     weights: Optional[str] = None,
+    val_per_class: Optional[int] = None,
 ) -> RunSpec:
     """Resolve every default (dataset → model/recipe, recipe → epochs, method → parameters) and
     validate names and ranges. A distilling method gets its teacher: a run of the same model,
@@ -205,7 +211,9 @@ def make_spec(
     ``imagefolder`` needs ``data_dir`` (its folder is decoded, or read from the cache, to learn its
     classes and content key); ``image_size`` resizes it. ``imbalance_factor="natural"`` (or
     ``profile="natural"``) keeps the training set as it is and records its own imbalance factor.
-    ``split``: "every-class" or "reference" (module docstring); teachers get the same.
+    ``split``: "every-class" or "reference" (module docstring); teachers get the same, and the same
+    ``val_per_class`` (validation images per class; None: the dataset's own; refused for a dataset
+    whose validation split is its own).
     ``select``: None / "last" (the last epoch) or "best-val" (the best validation epoch's weights, as
     Kang et al. keep for stage 1 and stage 2); every run it needs first gets the same.
     ``weights``: a foundation model's ``--weights`` (pretrained, none, FILE; models/foundation.py)."""
@@ -228,6 +236,7 @@ def make_spec(
                 raise SpecError(f"the natural profile takes the data's own imbalance factor ({own:g}), "
                                 f"not {imbalance_factor:g}")
             imbalance_factor = own
+        val_per_class = _val_per_class(info, val_per_class, imbalance_factor, profile, data_dir, split)
     except DataError as exc:
         raise SpecError(str(exc)) from None
     model, rec, resolved, needs_teacher = _resolve_names(info, method, model, recipe, epochs, params)
@@ -240,19 +249,20 @@ def make_spec(
     common = dict(
         dataset=dataset, imbalance_factor=float(imbalance_factor), profile=profile, data_seed=data_seed,
         model=model, recipe=rec.name, epochs=epochs or rec.epochs, seed=seed, data_key=info.data_key,
-        image_size=image_size, split=split, select=select, weights=weights,
+        image_size=image_size, split=split, select=select, weights=weights, val_per_class=val_per_class,
     )
     from bkdbench.methods import MethodError, method_class
 
     cls, teachers = method_class(method), None
     try:
         # e.g. class-subset KD turns its "shots" grouping into explicit class lists from this data's counts
-        resolved = cls.resolve_for_data(resolved, lambda: _shots(info, imbalance_factor, profile, data_dir, split))
+        resolved = cls.resolve_for_data(resolved, lambda: _shots(info, imbalance_factor, profile, data_dir, split,
+                                                                 val_per_class))
         if needs_teacher and teacher is None and method_class(cls.teacher_method).needs_teacher:
             # a teacher with a teacher of its own (SSD-LT's stages): made like any run of that method
             base = make_spec(dataset, imbalance_factor, cls.teacher_method, seed=seed, data_seed=data_seed, profile=profile,
                              model=model, recipe=rec.name, epochs=common["epochs"], data_dir=data_dir, image_size=image_size,
-                             split=split, select=select)
+                             split=split, select=select, val_per_class=val_per_class)
             teachers = cls.teacher_specs(base, resolved)
             teacher = None if teachers else base
         elif needs_teacher and teacher is None:
@@ -262,9 +272,11 @@ def make_spec(
             teacher = None if teachers else base
         elif needs_teacher and cls.teacher_specs(teacher, resolved):
             raise SpecError(f"{method} plans its own teachers; it does not take a single given teacher")
-        elif needs_teacher and any(t.split != split for t in (*teacher.prerequisites, teacher)):
-            raise SpecError(f"teacher {teacher.run_id} was trained with the {teacher.split!r} validation split, "
-                            f"the student uses {split!r}: it may have trained on the student's validation images")
+        elif needs_teacher and any((t.split, t.val_per_class) != (split, val_per_class)
+                                   for t in (*teacher.prerequisites, teacher)):
+            raise SpecError(f"teacher {teacher.run_id} was trained with the {_split_words(teacher)} validation split, "
+                            f"the student uses {_split_words(common)}: it may have trained on the student's "
+                            "validation images")
         elif not needs_teacher:
             teacher = None
     except (DataError, MethodError) as exc:
@@ -313,10 +325,31 @@ def _weights(model: str, method: str, weights: Optional[str]) -> Optional[str]:
     return resolved
 
 
-def _shots(info, imbalance_factor: float, profile: str, data_dir, split: str) -> dict[str, list[int]]:
+def _split_words(spec) -> str:
+    """``'every-class'``, or ``'every-class' (50 a class)`` with a ``val_per_class`` of its own."""
+    split, v = (spec["split"], spec["val_per_class"]) if isinstance(spec, dict) else (spec.split, spec.val_per_class)
+    return f"{split!r}" + (f" ({v} a class)" if v else "")
+
+
+def _val_per_class(info, val_per_class: Optional[int], imbalance_factor: float, profile: str, data_dir,
+                   split: str) -> Optional[int]:
+    """``val_per_class`` as a spec stores it: None for the dataset's own V. Raises SpecError (DataError)
+    where it cannot apply (``splits.check_val_per_class``)."""
+    if val_per_class is None:
+        return None
+    if isinstance(val_per_class, bool) or not isinstance(val_per_class, int) or val_per_class < 1:
+        raise SpecError(f"validation images per class must be an integer >= 1 (got {val_per_class!r})")
+    from bkdbench.data.splits import check_val_per_class
+
+    check_val_per_class(info, imbalance_factor, profile, data_dir, split, val_per_class)
+    return None if val_per_class == info.val_per_class else val_per_class
+
+
+def _shots(info, imbalance_factor: float, profile: str, data_dir, split: str,
+           val_per_class: Optional[int] = None) -> dict[str, list[int]]:
     from bkdbench.data import kept_class_counts, shot_split
 
-    counts = kept_class_counts(info, imbalance_factor, profile, data_dir, split)
+    counts = kept_class_counts(info, imbalance_factor, profile, data_dir, split, val_per_class)
     return shot_split(counts, info.many_threshold, info.few_threshold)
 
 

@@ -6,7 +6,9 @@ RunSpecs (with their teachers), optionally filtered. A suite on ``imagefolder`` 
 its folder; ``expand(data_dir=...)`` reads the folder (``bkdbench run --data-dir``) for the specs'
 content key and class count. ``imbalance`` may list ``natural`` (a folder kept as it is).
 ``split`` (default ``every-class``; ``reference`` keeps the reference training sets exactly) says how
-validation is drawn for every run of the suite, teachers included; ``expand(split=...)`` overrides it.
+validation is drawn for every run of the suite, teachers included; ``expand(split=...)`` overrides it,
+and ``val_per_class`` (default: the dataset's own) how many images a class gives it (``expand(val_per_class=...)``
+overrides it).
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class Suite(BaseModel):
     data_seed: int = 0
     profile: str = "exp"
     split: Literal["every-class", "reference"] = "every-class"
+    val_per_class: Optional[int] = Field(None, gt=0)  # validation images per class (None: the dataset's own)
     model: Optional[str] = None
     recipe: Optional[str] = None
     epochs: Optional[int] = Field(None, gt=0)
@@ -115,6 +118,7 @@ class Suite(BaseModel):
         data_dir: Optional[Path] = None,
         split: Optional[str] = None,
         select: Optional[str] = None,
+        val_per_class: Optional[int] = None,
     ) -> list[RunSpec]:
         """RunSpecs of the suite (filters narrow it; ``epochs`` overrides the budget for smoke runs;
         ``data_dir`` is where the data lives, needed by ``imagefolder``; ``split`` overrides the suite's;
@@ -122,9 +126,11 @@ class Suite(BaseModel):
         from bkdbench.data.imagefolder import scan_once
 
         with scan_once():  # one listing of an image folder for all the suite's specs
-            return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir, split or self.split, select)
+            return self._expand(datasets, imbalance, methods, seeds, epochs, data_dir, split or self.split, select,
+                                val_per_class or self.val_per_class)
 
-    def _expand(self, datasets, imbalance, methods, seeds, epochs, data_dir, split, select=None) -> list[RunSpec]:
+    def _expand(self, datasets, imbalance, methods, seeds, epochs, data_dir, split, select=None,
+                val_per_class=None) -> list[RunSpec]:
         chosen_seeds = self.seed_list()[:seeds] if seeds is not None else self.seed_list()
         specs = []
         for dataset in self.datasets:
@@ -138,7 +144,8 @@ class Suite(BaseModel):
                         continue
                     for seed in chosen_seeds:
                         common = dict(seed=seed, data_seed=self.data_seed, profile=self.profile, data_dir=data_dir,
-                                      image_size=self.image_size, split=split, select=select)
+                                      image_size=self.image_size, split=split, select=select,
+                                      val_per_class=val_per_class)
                         teacher = None
                         if entry.teacher is not None:  # its own recipe; a smoke budget shortens it too
                             t = entry.teacher

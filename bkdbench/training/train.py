@@ -120,7 +120,7 @@ def load_run_data(spec: RunSpec, data_dir: Optional[Path]):
     """The long-tailed data of ``spec`` (only its ``train_classes`` when set); refuses an image folder
     whose contents are not the run's."""
     data = load_longtail(spec.dataset, spec.imbalance_factor, spec.profile, spec.data_seed, data_dir,
-                         image_size=spec.image_size, split=spec.split)
+                         image_size=spec.image_size, split=spec.split, val_per_class=spec.val_per_class)
     if data.info.data_key != spec.data_key:  # an image folder's contents are part of the run's identity
         raise DataError(f"{data_dir} holds other images than run {spec.run_id} was made for (content key "
                         f"{data.info.data_key}, the run's {spec.data_key}); make the run again for this folder")

@@ -60,6 +60,7 @@ class SweepConfig:
     epochs: Optional[int] = None
     data_seed: int = 0
     split: str = "every-class"  # RunSpec.split of every trial and final run
+    val_per_class: Optional[int] = None  # RunSpec.val_per_class: another validation split is another search
     data_key: Optional[str] = None  # RunSpec.data_key: another image folder is another search
     pretrained: Optional[str] = None  # RunSpec.pretrained: other starting weights are another search
     plugins: Optional[str] = None  # RunSpec.plugins, joined: an edited plugin method is another search
@@ -75,7 +76,7 @@ class SweepConfig:
         identity = {k: v for k, v in asdict(self).items() if k != "space_file"}  # the content hash counts, not the path
         if identity["split"] == "reference":  # as every sweep made before the field existed: same id
             del identity["split"]
-        for later in ("data_key", "pretrained", "plugins", "rungs", "eta", "brackets", "model", "recipe"):  # None: as before these fields existed
+        for later in ("data_key", "pretrained", "plugins", "val_per_class", "rungs", "eta", "brackets", "model", "recipe"):  # None: as before these fields existed
             if identity[later] is None:
                 del identity[later]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
@@ -257,7 +258,8 @@ def final_specs(base: RunSpec, params: dict, seeds: int, data_dir: Optional[Path
     """The configuration re-run for the test set with seeds 0..seeds-1 (from the base's weights)."""
     return [with_pretrained(make_spec(base.dataset, base.imbalance_factor, base.method, seed=s, data_seed=base.data_seed,
                                       profile=base.profile, model=base.model, recipe=base.recipe, epochs=base.epochs,
-                                      params=params, data_dir=data_dir, image_size=base.image_size, split=base.split),
+                                      params=params, data_dir=data_dir, image_size=base.image_size, split=base.split,
+                                      val_per_class=base.val_per_class),
                             base.pretrained)
             for s in range(seeds)]
 

@@ -113,7 +113,7 @@ def noise_note(groups: list[dict], images: int) -> str:
     line = f"validation noise ({images} images): " + "; ".join(parts)
     if any(g["close"] for g in groups):
         line += ("; within 2·√2 standard errors this split cannot order configurations (more validation images "
-                 "narrow it, e.g. an image folder's own val/)")
+                 "narrow it: --val-per-class, or an image folder's own val/)")
     return line
 
 
