@@ -195,20 +195,23 @@ def test_a_given_teacher_must_share_the_split():
         make_spec("digits", 10, "kd", teacher=teacher)
 
 
-def test_suite_split_key_and_override(tmp_path):
+@pytest.mark.parametrize("key,value,override,bad", [("split", "reference", "every-class", "half"),
+                                                ("val_per_class", 30, 40, 0)])
+def test_suite_validation_keys_and_overrides(tmp_path, key, value, override, bad):
+    head = "datasets: [digits]\nimbalance: [10]\nmethods: [ce, bkd]\nseeds: 1\n"
     path = tmp_path / "s.yaml"
-    path.write_text("name: s\ndatasets: [digits]\nimbalance: [10]\nmethods: [ce, bkd]\nseeds: 1\nsplit: reference\n")
+    path.write_text(f"name: s\n{head}{key}: {value}\n")
     suite = load_suite(str(path))
-    assert {s.split for s in suite.expand()} == {"reference"}
-    assert {s.split for s in suite.expand(split="every-class")} == {"every-class"}
-    assert suite.expand()[0].run_id == make_spec("digits", 10, "ce", seed=0, split="reference").run_id
+    assert {getattr(s, key) for s in suite.expand()} == {value}
+    assert {getattr(s, key) for s in suite.expand(**{key: override})} == {override}
+    assert suite.expand()[0].run_id == make_spec("digits", 10, "ce", seed=0, **{key: value}).run_id
     default = tmp_path / "d.yaml"
-    default.write_text("name: d\ndatasets: [digits]\nimbalance: [10]\nmethods: [ce]\nseeds: 1\n")
-    assert {s.split for s in load_suite(str(default)).expand()} == {"every-class"}
-    bad = tmp_path / "b.yaml"
-    bad.write_text("name: b\ndatasets: [digits]\nimbalance: [10]\nmethods: [ce]\nsplit: half\n")
-    with pytest.raises(SuiteError, match="split"):
-        load_suite(str(bad))
+    default.write_text(f"name: d\n{head}")
+    assert {(s.split, s.val_per_class) for s in load_suite(str(default)).expand()} == {("every-class", None)}
+    wrong = tmp_path / "b.yaml"
+    wrong.write_text(f"name: b\n{head}{key}: {bad}\n")
+    with pytest.raises(SuiteError, match=key):
+        load_suite(str(wrong))
 
 
 def test_leaderboard_split_column_and_older_rows(tmp_path):
@@ -318,19 +321,6 @@ def test_cli_val_per_class_option(tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
     for command in (["train"], ["run"], ["sweep", "bkd"], ["ablate", "bkd"]):
         assert "--val-per-class" in " ".join(CliRunner().invoke(app, [*command, "--help"]).output.split())
-
-
-def test_suite_val_per_class_key_and_override(tmp_path):
-    path = tmp_path / "s.yaml"
-    path.write_text("name: s\ndatasets: [digits]\nimbalance: [10]\nmethods: [ce, bkd]\nseeds: 1\nval_per_class: 30\n")
-    suite = load_suite(str(path))
-    assert {s.val_per_class for s in suite.expand()} == {30}
-    assert {s.val_per_class for s in suite.expand(val_per_class=40)} == {40}
-    assert suite.expand()[0].run_id == make_spec("digits", 10, "ce", seed=0, val_per_class=30).run_id
-    bad = tmp_path / "b.yaml"
-    bad.write_text("name: b\ndatasets: [digits]\nimbalance: [10]\nmethods: [ce]\nval_per_class: 0\n")
-    with pytest.raises(SuiteError, match="val_per_class"):
-        load_suite(str(bad))
 
 
 def test_leaderboard_keeps_another_v_apart_and_retrains_it_by_command(tmp_path):
