@@ -152,9 +152,10 @@ def validation_count(info: DatasetInfo, imbalance_factor: float, profile: str = 
 def check_val_per_class(info: DatasetInfo, imbalance_factor: float, profile: str, data_dir, split: str,
                         per_class: int) -> None:
     """Refuse a V of a run's own (``--val-per-class``) where it cannot apply (a dataset with a validation
-    split of its own) or where the every-class split would move more than half of a class's kept
-    training images to validation (it keeps at least one, so a large V would otherwise quietly make a
-    head class a few-shot one). Raises DataError."""
+    split of its own) or where the every-class split would move more than a tenth of a class's kept
+    training images to validation: the training set would no longer be the one its imbalance factor
+    names (V = 2,500 would halve CIFAR-10-LT's head, an imbalance of 50 reported as 100). The
+    dataset's own V always passes (at most a tenth of n_max). Raises DataError."""
     arrays = info.load(Path(data_dir) if data_dir else None)
     if profile == NATURAL or arrays.val_x is not None:
         raise DataError(f"--val-per-class: {info.name} has a validation split of its own (an image folder's val/, "
@@ -163,13 +164,14 @@ def check_val_per_class(info: DatasetInfo, imbalance_factor: float, profile: str
         return  # the reference split moves no training image: a class gives what it has unused
     counts = longtail_counts(info.n_max, len(arrays.classes), imbalance_factor, profile)
     sizes = np.bincount(arrays.train_y, minlength=len(counts)).tolist()
-    limit = min(size - n + n // 2 for size, n in zip(sizes, counts))  # unused images + half the kept ones
+    limit = min(size - n + n // 10 for size, n in zip(sizes, counts))  # unused images + a tenth of the kept ones
     if per_class > limit:
-        label = min(range(len(counts)), key=lambda c: sizes[c] - counts[c] + counts[c] // 2)
+        label = min(range(len(counts)), key=lambda c: sizes[c] - counts[c] + counts[c] // 10)
         unused = sizes[label] - counts[label]
         raise DataError(f"--val-per-class {per_class}: class {label} ({arrays.classes[label]}) has {unused} unused "
                         f"training images, so {per_class - unused} of its {counts[label]} kept ones would move to "
-                        f"validation, more than half; choose at most {limit} (or --split reference)")
+                        f"validation, more than a tenth, and its imbalance factor would no longer hold; choose at most "
+                        f"{limit} (or --split reference)")
 
 
 def kept_class_counts(info: DatasetInfo, imbalance_factor: float, profile: str = "exp",
