@@ -154,8 +154,8 @@ def check_val_per_class(info: DatasetInfo, imbalance_factor: float, profile: str
     """Refuse a V of a run's own (``--val-per-class``) where it cannot apply (a dataset with a validation
     split of its own) or where the every-class split would move more than a tenth of a class's kept
     training images to validation: the training set would no longer be the one its imbalance factor
-    names (V = 2,500 would halve CIFAR-10-LT's head, an imbalance of 50 reported as 100). The
-    dataset's own V always passes (at most a tenth of n_max). Raises DataError."""
+    names (V = 2,500 would halve CIFAR-10-LT's head, an imbalance of 50 reported as 100). Raises
+    DataError. Not asked of the dataset's own V, which every run without the option uses."""
     arrays = info.load(Path(data_dir) if data_dir else None)
     if profile == NATURAL or arrays.val_x is not None:
         raise DataError(f"--val-per-class: {info.name} has a validation split of its own (an image folder's val/, "

@@ -339,10 +339,12 @@ def _val_per_class(info, val_per_class: Optional[int], imbalance_factor: float, 
         return None
     if isinstance(val_per_class, bool) or not isinstance(val_per_class, int) or val_per_class < 1:
         raise SpecError(f"validation images per class must be an integer >= 1 (got {val_per_class!r})")
+    if val_per_class == info.val_per_class:
+        return None  # the same run as without the option
     from bkdbench.data.splits import check_val_per_class
 
     check_val_per_class(info, imbalance_factor, profile, data_dir, split, val_per_class)
-    return None if val_per_class == info.val_per_class else val_per_class
+    return val_per_class
 
 
 def _shots(info, imbalance_factor: float, profile: str, data_dir, split: str,
