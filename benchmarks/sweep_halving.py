@@ -35,7 +35,7 @@ def sweep(method: str, scheduler: str, args) -> dict:
     cmd = [sys.executable, "-m", "bkdbench", "sweep", method, "--dataset", args.dataset, "--imbalance", str(args.imbalance),
            "--trials", str(args.trials), "--concurrency", str(args.concurrency), "--final-seeds", str(args.final_seeds),
            "--seed", str(args.seed), "--scheduler", scheduler, "--results", args.results, "--resume"]
-    for flag in ("epochs", "model", "recipe", "data_dir", "min_epochs"):
+    for flag in ("epochs", "model", "recipe", "data_dir", "min_epochs", "val_per_class"):
         if getattr(args, flag):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if scheduler == "sh" and args.brackets > 1:
@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--recipe", default=None, help="recipe (default: the dataset's), e.g. cpu-short")
     parser.add_argument("--min-epochs", type=int, default=None, help="the shortest rung (sweep --min-epochs)")
     parser.add_argument("--data-dir", default=None, help="the dataset's folder (an image folder, the CIFAR files)")
+    parser.add_argument("--val-per-class", type=int, default=None, help="validation images a class (sweep --val-per-class)")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--final-seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
