@@ -5,7 +5,9 @@ from bkdbench.cli.console import console
 
 
 class LiveView:
-    """A rich progress view of a running suite: done / running / failed, elapsed and ETA."""
+    """A rich progress view of a running suite: done / running / failed, elapsed and ETA. Where the
+    output is not a terminal (a log file, a batch job) rich draws the bar only when it ends, so there
+    each finished run prints a line instead: an hour-long sweep's log shows it moving."""
 
     def __init__(self, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -14,6 +16,7 @@ class LiveView:
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
                                  TimeRemainingColumn(), console=console)
         self.task = self.progress.add_task("runs", total=total, status="")
+        self.total = total
         self.running: set[str] = set()
         self.done = self.failed = 0
 
@@ -36,3 +39,6 @@ class LiveView:
             self.progress.advance(self.task)
         status = f"done {self.done} · running {len(self.running)} · failed {self.failed}"
         self.progress.update(self.task, status=status)
+        if kind in ("complete", "error") and not console.is_terminal:
+            elapsed = self.progress.tasks[0].elapsed or 0.0
+            console.print(f"runs {self.done + self.failed}/{self.total}: {status}, {elapsed:.0f} s")
