@@ -74,6 +74,9 @@ def test_tiny_sweep_end_to_end(tiny_sweep):
             assert space.params[name].low <= value <= space.params[name].high, (t.number, name, value)
         assert 0.0 <= t.value <= 100.0
     assert len({(t.params["alpha"], t.params["temperature"]) for t in study.trials}) == 6
+    # the first trial is BKD's defaults (through Ray Tune's searcher), the others the sampler's
+    assert study.trials[0].params == {"alpha": 1.0, "temperature": 2.0} and study.trials[0].user_attrs["defaults"]
+    assert not any(t.user_attrs.get("defaults") for t in study.trials[1:])
 
     # sweep.json: the best COMPLETE trial.
     record = json.loads((folder / "sweep.json").read_text())
@@ -127,6 +130,7 @@ def test_sweep_report_reprints_the_sweep(tiny_sweep, monkeypatch):
     assert "alpha" in out and "temperature" in out
     assert "tuned" in out and "default" in out
     assert "validation noise (100 images): the best scored" in out  # digits IF 10: 10 classes × 10 images
+    assert "0 (defaults)" in out  # trial 0 is BKD's defaults; the table shows the top 10 of the 6 trials
     study = load_study(tiny_sweep.results, tiny_sweep.sweep_id)
     best = max(study.trials, key=lambda t: t.value)
     assert f"{best.value:.4g}" in out
@@ -365,3 +369,21 @@ def test_a_resumed_sampler_is_reseeded_and_a_first_one_is_not():
         assert not set(resumed) & set(first_four(make_sampler(name, 7)))
         assert resumed == first_four(make_sampler(name, 7, resumed=4))  # still deterministic
         assert resumed != first_four(make_sampler(name, 7, resumed=5))
+
+
+def test_a_new_study_tries_the_defaults_inside_the_space_first_and_a_resumed_one_does_not():
+    from bkdbench.orchestrate.sweeps.study import DEFAULTS, enqueue_defaults
+
+    space = {"alpha": optuna.distributions.FloatDistribution(0.1, 10.0, log=True),
+             "temperature": optuna.distributions.FloatDistribution(3.0, 10.0),  # BKD's T = 2 lies outside
+             "beta": optuna.distributions.CategoricalDistribution([0.99, 0.999])}
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    enqueued = enqueue_defaults(study, space, {"alpha": 1.0, "temperature": 2.0, "beta": 0.9999, "cb_start": 0.8})
+    assert enqueued == {"alpha": 1.0}  # T and beta outside the space, cb_start not searched
+    first = study.ask(fixed_distributions=space)
+    assert first.params["alpha"] == 1.0 and 3.0 <= first.params["temperature"] <= 10.0
+    assert first.params["beta"] in (0.99, 0.999) and study.trials[0].user_attrs[DEFAULTS]
+    study.tell(first, 50.0)
+    assert enqueue_defaults(study, space, {"alpha": 1.0}) == {}  # a study with trials is left as it is
+    second = study.ask(fixed_distributions=space)
+    assert second.params["alpha"] != 1.0 and DEFAULTS not in study.trials[1].user_attrs

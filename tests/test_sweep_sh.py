@@ -18,6 +18,7 @@ from bkdbench.orchestrate.sweeps.driver import SweepConfig, choose_scheduler, sp
 from bkdbench.orchestrate.sweeps.halving import (BRACKET, bracket_plan, keep_count, min_rung_epochs, promote,
                                                  rung_budgets, scaled_spec)
 from bkdbench.orchestrate.sweeps.report import rank_agreement, spearman
+from bkdbench.orchestrate.sweeps.study import DEFAULTS
 from bkdbench.specs import make_spec
 from bkdbench.specs.recipes import get_recipe
 from bkdbench.specs.search_spaces import SearchSpace, load_space
@@ -264,6 +265,7 @@ def test_halving_tells_optuna_each_rung_and_a_resume_trains_only_what_is_missing
 
     trials = study.get_trials()
     assert len(trials) == 10 and all(t.user_attrs[BRACKET] == 0 for t in trials)
+    assert trials[0].params == {"alpha": 1.0} and trials[0].user_attrs[DEFAULTS]  # BKD's default α first
     by_alpha = sorted(trials, key=lambda t: -t.params["alpha"])
     # 10 → 10 // 3 = 3 at 9 epochs → 1 at 27: the highest alpha wins every rung
     assert [t.state.name for t in by_alpha] == ["COMPLETE", "PRUNED", "PRUNED"] + ["PRUNED"] * 7
@@ -286,6 +288,7 @@ def test_a_later_driver_proposes_new_configurations(tmp_path, monkeypatch):
     study = run(8)
     alphas = [[t.params["alpha"] for t in study.get_trials() if t.user_attrs[BRACKET] == b] for b in (0, 1)]
     assert len(alphas[0]) == len(alphas[1]) == 4 and not set(alphas[0]) & set(alphas[1])
+    assert alphas[0][0] == 1.0 and [t.number for t in study.get_trials() if t.user_attrs.get(DEFAULTS)] == [0]
     runs = [r for r, _ in trained]
     assert len(runs) == len(set(runs)) == 2 * (4 + 1)  # 4 at 3 epochs, the best 1 at 9, twice
 

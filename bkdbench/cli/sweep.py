@@ -259,7 +259,7 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
     ranked = sorted(rows, key=lambda r: (r["val_top1"] is None, -(r["val_top1"] or 0)))
     for r in ranked[:10]:
         value = _fmt(r["val_top1"]) + (" *" if r["state"] == "PRUNED" and r["val_top1"] is not None else "")
-        table.add_row(str(r["number"]), *[_fmt(r.get(p)) for p in params], value, r["state"])
+        table.add_row(r["label"], *[_fmt(r.get(p)) for p in params], value, r["state"])
     table.caption = ("* a pruned trial's last validation value, " + ("at its last rung's budget" if
                      record["config"].get("scheduler") == "sh" else "at the epoch early stopping stopped it"))
     console.print(table)

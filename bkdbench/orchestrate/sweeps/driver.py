@@ -37,7 +37,7 @@ from ...specs import RunSpec, make_spec, with_pretrained
 from ...storage import Location, push
 from .packed import PackedOptunaSearch, per_config_events, search_pack_trial
 from ..runner import _Events, Interrupted, plan_runs, run_plan, set_listener
-from .study import (METRIC, JournalUpload, PrunedAwareOptunaSearch, counted_trials, journal_location, make_sampler,
+from .study import (METRIC, JournalUpload, PrunedAwareOptunaSearch, counted_trials, enqueue_defaults, journal_location, make_sampler,
                     mark_interrupted_trials, open_study, study_storage)
 from .trial import EPOCHS_DONE, search_report, search_spec  # noqa: F401  (EPOCHS_DONE: for callers)
 from ..trial import FINISHED
@@ -170,6 +170,7 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
     if remaining <= 0:
         return study
     sampler = make_sampler(cfg.sampler, cfg.seed, resumed=len(study.trials))  # a resume proposes new configurations
+    enqueue_defaults(study, space.optuna_space(), base.params)  # a new study's first trial
     searcher_args = dict(space=space.optuna_space(), metric=METRIC, mode="max", sampler=sampler,
                          study_name=cfg.sweep_id, storage=study_storage(folder, storage_url))
     trial_fn, samples, events = search_trial, remaining, on_event

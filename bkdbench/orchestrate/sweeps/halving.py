@@ -43,7 +43,7 @@ from ...methods import method_class, validate_params
 from ...specs import RunSpec
 from ...specs.recipes import get_recipe
 from ...storage import Location, push
-from .study import METRIC, counted_trials, journal_location, make_sampler, study_storage
+from .study import METRIC, counted_trials, enqueue_defaults, journal_location, make_sampler, study_storage
 from .trial import search_spec
 from ..trial import FINISHED
 
@@ -270,6 +270,7 @@ def run_halving(cfg, space, base: RunSpec, results, *, trials: int, concurrency:
     study = optuna.create_study(study_name=cfg.sweep_id, storage=study_storage(folder, storage_url),
                                 direction="maximize", load_if_exists=True)
     study.sampler = make_sampler(cfg.sampler, cfg.seed, resumed=len(study.trials))  # new configurations
+    enqueue_defaults(study, space.optuna_space(), base.params)  # a new study's first configuration
     plan = bracket_plan(trials, budgets, eta, brackets) if brackets > 1 else None
     set_listener(on_event)
     while True:

@@ -11,12 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
-from .study import METRIC, open_study  # noqa: E402
+from .study import DEFAULTS, METRIC, open_study  # noqa: E402
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
-    """Every trial: number, state, validation accuracy (None unless COMPLETE), parameters."""
-    return [{"number": t.number, "state": t.state.name, METRIC: t.value if t.values else None, **t.params}
+    """Every trial: number (``label``: with "(defaults)" for the method's defaults), state, validation
+    accuracy (None unless COMPLETE), parameters."""
+    return [{"number": t.number, "label": f"{t.number} (defaults)" if t.user_attrs.get(DEFAULTS) else str(t.number),
+             "state": t.state.name, METRIC: t.value if t.values else None, **t.params}
             for t in study.get_trials(deepcopy=False)]
 
 
@@ -234,7 +236,7 @@ def sweep_section(root, record: dict, folder: Path):
         f"best configuration ({', '.join(f'{k}={shown(v)}' for k, v in record['best_params'].items())}) and the "
         "defaults were then re-run with several seeds and tested: they are the rows of the leaderboard above."])
     section.tables.append(Table("Best trials by balanced validation top-1", ["trial", *params, "val top-1 %", "state"],
-                                [[str(r["number"]), *(shown(r.get(p)) for p in params), shown(r[METRIC]), r["state"]]
+                                [[r["label"], *(shown(r.get(p)) for p in params), shown(r[METRIC]), r["state"]]
                                  for r in ranked[:10]],
                                 "a pruned trial shows its last validation value, at the epoch early stopping stopped it"))
     agreement = [f"{p['low']} → {p['high']} epochs: {'–' if p['spearman'] is None else format(p['spearman'], '+.2f')} "

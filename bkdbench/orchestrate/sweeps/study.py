@@ -16,6 +16,28 @@ from ..trial import FINISHED
 
 METRIC = "val_top1"  # sweeps optimise balanced validation top-1, never a test number
 SAMPLERS = ("tpe", "gp", "cmaes", "random")
+DEFAULTS = "defaults"  # user attribute of the trial that trains the method's default parameters
+
+
+def enqueue_defaults(study: optuna.Study, distributions: dict, params: dict) -> dict:
+    """A new study's first trial: the method's defaults (those inside the space; the sampler picks
+    the rest), so the search's best on validation is never a configuration the defaults beat there.
+    A 16-trial TPE search of BKD on the CIFAR-10 CPU recipe sampled nothing near them (α 1, T 2) and
+    chose one that scored 4.7 points below them on 2,000 validation images and 4.6 on the test set.
+    A study that holds trials already (a resume, a sweep begun before this) is left as it is.
+    Returns the parameters enqueued."""
+    if study.get_trials(deepcopy=False):
+        return {}
+    inside = {k: v for k, v in params.items() if k in distributions and _contains(distributions[k], v)}
+    if inside:
+        study.enqueue_trial(inside, user_attrs={DEFAULTS: True})
+    return inside
+
+
+def _contains(distribution, value) -> bool:
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return value in distribution.choices
+    return distribution.low <= value <= distribution.high
 
 
 def make_sampler(name: str, seed: int, resumed: int = 0):
