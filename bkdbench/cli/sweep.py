@@ -274,7 +274,7 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
         saver = "successive halving" if record["config"].get("scheduler") == "sh" else "early stopping"
         console.print(f"epochs trained: {sum(trained)} of {full} for {len(trained)} full-length trials "
                       f"({saver} saved {full - sum(trained)}, {100 * (full - sum(trained)) / full:.0f}%)")
-    from bkdbench.orchestrate.sweeps.report import noise_note, rank_agreement, search_noise
+    from bkdbench.orchestrate.sweeps.report import noise_note, rank_agreement
 
     for pair in rank_agreement(study):
         rho = "–" if pair["spearman"] is None else f"{pair['spearman']:+.2f}"
@@ -282,7 +282,7 @@ def _report(root: Path, sweep_id: str, storage_url: Optional[str] = None) -> Non
                       f"{pair['n']} configurations that ran both (validation top-1)")
 
     if record.get("val_images"):  # sweeps from before it was recorded have none
-        console.print(noise_note(search_noise(study, record["val_images"]), record["val_images"]))
+        console.print(noise_note(study, record["val_images"]))
 
     board, _ = read_rows(leaderboard_dir(root))
     test = Table(title=f"test set (last epoch), best config vs defaults, {len(record['final_runs']['tuned'])} seeds")

@@ -162,8 +162,7 @@ def check_val_per_class(info: DatasetInfo, imbalance_factor: float, profile: str
                         "a benchmark's official list); it applies where validation comes from the training images")
     if split != EVERY_CLASS:
         return  # the reference split moves no training image: a class gives what it has unused
-    counts = longtail_counts(info.n_max, len(arrays.classes), imbalance_factor, profile)
-    sizes = np.bincount(arrays.train_y, minlength=len(counts)).tolist()
+    counts, sizes = _kept_and_sizes(info, arrays, imbalance_factor, profile)
     limit = min(size - n + n // 10 for size, n in zip(sizes, counts))  # unused images + a tenth of the kept ones
     if per_class > limit:
         label = min(range(len(counts)), key=lambda c: sizes[c] - counts[c] + counts[c] // 10)
@@ -202,9 +201,15 @@ def classes_without_validation(info: DatasetInfo, imbalance_factor: float, profi
     arrays = info.load(Path(data_dir) if data_dir else None)
     if arrays.val_x is not None:
         return []
-    counts = longtail_counts(info.n_max, len(arrays.classes), imbalance_factor, profile)
-    sizes = np.bincount(arrays.train_y, minlength=len(counts)).tolist()
+    counts, sizes = _kept_and_sizes(info, arrays, imbalance_factor, profile)
     return [label for label, (size, n) in enumerate(zip(sizes, counts)) if size <= n]
+
+
+def _kept_and_sizes(info: DatasetInfo, arrays: ImageArrays, imbalance_factor: float,
+                    profile: str) -> tuple[list[int], list[int]]:
+    """Per class: the images the subsample keeps (the reference counts) and the training images there are."""
+    counts = longtail_counts(info.n_max, len(arrays.classes), imbalance_factor, profile)
+    return counts, np.bincount(arrays.train_y, minlength=len(counts)).tolist()
 
 
 def restrict_classes(data: LongTailData, classes: Sequence[int]) -> LongTailData:

@@ -274,9 +274,9 @@ def make_spec(
             raise SpecError(f"{method} plans its own teachers; it does not take a single given teacher")
         elif needs_teacher and any((t.split, t.val_per_class) != (split, val_per_class)
                                    for t in (*teacher.prerequisites, teacher)):
-            raise SpecError(f"teacher {teacher.run_id} was trained with the {_split_words(teacher)} validation split, "
-                            f"the student uses {_split_words(common)}: it may have trained on the student's "
-                            "validation images")
+            raise SpecError(f"teacher {teacher.run_id} was trained with the "
+                            f"{_split_words(teacher.split, teacher.val_per_class)} validation split, the student uses "
+                            f"{_split_words(split, val_per_class)}: it may have trained on the student's validation images")
         elif not needs_teacher:
             teacher = None
     except (DataError, MethodError) as exc:
@@ -325,10 +325,9 @@ def _weights(model: str, method: str, weights: Optional[str]) -> Optional[str]:
     return resolved
 
 
-def _split_words(spec) -> str:
+def _split_words(split: str, val_per_class: Optional[int]) -> str:
     """``'every-class'``, or ``'every-class' (50 a class)`` with a ``val_per_class`` of its own."""
-    split, v = (spec["split"], spec["val_per_class"]) if isinstance(spec, dict) else (spec.split, spec.val_per_class)
-    return f"{split!r}" + (f" ({v} a class)" if v else "")
+    return f"{split!r}" + (f" ({val_per_class} a class)" if val_per_class else "")
 
 
 def _val_per_class(info, val_per_class: Optional[int], imbalance_factor: float, profile: str, data_dir,

@@ -170,8 +170,9 @@ def run_search(cfg: SweepConfig, space: SearchSpace, base: RunSpec, results: Pat
     if remaining <= 0:
         return study
     sampler = make_sampler(cfg.sampler, cfg.seed, resumed=len(study.trials))  # a resume proposes new configurations
-    enqueue_defaults(study, space.optuna_space(), base.params)  # a new study's first trial
-    searcher_args = dict(space=space.optuna_space(), metric=METRIC, mode="max", sampler=sampler,
+    distributions = space.optuna_space()
+    enqueue_defaults(study, distributions, base.params)  # a new study's first trial
+    searcher_args = dict(space=distributions, metric=METRIC, mode="max", sampler=sampler,
                          study_name=cfg.sweep_id, storage=study_storage(folder, storage_url))
     trial_fn, samples, events = search_trial, remaining, on_event
     if packed:

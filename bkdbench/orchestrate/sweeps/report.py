@@ -106,8 +106,9 @@ def search_noise(study: optuna.Study, images: int) -> list[dict]:
     return out
 
 
-def noise_note(groups: list[dict], images: int) -> str:
+def noise_note(study: optuna.Study, images: int) -> str:
     """``search_noise`` in words: for `sweep report` and the sweep's section of `bkdbench report`."""
+    groups = search_noise(study, images)
     parts = [(f"at {g['budget']} epochs " if g["budget"] is not None else "")
              + f"the best scored {g['best']:.1f} % ± {g['se']:.1f} (one standard error)"
              + (f" and {g['close']} of the other {g['n'] - 1} lie within {g['margin']:.1f} points of it" if g["n"] > 1 else "")
@@ -245,7 +246,7 @@ def sweep_section(root, record: dict, folder: Path):
         section.notes.append("Successive halving: Spearman correlation of the validation scores of the configurations "
                              "that ran both rungs, " + "; ".join(agreement) + ".")
     if record.get("val_images"):  # sweeps from before it was recorded have none
-        section.notes.append(noise_note(search_noise(study, record["val_images"]), record["val_images"]) + ".")
+        section.notes.append(noise_note(study, record["val_images"]) + ".")
     titles = {"val-accuracy.png": "validation accuracy per trial over the first two parameters (★ best)",
               "history.png": "objective over trials", "importances.png": "parameter importances (Optuna)",
               "rungs.png": "successive halving: validation accuracy by budget, promoted configurations joined"}
